@@ -1,0 +1,278 @@
+//! The stored HTTP response and its wire format.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+/// Version byte written after the magic. An entry of any other version
+/// decodes to [`DecodeError::UnsupportedVersion`] and is treated as a miss.
+pub const ENTRY_FORMAT_VERSION: u8 = 1;
+
+const MAGIC: &[u8; 4] = b"ACXE";
+
+/// A cached HTTP response: everything needed to answer a request byte for
+/// byte as the handler did, plus its freshness bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheEntry {
+    /// The handler's status code.
+    pub status: StatusCode,
+    /// The handler's end-to-end headers (never `Set-Cookie`, never
+    /// hop-by-hop headers; the layer filters them before storing).
+    pub headers: HeaderMap,
+    /// The exact body bytes.
+    pub body: Bytes,
+    /// The entity tag sent as `ETag`, quotes and `W/` included.
+    pub etag: HeaderValue,
+    /// When the response was produced.
+    pub stored_at: SystemTime,
+    /// How long it is fresh (`max-age`).
+    pub fresh_for: Duration,
+    /// How long past freshness it may be served while a refresh runs
+    /// (`stale-while-revalidate`).
+    pub stale_while_revalidate: Duration,
+    /// How long past freshness it may be served when the handler fails
+    /// (`stale-if-error`).
+    pub stale_if_error: Duration,
+}
+
+/// Why bytes read from a backend are not a [`CacheEntry`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The bytes do not start with the entry magic: not an entry at all.
+    #[error("not a cache entry (bad magic)")]
+    BadMagic,
+    /// Written by another version of the format.
+    #[error("cache entry format version {0} is not supported (expected {ENTRY_FORMAT_VERSION})")]
+    UnsupportedVersion(u8),
+    /// The bytes end before the entry does.
+    #[error("cache entry is truncated")]
+    Truncated,
+    /// Bytes left over after the entry: corrupt.
+    #[error("cache entry has {0} trailing bytes")]
+    TrailingBytes(usize),
+    /// The status code is out of range.
+    #[error("cache entry has an invalid status code {0}")]
+    InvalidStatus(u16),
+    /// A header name or value is not valid HTTP.
+    #[error("cache entry has an invalid header")]
+    InvalidHeader,
+}
+
+impl CacheEntry {
+    /// The age of the entry at `now` (zero if the clock went backwards).
+    pub fn age(&self, now: SystemTime) -> Duration {
+        now.duration_since(self.stored_at).unwrap_or_default()
+    }
+
+    /// Whether the entry is fresh at `now`.
+    pub fn is_fresh(&self, now: SystemTime) -> bool {
+        self.age(now) < self.fresh_for
+    }
+
+    /// How long a store should keep the entry: freshness plus the longest
+    /// stale window.
+    pub fn storage_ttl(&self) -> Duration {
+        self.fresh_for + self.stale_while_revalidate.max(self.stale_if_error)
+    }
+
+    /// Encodes the entry in the versioned binary format shared by all
+    /// backends. Header values and the body are copied verbatim, so any byte
+    /// sequence round-trips.
+    pub fn encode(&self) -> Bytes {
+        let header_bytes: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| 6 + n.as_str().len() + v.len())
+            .sum();
+        let mut out =
+            BytesMut::with_capacity(64 + self.etag.len() + header_bytes + self.body.len());
+        out.put_slice(MAGIC);
+        out.put_u8(ENTRY_FORMAT_VERSION);
+        out.put_u16(self.status.as_u16());
+        out.put_u64(millis_since_epoch(self.stored_at));
+        out.put_u64(duration_millis(self.fresh_for));
+        out.put_u64(duration_millis(self.stale_while_revalidate));
+        out.put_u64(duration_millis(self.stale_if_error));
+        put_bytes16(&mut out, self.etag.as_bytes());
+        // Header count is bounded by u16 by construction of sane responses;
+        // saturate rather than panic, and write exactly that many.
+        let count = self.headers.len().min(u16::MAX as usize);
+        out.put_u16(count as u16);
+        for (name, value) in self.headers.iter().take(count) {
+            put_bytes16(&mut out, name.as_str().as_bytes());
+            out.put_u32(value.len() as u32);
+            out.put_slice(value.as_bytes());
+        }
+        out.put_u64(self.body.len() as u64);
+        out.put_slice(&self.body);
+        out.freeze()
+    }
+
+    /// Decodes bytes written by [`encode`](Self::encode). The body and header
+    /// values share the input buffer (no copy of the body).
+    ///
+    /// # Errors
+    ///
+    /// A [`DecodeError`] for anything that is not a complete, valid entry of
+    /// the current version. Callers treat that as a miss.
+    pub fn decode(bytes: Bytes) -> Result<Self, DecodeError> {
+        let mut r = Reader { buf: bytes };
+        if r.take(4)?.as_ref() != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let version = r.u8()?;
+        if version != ENTRY_FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let status_code = r.u16()?;
+        let status = StatusCode::from_u16(status_code)
+            .map_err(|_| DecodeError::InvalidStatus(status_code))?;
+        let stored_at = UNIX_EPOCH + Duration::from_millis(r.u64()?);
+        let fresh_for = Duration::from_millis(r.u64()?);
+        let stale_while_revalidate = Duration::from_millis(r.u64()?);
+        let stale_if_error = Duration::from_millis(r.u64()?);
+        let etag_len = r.u16()? as usize;
+        let etag = HeaderValue::from_maybe_shared(r.take(etag_len)?)
+            .map_err(|_| DecodeError::InvalidHeader)?;
+        let count = r.u16()? as usize;
+        let mut headers = HeaderMap::with_capacity(count);
+        for _ in 0..count {
+            let name_len = r.u16()? as usize;
+            let name = HeaderName::from_bytes(&r.take(name_len)?)
+                .map_err(|_| DecodeError::InvalidHeader)?;
+            let value_len = r.u32()? as usize;
+            let value = HeaderValue::from_maybe_shared(r.take(value_len)?)
+                .map_err(|_| DecodeError::InvalidHeader)?;
+            headers.append(name, value);
+        }
+        let body_len = usize::try_from(r.u64()?).map_err(|_| DecodeError::Truncated)?;
+        let body = r.take(body_len)?;
+        if !r.buf.is_empty() {
+            return Err(DecodeError::TrailingBytes(r.buf.len()));
+        }
+        Ok(Self {
+            status,
+            headers,
+            body,
+            etag,
+            stored_at,
+            fresh_for,
+            stale_while_revalidate,
+            stale_if_error,
+        })
+    }
+}
+
+fn put_bytes16(out: &mut BytesMut, bytes: &[u8]) {
+    let len = bytes.len().min(u16::MAX as usize);
+    out.put_u16(len as u16);
+    out.put_slice(&bytes[..len]);
+}
+
+fn millis_since_epoch(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(duration_millis)
+        .unwrap_or(0)
+}
+
+fn duration_millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Bounds-checked reader: every read returns `Truncated` instead of panicking.
+struct Reader {
+    buf: Bytes,
+}
+
+impl Reader {
+    fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
+        if self.buf.len() < n {
+            return Err(DecodeError::Truncated);
+        }
+        Ok(self.buf.split_to(n))
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?.get_u8())
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(self.take(2)?.get_u16())
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(self.take(4)?.get_u32())
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(self.take(8)?.get_u64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> CacheEntry {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "content-type",
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        headers.append("x-multi", HeaderValue::from_static("a"));
+        headers.append("x-multi", HeaderValue::from_static("b"));
+        CacheEntry {
+            status: StatusCode::CREATED,
+            headers,
+            body: Bytes::from(vec![0u8, 159, 146, 150, 255, 10, 13]),
+            etag: HeaderValue::from_static("W/\"abc\""),
+            stored_at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            fresh_for: Duration::from_secs(60),
+            stale_while_revalidate: Duration::from_secs(5),
+            stale_if_error: Duration::from_millis(1500),
+        }
+    }
+
+    #[test]
+    fn round_trips_binary_bodies_and_repeated_headers() {
+        let entry = sample();
+        let decoded = CacheEntry::decode(entry.encode()).expect("decode");
+        assert_eq!(decoded, entry);
+        let multi: Vec<_> = decoded.headers.get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["a", "b"]);
+    }
+
+    #[test]
+    fn rejects_every_truncation_and_corruption() {
+        let bytes = sample().encode();
+        for cut in 0..bytes.len() {
+            assert!(
+                CacheEntry::decode(bytes.slice(..cut)).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut extra = BytesMut::from(&bytes[..]);
+        extra.put_u8(0);
+        assert_eq!(
+            CacheEntry::decode(extra.freeze()),
+            Err(DecodeError::TrailingBytes(1))
+        );
+        let mut wrong_version = BytesMut::from(&bytes[..]);
+        wrong_version[4] = 99;
+        assert_eq!(
+            CacheEntry::decode(wrong_version.freeze()),
+            Err(DecodeError::UnsupportedVersion(99))
+        );
+        assert_eq!(
+            CacheEntry::decode(Bytes::from_static(b"hello world")),
+            Err(DecodeError::BadMagic)
+        );
+    }
+
+    #[test]
+    fn freshness() {
+        let e = sample();
+        assert!(e.is_fresh(e.stored_at + Duration::from_secs(59)));
+        assert!(!e.is_fresh(e.stored_at + Duration::from_secs(60)));
+        assert_eq!(e.storage_ttl(), Duration::from_secs(65));
+        assert_eq!(e.age(e.stored_at - Duration::from_secs(1)), Duration::ZERO);
+    }
+}

@@ -1,0 +1,1 @@
+//! Memcached backend (work in progress).

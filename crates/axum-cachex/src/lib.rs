@@ -1,0 +1,10 @@
+//! HTTP response caching for [axum](https://docs.rs/axum) and tower.
+//!
+//! (Crate documentation is completed in `docs.rs`-style below.)
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod backend;
+mod proxy;
+
+pub use axum_cachex_core::{CacheEntry, CacheKey, DecodeError};
+pub use proxy::BackendProxy;

@@ -1,0 +1,73 @@
+//! Runtime backend selection.
+
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+use axum_cachex_core::Backend;
+
+use crate::backend::MemoryBackend;
+
+/// A swappable handle to the backend in use, looked up on every request.
+///
+/// Clones share one slot: a backend set with [`set_backend`] after layers
+/// were built is used by all of them from the next request on. Until one is
+/// set, a [`MemoryBackend`] with default settings is used, so zero
+/// configuration gives a working cache.
+///
+/// [`CacheLayer`](crate::CacheLayer)s that were not given a backend or a
+/// proxy of their own use [`BackendProxy::global`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use axum_cachex::{BackendProxy, backend::MemoryBackend};
+///
+/// let proxy = BackendProxy::global();
+/// proxy.set_backend(Arc::new(MemoryBackend::builder().max_capacity(1 << 20).build()));
+/// assert_eq!(proxy.backend().name(), "memory");
+/// ```
+///
+/// [`set_backend`]: BackendProxy::set_backend
+#[derive(Clone)]
+pub struct BackendProxy {
+    slot: Arc<ArcSwap<Arc<dyn Backend>>>,
+}
+
+impl std::fmt::Debug for BackendProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendProxy")
+            .field("backend", &self.backend().name())
+            .finish()
+    }
+}
+
+impl Default for BackendProxy {
+    fn default() -> Self {
+        Self::new(Arc::new(MemoryBackend::new()))
+    }
+}
+
+impl BackendProxy {
+    /// A proxy (not the global one) starting with `backend`.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Self {
+            slot: Arc::new(ArcSwap::from_pointee(backend)),
+        }
+    }
+
+    /// The process-wide proxy used by layers that were given no backend.
+    /// Starts with a default [`MemoryBackend`].
+    pub fn global() -> &'static BackendProxy {
+        static GLOBAL: OnceLock<BackendProxy> = OnceLock::new();
+        GLOBAL.get_or_init(BackendProxy::default)
+    }
+
+    /// Replaces the backend; requests already running keep the old one.
+    pub fn set_backend(&self, backend: Arc<dyn Backend>) {
+        self.slot.store(Arc::new(backend));
+    }
+
+    /// The backend in use now.
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        Arc::clone(&self.slot.load())
+    }
+}

@@ -1,0 +1,89 @@
+//! Shared test support: where the real servers are, and the conformance
+//! suite that every backend runs.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+pub mod contract;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Whether a missing server must fail the test (set by `scripts/test.sh`,
+/// and therefore in CI) instead of skipping it.
+pub fn servers_required() -> bool {
+    std::env::var_os("AXUM_CACHEX_REQUIRE_SERVERS").is_some_and(|v| v == "1")
+}
+
+fn server_env(var: &str, what: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if servers_required() => {
+            panic!("{var} is not set: {what} tests need a real server; run scripts/test.sh")
+        }
+        _ => {
+            eprintln!("skipping: {var} not set (run scripts/test.sh to start {what})");
+            None
+        }
+    }
+}
+
+/// `redis://127.0.0.1:PORT` of the suite's Redis server.
+pub fn redis_url() -> Option<String> {
+    server_env("AXUM_CACHEX_REDIS_URL", "Redis")
+}
+
+/// `host:port` list of the suite's Memcached servers.
+pub fn memcached_servers() -> Option<Vec<String>> {
+    server_env("AXUM_CACHEX_MEMCACHED_SERVERS", "Memcached")
+        .map(|s| s.split(',').map(str::to_owned).collect())
+}
+
+/// A key prefix no other test uses, so tests sharing one server never see
+/// each other's keys (and `clear` only empties the test's own namespace).
+pub fn unique_prefix(name: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "t{}-{}-{}:",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        name
+    )
+}
+
+/// Generates one `#[tokio::test]` per conformance test, each calling the
+/// factory (an `async fn() -> Option<Arc<dyn Backend>>`, `None` = server
+/// absent and not required) for a fresh, isolated backend.
+///
+/// A new backend gets the whole suite with one line:
+/// `conformance_suite!(my_factory);`
+#[macro_export]
+macro_rules! conformance_suite {
+    ($factory:path) => {
+        $crate::conformance_suite!(@emit $factory;
+            contract::set_then_get,
+            contract::get_missing_is_none,
+            contract::overwrite_replaces,
+            contract::binary_values_round_trip,
+            contract::large_value_round_trips,
+            contract::ttl_expiry,
+            contract::add_only_when_absent,
+            contract::replace_only_when_present,
+            contract::take_is_single_use,
+            contract::concurrent_take_has_one_winner,
+            contract::delete_reports_existence,
+            contract::clear_counts_and_empties_namespace,
+            contract::clear_path_exact_and_with_params,
+            contract::clear_pattern_globs_paths,
+            contract::keys_and_entries_list_namespace,
+            contract::concurrent_writers_to_one_key,
+        );
+    };
+    (@emit $factory:path; $($module:ident :: $test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                if let Some(backend) = $factory().await {
+                    common::$module::$test(backend).await;
+                }
+            }
+        )*
+    };
+}

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Runs the whole axum-cachex test suite against real servers.
+#
+# Installs redis-server and memcached from Debian packages when missing,
+# starts one Redis and two Memcached servers on free loopback ports in a
+# temporary directory (no persistence), exports their addresses to the tests,
+# runs formatting, lints and every test, and stops the servers at the end —
+# also on failure or Ctrl-C.
+#
+# Usage: scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+need_packages=()
+command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
+command -v memcached >/dev/null 2>&1 || need_packages+=(memcached)
+if ((${#need_packages[@]})); then
+    log "installing ${need_packages[*]} from Debian packages"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${need_packages[@]}" >/dev/null
+fi
+
+WORKDIR="$(mktemp -d -t axum-cachex-test.XXXXXX)"
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORKDIR"
+}
+trap cleanup EXIT INT TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_port() {
+    local port=$1 name=$2
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "error: $name did not start on port $port" >&2
+    exit 1
+}
+
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$WORKDIR" --logfile "$WORKDIR/redis.log" --daemonize no &
+PIDS+=($!)
+MC1_PORT=$(free_port)
+memcached -l 127.0.0.1 -p "$MC1_PORT" -U 0 -m 128 -u "$(id -un)" &
+PIDS+=($!)
+MC2_PORT=$(free_port)
+memcached -l 127.0.0.1 -p "$MC2_PORT" -U 0 -m 128 -u "$(id -un)" &
+PIDS+=($!)
+wait_port "$REDIS_PORT" redis-server
+wait_port "$MC1_PORT" memcached
+wait_port "$MC2_PORT" memcached
+
+# Read by tests/common: the servers to use, and the binaries that outage
+# tests start (and stop) on ports of their own.
+export AXUM_CACHEX_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+export AXUM_CACHEX_MEMCACHED_SERVERS="127.0.0.1:$MC1_PORT,127.0.0.1:$MC2_PORT"
+export AXUM_CACHEX_REDIS_SERVER_BIN="$(command -v redis-server)"
+export AXUM_CACHEX_MEMCACHED_BIN="$(command -v memcached)"
+# Tests of a backend whose server is missing fail instead of skipping.
+export AXUM_CACHEX_REQUIRE_SERVERS=1
+log "redis on $AXUM_CACHEX_REDIS_URL, memcached on $AXUM_CACHEX_MEMCACHED_SERVERS"
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+log "cargo test"
+cargo test --workspace --all-features "$@"
