@@ -8,3 +8,7 @@ mod proxy;
 
 pub use axum_cachex_core::{CacheEntry, CacheKey, DecodeError};
 pub use proxy::BackendProxy;
+pub mod app_cache;
+#[cfg(feature = "session")]
+pub mod session;
+pub mod state;

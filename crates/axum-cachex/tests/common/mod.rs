@@ -3,6 +3,10 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 pub mod contract;
+#[cfg(feature = "memcached")]
+pub mod backend_memcached;
+#[cfg(feature = "redis")]
+pub mod backend_redis;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,0 +1,1 @@
+//! Server-side sessions (work in progress).

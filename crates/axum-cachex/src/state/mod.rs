@@ -1,0 +1,1 @@
+//! OAuth state manager (work in progress).

@@ -1,0 +1,1 @@
+//! Factory of Memcached backends for the suites (owned by the Memcached work).

@@ -1,0 +1,1 @@
+//! Factory of Redis backends for the suites (owned by the Redis work).
