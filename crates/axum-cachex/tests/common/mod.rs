@@ -2,11 +2,13 @@
 //! suite that every backend runs.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
-pub mod contract;
 #[cfg(feature = "memcached")]
 pub mod backend_memcached;
 #[cfg(feature = "redis")]
 pub mod backend_redis;
+pub mod contract;
+pub mod http;
+pub mod layer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -78,6 +80,22 @@ macro_rules! conformance_suite {
             contract::clear_pattern_globs_paths,
             contract::keys_and_entries_list_namespace,
             contract::concurrent_writers_to_one_key,
+            layer::hit_does_not_run_handler,
+            layer::conditional_requests,
+            layer::not_modified_repeats_required_headers,
+            layer::head_is_answered_from_get_entry,
+            layer::post_passes_through_and_invalidates,
+            layer::no_store_stores_nothing,
+            layer::no_cache_runs_handler_and_answers_304,
+            layer::uncacheable_responses_are_not_stored,
+            layer::oversize_bodies_stream_through,
+            layer::status_and_headers_survive_a_hit,
+            layer::binary_body_round_trips,
+            layer::expiry_follows_the_clock,
+            layer::authorization_bypasses_unless_public,
+            layer::corrupt_entry_is_a_miss,
+            layer::invalidation_counts,
+            layer::extractor_and_late_backend,
         );
     };
     (@emit $factory:path; $($module:ident :: $test:ident),* $(,)?) => {

@@ -1,0 +1,512 @@
+//! The layer's builder, its validation and the `Cache-Control` it emits.
+
+use std::{collections::HashSet, fmt, sync::Arc, time::Duration};
+
+use axum_cachex_core::Backend;
+use http::{HeaderValue, StatusCode};
+
+use super::{
+    KeyBuilder,
+    key::DefaultKeyBuilder,
+    layer::{BackendSource, CacheLayer},
+};
+use crate::{BackendProxy, clock::Clock};
+
+/// Which stale directive a [`stale_ttl`](CacheLayerBuilder::stale_ttl)
+/// window applies to (the original's `stale="revalidate" | "error"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stale {
+    /// `stale-while-revalidate=N`: serve the stale entry at once and refresh
+    /// it in the background.
+    Revalidate,
+    /// `stale-if-error=N`: serve the stale entry when the handler fails.
+    Error,
+    /// Both directives with the same window.
+    Both,
+}
+
+/// A configuration the layer refuses to build, with what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `public` and `private` were both set.
+    #[error("`public` and `private` are mutually exclusive: keep one of them")]
+    PublicAndPrivate,
+    /// `no_store` was combined with an option that implies storing.
+    #[error(
+        "`no_store` cannot be combined with `{0}`: a no-store response is never stored; \
+         remove `{0}` or remove `no_store`"
+    )]
+    NoStoreWith(&'static str),
+    /// A stale window was set without a freshness lifetime.
+    #[error("`stale_ttl` needs a `ttl`: a response must be fresh before it can be stale; add `.ttl(..)`")]
+    StaleWithoutTtl,
+    /// `stale_ttl` and `stale` must be set together.
+    #[error("`stale_ttl` and `stale` go together: set both (e.g. `.stale_ttl(d).stale(Stale::Revalidate)`) or neither")]
+    StaleIncomplete,
+    /// `immutable` without a freshness lifetime.
+    #[error("`immutable` needs a `ttl`: add `.ttl(..)` (immutable means \"fresh for its whole lifetime\")")]
+    ImmutableWithoutTtl,
+    /// Two options that contradict each other.
+    #[error("`{0}` and `{1}` contradict each other: remove one of them")]
+    Contradiction(&'static str, &'static str),
+    /// A lifetime of zero seconds.
+    #[error("`{0}` must be at least one second; use `no_cache` to revalidate every time")]
+    ZeroLifetime(&'static str),
+    /// No status is cacheable.
+    #[error("`cacheable_statuses` is empty: nothing would ever be cached; leave the default or list at least one status")]
+    NoCacheableStatus,
+    /// A zero body limit.
+    #[error("`max_body_size` must be greater than zero")]
+    ZeroBodyLimit,
+}
+
+/// Default largest body the layer buffers and stores: 1 MiB.
+pub const DEFAULT_MAX_BODY_SIZE: usize = 1024 * 1024;
+/// Default bound on each backend call made by the layer: 250 ms.
+pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_millis(250);
+/// Default time a coalesced request waits for the leader: 5 s.
+pub const DEFAULT_COALESCE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default bound on background refreshes running at once: 64.
+pub const DEFAULT_MAX_REFRESHES: usize = 64;
+
+/// Builder of a [`CacheLayer`]; see [`CacheLayer::builder`].
+///
+/// Option names follow the original's `@cache(...)` arguments and the
+/// `Cache-Control` directives they emit. [`build`](Self::build) checks the
+/// combination and returns a [`ConfigError`] that says what to change.
+#[must_use]
+#[derive(Clone)]
+pub struct CacheLayerBuilder {
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) s_maxage: Option<Duration>,
+    pub(crate) stale_ttl: Option<Duration>,
+    pub(crate) stale: Option<Stale>,
+    pub(crate) no_cache: bool,
+    pub(crate) no_store: bool,
+    pub(crate) public: bool,
+    pub(crate) private: bool,
+    pub(crate) immutable: bool,
+    pub(crate) must_revalidate: bool,
+    pub(crate) proxy_revalidate: bool,
+    pub(crate) no_transform: bool,
+    pub(crate) must_understand: bool,
+    pub(crate) key_builder: Arc<dyn KeyBuilder>,
+    pub(crate) backend: BackendSource,
+    pub(crate) cacheable_statuses: HashSet<StatusCode>,
+    pub(crate) max_body_size: usize,
+    pub(crate) backend_timeout: Duration,
+    pub(crate) coalesce: bool,
+    pub(crate) coalesce_timeout: Duration,
+    pub(crate) max_refreshes: usize,
+    pub(crate) clock: Clock,
+}
+
+impl fmt::Debug for CacheLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheLayerBuilder")
+            .field("ttl", &self.ttl)
+            .field("no_cache", &self.no_cache)
+            .field("no_store", &self.no_store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for CacheLayerBuilder {
+    fn default() -> Self {
+        Self {
+            ttl: None,
+            s_maxage: None,
+            stale_ttl: None,
+            stale: None,
+            no_cache: false,
+            no_store: false,
+            public: false,
+            private: false,
+            immutable: false,
+            must_revalidate: false,
+            proxy_revalidate: false,
+            no_transform: false,
+            must_understand: false,
+            key_builder: Arc::new(DefaultKeyBuilder),
+            backend: BackendSource::Proxy(BackendProxy::global().clone()),
+            cacheable_statuses: default_cacheable_statuses(),
+            max_body_size: DEFAULT_MAX_BODY_SIZE,
+            backend_timeout: DEFAULT_BACKEND_TIMEOUT,
+            coalesce: true,
+            coalesce_timeout: DEFAULT_COALESCE_TIMEOUT,
+            max_refreshes: DEFAULT_MAX_REFRESHES,
+            clock: Clock::system(),
+        }
+    }
+}
+
+/// 200, 203, 204, 300, 301 and 308: the statuses RFC 9110 §15.1 calls
+/// heuristically cacheable, minus 404/405/410/414/501 (opt in to those with
+/// [`CacheLayerBuilder::cacheable_statuses`]) and 206 (partial content is
+/// not assembled by this cache).
+pub fn default_cacheable_statuses() -> HashSet<StatusCode> {
+    [200u16, 203, 204, 300, 301, 308]
+        .into_iter()
+        .filter_map(|s| StatusCode::from_u16(s).ok())
+        .collect()
+}
+
+impl CacheLayerBuilder {
+    /// Freshness lifetime of stored responses; emitted as `max-age=N` (whole
+    /// seconds, rounded down). Without a ttl nothing is served from the
+    /// store: responses still get an `ETag` and conditional requests a 304.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Freshness lifetime for shared caches downstream (`s-maxage=N`).
+    pub fn s_maxage(mut self, ttl: Duration) -> Self {
+        self.s_maxage = Some(ttl);
+        self
+    }
+
+    /// Length of the stale window; pair it with [`stale`](Self::stale).
+    pub fn stale_ttl(mut self, window: Duration) -> Self {
+        self.stale_ttl = Some(window);
+        self
+    }
+
+    /// Which stale directive the [`stale_ttl`](Self::stale_ttl) window is
+    /// for. The layer honours it server-side: see the crate docs.
+    pub fn stale(mut self, mode: Stale) -> Self {
+        self.stale = Some(mode);
+        self
+    }
+
+    /// `no-cache`: the handler runs on every request; a 304 is still sent
+    /// when the fresh body's ETag matches `If-None-Match`.
+    pub fn no_cache(mut self) -> Self {
+        self.no_cache = true;
+        self
+    }
+
+    /// `no-store`: emit only `no-store` and never store anything. Cannot be
+    /// combined with options that imply storing.
+    pub fn no_store(mut self) -> Self {
+        self.no_store = true;
+        self
+    }
+
+    /// `public`: shared caches may store the response, even for requests
+    /// with `Authorization`, which this layer then caches too (RFC 9111
+    /// §3.5).
+    pub fn public(mut self) -> Self {
+        self.public = true;
+        self
+    }
+
+    /// `private`: only the client's own cache may store the response.
+    pub fn private(mut self) -> Self {
+        self.private = true;
+        self
+    }
+
+    /// `immutable`: the response will not change while fresh.
+    pub fn immutable(mut self) -> Self {
+        self.immutable = true;
+        self
+    }
+
+    /// `must-revalidate`: once stale, caches must revalidate.
+    pub fn must_revalidate(mut self) -> Self {
+        self.must_revalidate = true;
+        self
+    }
+
+    /// `proxy-revalidate`: like `must-revalidate`, for shared caches only.
+    pub fn proxy_revalidate(mut self) -> Self {
+        self.proxy_revalidate = true;
+        self
+    }
+
+    /// `no-transform`: intermediaries must not transform the body.
+    pub fn no_transform(mut self) -> Self {
+        self.no_transform = true;
+        self
+    }
+
+    /// `must-understand`: caches that do not understand the status code must
+    /// not store the response.
+    pub fn must_understand(mut self) -> Self {
+        self.must_understand = true;
+        self
+    }
+
+    /// Replaces the default `{method}|||{host}|||{path}|||{query}` key.
+    pub fn key_builder(mut self, key_builder: impl KeyBuilder) -> Self {
+        self.key_builder = Arc::new(key_builder);
+        self
+    }
+
+    /// Uses this backend for this layer only. Default: the backend of
+    /// [`BackendProxy::global`], looked up on every request.
+    pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.backend = BackendSource::Fixed(backend);
+        self
+    }
+
+    /// Looks the backend up in this proxy on every request.
+    pub fn backend_proxy(mut self, proxy: BackendProxy) -> Self {
+        self.backend = BackendSource::Proxy(proxy);
+        self
+    }
+
+    /// Statuses whose responses are stored. Default:
+    /// [`default_cacheable_statuses`] (200, 203, 204, 300, 301, 308). Add
+    /// 404 or 410 here to cache "not found".
+    pub fn cacheable_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.cacheable_statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// Largest body that is buffered and stored, in bytes. Larger bodies
+    /// (by `Content-Length` or once read past the limit) stream through to
+    /// the client unbuffered and are not stored. Default: 1 MiB.
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
+        self.max_body_size = bytes;
+        self
+    }
+
+    /// Bound on each backend call the layer makes; past it the request is
+    /// served as if uncached (fail open). Default: 250 ms.
+    pub fn backend_timeout(mut self, timeout: Duration) -> Self {
+        self.backend_timeout = timeout;
+        self
+    }
+
+    /// Whether concurrent misses of one key run the handler once and share
+    /// its response (request coalescing). Default: on.
+    pub fn coalesce(mut self, enabled: bool) -> Self {
+        self.coalesce = enabled;
+        self
+    }
+
+    /// How long a coalesced request waits for the leader's response before
+    /// running the handler itself. Default: 5 s.
+    pub fn coalesce_timeout(mut self, timeout: Duration) -> Self {
+        self.coalesce_timeout = timeout;
+        self
+    }
+
+    /// Bound on stale-while-revalidate refreshes running at once; past it a
+    /// stale hit is served without scheduling another refresh. Default: 64.
+    pub fn max_refreshes_in_flight(mut self, max: usize) -> Self {
+        self.max_refreshes = max;
+        self
+    }
+
+    /// Replaces the clock used for freshness and `Age` (tests use it to
+    /// move time forward without sleeping). Default: the system clock.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Checks the combination and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the options to change, e.g. `public` with
+    /// `private`, a stale window without a `ttl`, or `no_store` with a `ttl`.
+    pub fn build(self) -> Result<CacheLayer, ConfigError> {
+        self.validate()?;
+        let cache_control = self.render_cache_control();
+        Ok(CacheLayer::from_builder(self, cache_control))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.public && self.private {
+            return Err(ConfigError::PublicAndPrivate);
+        }
+        if self.no_store {
+            let conflicts = [
+                (self.ttl.is_some(), "ttl"),
+                (self.s_maxage.is_some(), "s_maxage"),
+                (self.stale_ttl.is_some() || self.stale.is_some(), "stale_ttl"),
+                (self.no_cache, "no_cache"),
+                (self.public, "public"),
+                (self.immutable, "immutable"),
+                (self.must_revalidate, "must_revalidate"),
+                (self.proxy_revalidate, "proxy_revalidate"),
+            ];
+            if let Some((_, name)) = conflicts.into_iter().find(|(set, _)| *set) {
+                return Err(ConfigError::NoStoreWith(name));
+            }
+        }
+        if self.stale_ttl.is_some() != self.stale.is_some() {
+            return Err(ConfigError::StaleIncomplete);
+        }
+        if self.stale_ttl.is_some() && self.ttl.is_none() {
+            return Err(ConfigError::StaleWithoutTtl);
+        }
+        if self.immutable && self.ttl.is_none() {
+            return Err(ConfigError::ImmutableWithoutTtl);
+        }
+        if self.immutable && self.no_cache {
+            return Err(ConfigError::Contradiction("immutable", "no_cache"));
+        }
+        if self.no_cache && self.stale.is_some() {
+            return Err(ConfigError::Contradiction("no_cache", "stale_ttl"));
+        }
+        if self.private && self.s_maxage.is_some() {
+            return Err(ConfigError::Contradiction("private", "s_maxage"));
+        }
+        if self.private && self.proxy_revalidate {
+            return Err(ConfigError::Contradiction("private", "proxy_revalidate"));
+        }
+        for (value, name) in [
+            (self.ttl, "ttl"),
+            (self.s_maxage, "s_maxage"),
+            (self.stale_ttl, "stale_ttl"),
+        ] {
+            if value.is_some_and(|d| d.as_secs() == 0) {
+                return Err(ConfigError::ZeroLifetime(name));
+            }
+        }
+        if self.cacheable_statuses.is_empty() {
+            return Err(ConfigError::NoCacheableStatus);
+        }
+        if self.max_body_size == 0 {
+            return Err(ConfigError::ZeroBodyLimit);
+        }
+        Ok(())
+    }
+
+    /// Renders the directives in the original's order: scope, `no-cache`,
+    /// `max-age`, `s-maxage`, `must-revalidate`, `proxy-revalidate`, stale
+    /// directives, `immutable`, `no-transform`, `must-understand`.
+    fn render_cache_control(&self) -> HeaderValue {
+        if self.no_store {
+            let value = if self.must_understand {
+                "no-store, must-understand"
+            } else {
+                "no-store"
+            };
+            return HeaderValue::from_static(value);
+        }
+        let mut parts: Vec<String> = Vec::new();
+        if self.public {
+            parts.push("public".into());
+        }
+        if self.private {
+            parts.push("private".into());
+        }
+        if self.no_cache {
+            parts.push("no-cache".into());
+        }
+        if let Some(ttl) = self.ttl {
+            parts.push(format!("max-age={}", ttl.as_secs()));
+        }
+        if let Some(s) = self.s_maxage {
+            parts.push(format!("s-maxage={}", s.as_secs()));
+        }
+        if self.must_revalidate {
+            parts.push("must-revalidate".into());
+        }
+        if self.proxy_revalidate {
+            parts.push("proxy-revalidate".into());
+        }
+        if let (Some(window), Some(mode)) = (self.stale_ttl, self.stale) {
+            let secs = window.as_secs();
+            if matches!(mode, Stale::Revalidate | Stale::Both) {
+                parts.push(format!("stale-while-revalidate={secs}"));
+            }
+            if matches!(mode, Stale::Error | Stale::Both) {
+                parts.push(format!("stale-if-error={secs}"));
+            }
+        }
+        if self.immutable {
+            parts.push("immutable".into());
+        }
+        if self.no_transform {
+            parts.push("no-transform".into());
+        }
+        if self.must_understand {
+            parts.push("must-understand".into());
+        }
+        // Only ASCII directive names and digits: always a valid value.
+        HeaderValue::from_str(&parts.join(", ")).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    pub(crate) fn stale_while_revalidate(&self) -> Duration {
+        match (self.stale_ttl, self.stale) {
+            (Some(w), Some(Stale::Revalidate | Stale::Both)) => w,
+            _ => Duration::ZERO,
+        }
+    }
+
+    pub(crate) fn stale_if_error(&self) -> Duration {
+        match (self.stale_ttl, self.stale) {
+            (Some(w), Some(Stale::Error | Stale::Both)) => w,
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cc(b: CacheLayerBuilder) -> String {
+        b.validate().expect("valid");
+        b.render_cache_control().to_str().expect("ascii").to_owned()
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn renders_all_thirteen_directives_in_order() {
+        let b = CacheLayerBuilder::default;
+        assert_eq!(cc(b().ttl(secs(60))), "max-age=60");
+        assert_eq!(
+            cc(b().public().ttl(secs(60)).must_revalidate().stale_ttl(secs(30)).stale(Stale::Revalidate).immutable()),
+            "public, max-age=60, must-revalidate, stale-while-revalidate=30, immutable"
+        );
+        assert_eq!(cc(b().no_cache()), "no-cache");
+        assert_eq!(cc(b().no_cache().must_revalidate()), "no-cache, must-revalidate");
+        assert_eq!(cc(b().no_store()), "no-store");
+        assert_eq!(cc(b().no_store().must_understand()), "no-store, must-understand");
+        assert_eq!(
+            cc(b().private().ttl(secs(5)).stale_ttl(secs(9)).stale(Stale::Error)),
+            "private, max-age=5, stale-if-error=9"
+        );
+        assert_eq!(
+            cc(b().public().ttl(secs(1)).s_maxage(secs(2)).proxy_revalidate().no_transform().must_understand()),
+            "public, max-age=1, s-maxage=2, proxy-revalidate, no-transform, must-understand"
+        );
+        assert_eq!(
+            cc(b().ttl(secs(10)).stale_ttl(secs(20)).stale(Stale::Both)),
+            "max-age=10, stale-while-revalidate=20, stale-if-error=20"
+        );
+    }
+
+    #[test]
+    fn rejects_impossible_combinations() {
+        let b = CacheLayerBuilder::default;
+        let err = |b: CacheLayerBuilder| b.validate().expect_err("must be rejected");
+        assert_eq!(err(b().public().private()), ConfigError::PublicAndPrivate);
+        assert_eq!(err(b().no_store().ttl(secs(5))), ConfigError::NoStoreWith("ttl"));
+        assert_eq!(err(b().no_store().public()), ConfigError::NoStoreWith("public"));
+        assert_eq!(err(b().stale_ttl(secs(5)).stale(Stale::Revalidate)), ConfigError::StaleWithoutTtl);
+        assert_eq!(err(b().ttl(secs(5)).stale_ttl(secs(5))), ConfigError::StaleIncomplete);
+        assert_eq!(err(b().immutable()), ConfigError::ImmutableWithoutTtl);
+        assert_eq!(err(b().ttl(secs(5)).immutable().no_cache()), ConfigError::Contradiction("immutable", "no_cache"));
+        assert_eq!(err(b().private().s_maxage(secs(5))), ConfigError::Contradiction("private", "s_maxage"));
+        assert_eq!(err(b().ttl(Duration::from_millis(500))), ConfigError::ZeroLifetime("ttl"));
+        assert_eq!(err(b().cacheable_statuses([])), ConfigError::NoCacheableStatus);
+        assert_eq!(err(b().max_body_size(0)), ConfigError::ZeroBodyLimit);
+        // Messages say what to change.
+        assert!(ConfigError::StaleWithoutTtl.to_string().contains("add `.ttl(..)`"));
+        assert!(ConfigError::NoStoreWith("ttl").to_string().contains("remove `ttl`"));
+    }
+}

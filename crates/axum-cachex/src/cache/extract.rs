@@ -1,0 +1,113 @@
+//! The `CacheBackend` extractor: the backend in handlers, for invalidation.
+
+use std::{convert::Infallible, ops::Deref, sync::Arc};
+
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
+use axum_cachex_core::{Backend, BackendError};
+use http::{Request, request::Parts};
+
+use super::{
+    KeyBuilder,
+    key::DefaultKeyBuilder,
+    layer::{Shared, key_for_request},
+};
+use crate::BackendProxy;
+
+/// What the layer leaves in the request extensions for the extractor.
+#[derive(Clone)]
+pub(crate) struct CacheHandle {
+    backend: Arc<dyn Backend>,
+    key_builder: Arc<dyn KeyBuilder>,
+}
+
+impl CacheHandle {
+    pub(crate) fn new(shared: &Shared, backend: &Arc<dyn Backend>) -> Self {
+        Self {
+            backend: Arc::clone(backend),
+            key_builder: Arc::clone(&shared.key_builder),
+        }
+    }
+}
+
+/// Extracts the cache backend in a handler (the original's `CacheBackend`
+/// dependency), e.g. to invalidate entries after a write.
+///
+/// Inside a route wrapped by a [`CacheLayer`](crate::CacheLayer) it is that
+/// layer's backend and key builder; elsewhere the backend of
+/// [`BackendProxy::global`] with the default key builder. It never rejects.
+/// It dereferences to [`Backend`], so every backend operation is available:
+///
+/// ```
+/// use axum::{Router, routing::post};
+/// use axum_cachex::CacheBackend;
+///
+/// async fn update_user(cache: CacheBackend) -> String {
+///     // ... write the user, then drop every cached variant of /users:
+///     let removed = cache.clear_path("/users", true).await.unwrap_or(0);
+///     format!("updated; {removed} cached responses removed")
+/// }
+///
+/// let app: Router = Router::new().route("/users", post(update_user));
+/// ```
+#[derive(Clone)]
+pub struct CacheBackend {
+    handle: CacheHandle,
+}
+
+impl std::fmt::Debug for CacheBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheBackend")
+            .field("backend", &self.handle.backend.name())
+            .finish()
+    }
+}
+
+impl CacheBackend {
+    /// The backend as a shareable trait object.
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        Arc::clone(&self.handle.backend)
+    }
+
+    /// The cache key of `request` under the layer's key builder.
+    pub fn cache_key<B>(&self, request: &Request<B>) -> String {
+        key_for_request(self.handle.key_builder.as_ref(), request)
+    }
+
+    /// Deletes the entry the layer would serve for `request` (build one with
+    /// `Request::get(uri).header(HOST, host)`). Returns whether it existed.
+    ///
+    /// # Errors
+    ///
+    /// The backend's error, e.g. when it is unreachable.
+    pub async fn invalidate<B>(&self, request: &Request<B>) -> Result<bool, BackendError> {
+        self.handle.backend.delete(&self.cache_key(request)).await
+    }
+}
+
+impl Deref for CacheBackend {
+    type Target = dyn Backend;
+
+    fn deref(&self) -> &Self::Target {
+        self.handle.backend.as_ref()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for CacheBackend {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let handle = parts.extensions.get::<CacheHandle>().cloned().unwrap_or_else(|| CacheHandle {
+            backend: BackendProxy::global().backend(),
+            key_builder: Arc::new(DefaultKeyBuilder),
+        });
+        Ok(Self { handle })
+    }
+}
+
+impl<S: Send + Sync> OptionalFromRequestParts<S> for CacheBackend {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        <Self as FromRequestParts<S>>::from_request_parts(parts, state).await.map(Some)
+    }
+}

@@ -1,0 +1,519 @@
+//! The request flow of the cache layer (SPEC S1.3, S1.9, S1.10).
+//!
+//! ```text
+//! request ─┬─ not GET/HEAD ──────────────► handler (unsafe + 2xx/3xx: delete entry) ─► bypass
+//!          ├─ no_store route ────────────► handler, Cache-Control: no-store ─────────► bypass
+//!          ├─ Authorization, not public ─► handler, ETag/304, nothing stored ────────► bypass
+//!          └─ lookup key ─┬─ fresh ───────────── If-None-Match? 304 : 200 from store ─► hit
+//!                         ├─ stale, in SWR window ─ serve stale, one background refresh ► hit
+//!                         └─ miss / too stale ─ coalesce ─┬─ waiter: leader's response ► collapsed
+//!                                                         └─ leader: handler ─┬─ 5xx/error in SIE window ─► stale entry
+//!                                                                             └─ store if cacheable, ETag, 304? ► miss
+//! ```
+
+use std::{sync::Arc, time::SystemTime};
+
+use axum::body::Body;
+use axum_cachex_core::{Backend, BackendError, CacheEntry};
+use bytes::Bytes;
+use http::{
+    HeaderValue, Method, Request, Response,
+    header::{AUTHORIZATION, CACHE_CONTROL, ETAG, IF_NONE_MATCH, SET_COOKIE, VARY},
+    request::Parts,
+};
+use http_body::Body as HttpBody;
+use tower_service::Service;
+
+use super::{
+    body::{Collected, PassReason, collect_limited},
+    coalesce::{self, Flight, Leader},
+    directives::handler_forbids_storing,
+    etag::{if_none_match_matches, weak_etag},
+    extract::CacheHandle,
+    layer::{Shared, key_for_parts},
+    response,
+    stats::bump,
+    status::CacheStatus,
+};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub(crate) async fn serve<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response<Body>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Default + Send + 'static,
+    ResBody: HttpBody<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let (mut parts, body) = req.into_parts();
+    let backend = shared.backend.resolve();
+
+    if parts.method != Method::GET && parts.method != Method::HEAD {
+        return pass_unsafe(&shared, inner, backend, parts, body).await;
+    }
+    if shared.no_store {
+        bump(&shared.stats.bypass_no_store);
+        insert_handle(&shared, &backend, &mut parts);
+        let mut res = map_body(call(&mut inner, Request::from_parts(parts, body)).await?);
+        res.headers_mut().insert(CACHE_CONTROL, shared.cache_control.clone());
+        response::set_status(&mut res, CacheStatus::bypass("no-store"));
+        return Ok(res);
+    }
+    let head = parts.method == Method::HEAD;
+    let inm: Vec<HeaderValue> = parts.headers.get_all(IF_NONE_MATCH).iter().cloned().collect();
+    if parts.headers.contains_key(AUTHORIZATION) && !shared.shares_authorized {
+        // RFC 9111 §3.5: a shared cache must not reuse a response to an
+        // authenticated request unless the response says it may.
+        bump(&shared.stats.bypass_authorization);
+        insert_handle(&shared, &backend, &mut parts);
+        let res = call(&mut inner, Request::from_parts(parts, body)).await?;
+        let answer = finish(&shared, res, &inm, head, None).await;
+        return Ok(answer.into_response(CacheStatus::bypass("authorization")));
+    }
+    if !shared.stores() {
+        // no_cache, or no ttl: the handler runs every time; ETag and 304.
+        bump(&shared.stats.misses);
+        insert_handle(&shared, &backend, &mut parts);
+        let res = call(&mut inner, Request::from_parts(parts, body)).await?;
+        let answer = finish(&shared, res, &inm, head, None).await;
+        let status = if shared.no_cache {
+            CacheStatus::forward("miss").with_detail("no-cache")
+        } else {
+            CacheStatus::forward("miss")
+        };
+        return Ok(answer.into_response(status));
+    }
+
+    let key = key_for_parts(shared.key_builder.as_ref(), &mut parts);
+    let lookup = lookup(&shared, &backend, &key).await;
+    let now = shared.clock.now();
+    let backend_up = !matches!(lookup, Lookup::Failed);
+    let fwd = if matches!(lookup, Lookup::Found(_)) { "stale" } else { "miss" };
+    let mut stale = None;
+    if let Lookup::Found(entry) = lookup {
+        let age = entry.age(now);
+        if age < entry.fresh_for {
+            bump(&shared.stats.hits);
+            let status = CacheStatus::hit(response::ttl_left(&entry, now));
+            return Ok(answer_from_entry(&shared, entry, &inm, head, now, status));
+        }
+        if age < entry.fresh_for + entry.stale_while_revalidate {
+            bump(&shared.stats.hits);
+            bump(&shared.stats.stale_served);
+            let request = clone_request::<ReqBody>(&parts);
+            spawn_refresh(&shared, &backend, inner, key, request);
+            let status = CacheStatus {
+                detail: Some("stale-while-revalidate"),
+                ..CacheStatus::hit(response::ttl_left(&entry, now))
+            };
+            return Ok(answer_from_entry(&shared, entry, &inm, head, now, status));
+        }
+        if age < entry.fresh_for + entry.stale_if_error {
+            stale = Some(entry);
+        }
+    }
+    bump(&shared.stats.misses);
+
+    // HEAD neither leads nor waits: its handler run produces no body to
+    // share, and the GET requests must not wait on it.
+    let leader = if shared.coalesce && !head {
+        match shared.inflight.join(&key) {
+            Flight::Leader(leader) => Some(leader),
+            Flight::Waiter(slot) => {
+                bump(&shared.stats.coalesced_waits);
+                if let Some(Some(entry)) = coalesce::wait(slot, shared.coalesce_timeout).await {
+                    let now = shared.clock.now();
+                    let status = CacheStatus { collapsed: true, ..CacheStatus::forward(fwd) };
+                    return Ok(answer_from_entry(&shared, (*entry).clone(), &inm, head, now, status));
+                }
+                // The leader's response was not shareable, it went away, or
+                // it took too long: run the handler ourselves.
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    insert_handle(&shared, &backend, &mut parts);
+    let result = call(&mut inner, Request::from_parts(parts, body)).await;
+    let res = match result {
+        Ok(res) if !res.status().is_server_error() => res,
+        Ok(res) => match stale {
+            Some(entry) => {
+                let code = res.status().as_u16();
+                return Ok(serve_stale_on_error(&shared, entry, &inm, head, Some(code)));
+            }
+            None => res,
+        },
+        Err(e) => match stale {
+            Some(entry) => return Ok(serve_stale_on_error(&shared, entry, &inm, head, None)),
+            None => return Err(e),
+        },
+    };
+    let store_to = (backend_up && !head).then_some((&*backend, key.as_str()));
+    let answer = finish(&shared, res, &inm, head, store_to).await;
+    if let Some(leader) = &leader {
+        leader.publish(answer.shareable.clone());
+    }
+    drop(leader);
+    let status = CacheStatus { stored: answer.stored, ..CacheStatus::forward(fwd) };
+    Ok(answer.into_response(status))
+}
+
+/// Non-GET/HEAD requests go straight to the handler. A successful unsafe
+/// request invalidates the stored GET response of its URI (RFC 9111 §4.4).
+async fn pass_unsafe<S, ReqBody, ResBody>(
+    shared: &Arc<Shared>,
+    mut inner: S,
+    backend: Arc<dyn Backend>,
+    mut parts: Parts,
+    body: ReqBody,
+) -> Result<Response<Body>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: HttpBody<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    bump(&shared.stats.bypass_method);
+    let key = (!parts.method.is_safe() && shared.stores())
+        .then(|| key_for_parts(shared.key_builder.as_ref(), &mut parts));
+    insert_handle(shared, &backend, &mut parts);
+    let res = call(&mut inner, Request::from_parts(parts, body)).await?;
+    if let Some(key) = key {
+        if res.status().is_success() || res.status().is_redirection() {
+            let _ = with_timeout(shared, &*backend, "delete", backend.delete(&key)).await;
+        }
+    }
+    let mut res = map_body(res);
+    response::set_status(&mut res, CacheStatus::bypass("method"));
+    Ok(res)
+}
+
+enum Lookup {
+    Found(CacheEntry),
+    Missing,
+    /// The backend failed or timed out: serve uncached and skip the store.
+    Failed,
+}
+
+async fn lookup(shared: &Shared, backend: &Arc<dyn Backend>, key: &str) -> Lookup {
+    let Some(bytes) = with_timeout(shared, &**backend, "get", backend.get(key)).await else {
+        return Lookup::Failed;
+    };
+    let Some(bytes) = bytes else {
+        return Lookup::Missing;
+    };
+    match CacheEntry::decode(bytes) {
+        Ok(entry) => Lookup::Found(entry),
+        Err(error) => {
+            // Corrupt, or written by another version: a miss, and the entry
+            // goes so the next store replaces it.
+            bump(&shared.stats.decode_failures);
+            tracing::warn!(%error, "undecodable cache entry deleted");
+            let _ = with_timeout(shared, &**backend, "delete", backend.delete(key)).await;
+            Lookup::Missing
+        }
+    }
+}
+
+/// Runs a backend call under the layer's timeout; failures are counted,
+/// logged (rate-limited) and turned into `None` — fail open.
+async fn with_timeout<T>(
+    shared: &Shared,
+    backend: &dyn Backend,
+    operation: &'static str,
+    call: impl Future<Output = Result<T, BackendError>>,
+) -> Option<T> {
+    let error = match tokio::time::timeout(shared.backend_timeout, call).await {
+        Ok(Ok(value)) => return Some(value),
+        Ok(Err(error)) => {
+            if matches!(error, BackendError::Timeout { .. }) {
+                bump(&shared.stats.backend_timeouts);
+            } else {
+                bump(&shared.stats.backend_errors);
+            }
+            error
+        }
+        Err(_) => {
+            bump(&shared.stats.backend_timeouts);
+            BackendError::Timeout {
+                backend: backend.name(),
+                timeout: shared.backend_timeout,
+            }
+        }
+    };
+    shared.failures.record(backend.name(), operation, &error);
+    None
+}
+
+/// A handler response after the layer looked at it.
+struct Answer {
+    response: Response<Body>,
+    stored: bool,
+    /// The entry to hand coalesced waiters, when the response is shareable.
+    shareable: Option<Arc<CacheEntry>>,
+    /// Why it was not stored, for `Cache-Status`.
+    detail: Option<&'static str>,
+}
+
+impl Answer {
+    fn into_response(mut self, mut status: CacheStatus) -> Response<Body> {
+        if status.detail.is_none() {
+            status.detail = self.detail;
+        }
+        response::set_status(&mut self.response, status);
+        self.response
+    }
+}
+
+/// Decides what to do with the handler's response: pass it through when
+/// it must not be cached, otherwise buffer it, add `ETag` and
+/// `Cache-Control`, store it (when `store_to` is given) and answer 304 when
+/// `If-None-Match` matches.
+async fn finish<ResBody>(
+    shared: &Shared,
+    res: Response<ResBody>,
+    inm: &[HeaderValue],
+    head: bool,
+    store_to: Option<(&dyn Backend, &str)>,
+) -> Answer
+where
+    ResBody: HttpBody<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let (mut parts, body) = res.into_parts();
+    let unstorable = if !shared.cacheable_statuses.contains(&parts.status) {
+        Some("status")
+    } else if parts.headers.contains_key(SET_COOKIE) {
+        Some("set-cookie")
+    } else if let Some(reason) = handler_forbids_storing(&parts.headers) {
+        Some(reason)
+    } else if parts.headers.get_all(VARY).iter().any(|v| v.as_bytes().contains(&b'*')) {
+        Some("vary-star")
+    } else {
+        None
+    };
+    if let Some(detail) = unstorable {
+        // The handler decided: its response goes out as it made it.
+        bump(&shared.stats.not_storable);
+        return Answer {
+            response: Response::from_parts(parts, Body::new(body)),
+            stored: false,
+            shareable: None,
+            detail: Some(detail),
+        };
+    }
+    parts.headers.insert(CACHE_CONTROL, shared.cache_control.clone());
+    if head {
+        // A HEAD response has no body to hash or store.
+        return Answer {
+            response: Response::from_parts(parts, Body::new(body)),
+            stored: false,
+            shareable: None,
+            detail: None,
+        };
+    }
+    let bytes = match collect_limited(body, shared.max_body_size).await {
+        Collected::Complete(bytes) => bytes,
+        Collected::PassThrough(body, reason) => {
+            let detail = match reason {
+                PassReason::TooLarge => {
+                    bump(&shared.stats.bypass_too_large);
+                    "too-large"
+                }
+                PassReason::Trailers => "trailers",
+                PassReason::Error => "body-error",
+            };
+            return Answer {
+                response: Response::from_parts(parts, body),
+                stored: false,
+                shareable: None,
+                detail: Some(detail),
+            };
+        }
+    };
+    // Keep a valid ETag the handler chose; otherwise derive a weak one.
+    let etag = match parts.headers.get(ETAG) {
+        Some(tag) if is_entity_tag(tag) => tag.clone(),
+        _ => weak_etag(&bytes),
+    };
+    parts.headers.insert(ETAG, etag.clone());
+
+    let mut stored = false;
+    let mut shareable = None;
+    if let (Some(ttl), true) = (shared.ttl, shared.stores()) {
+        let entry = CacheEntry {
+            status: parts.status,
+            headers: response::storable_headers(&parts.headers),
+            body: bytes.clone(),
+            etag: etag.clone(),
+            // Whole milliseconds, as the entry format keeps them, so that
+            // `Age` and `ttl` read the same before and after a round trip.
+            stored_at: whole_millis(shared.clock.now()),
+            fresh_for: ttl,
+            stale_while_revalidate: shared.stale_while_revalidate,
+            stale_if_error: shared.stale_if_error,
+        };
+        if let Some((backend, key)) = store_to {
+            let encoded = entry.encode();
+            let ttl = Some(entry.storage_ttl());
+            if with_timeout(shared, backend, "set", backend.set(key, encoded, ttl)).await.is_some() {
+                bump(&shared.stats.stores);
+                stored = true;
+            }
+        }
+        shareable = Some(Arc::new(entry));
+    }
+    let response = if !inm.is_empty() && if_none_match_matches(inm, &etag) {
+        bump(&shared.stats.not_modified);
+        let mut res = response::not_modified(&parts.headers, &etag, &shared.cache_control, None, CacheStatus::default());
+        res.headers_mut().remove(super::status::CACHE_STATUS);
+        res
+    } else {
+        response::from_parts(parts, bytes, head)
+    };
+    Answer { response, stored, shareable, detail: None }
+}
+
+fn whole_millis(t: SystemTime) -> SystemTime {
+    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    std::time::UNIX_EPOCH + std::time::Duration::from_millis(since.as_millis() as u64)
+}
+
+fn is_entity_tag(tag: &HeaderValue) -> bool {
+    let b = tag.as_bytes();
+    let b = b.strip_prefix(b"W/").unwrap_or(b);
+    b.len() >= 2 && b[0] == b'"' && b[b.len() - 1] == b'"' && !b[1..b.len() - 1].contains(&b'"')
+}
+
+/// 200 or 304 from a stored entry.
+fn answer_from_entry(
+    shared: &Shared,
+    entry: CacheEntry,
+    inm: &[HeaderValue],
+    head: bool,
+    now: SystemTime,
+    status: CacheStatus,
+) -> Response<Body> {
+    if !inm.is_empty() && if_none_match_matches(inm, &entry.etag) {
+        bump(&shared.stats.not_modified);
+        return response::not_modified_from_entry(&entry, now, &shared.cache_control, status);
+    }
+    response::from_entry(entry, now, &shared.cache_control, head, status)
+}
+
+fn serve_stale_on_error(
+    shared: &Shared,
+    entry: CacheEntry,
+    inm: &[HeaderValue],
+    head: bool,
+    fwd_status: Option<u16>,
+) -> Response<Body> {
+    bump(&shared.stats.handler_failures);
+    bump(&shared.stats.stale_if_error_served);
+    let now = shared.clock.now();
+    let status = CacheStatus {
+        fwd_status,
+        ttl: Some(response::ttl_left(&entry, now)),
+        ..CacheStatus::forward("stale").with_detail("stale-if-error")
+    };
+    answer_from_entry(shared, entry, inm, head, now, status)
+}
+
+/// A copy of the request head with an empty body, for a background refresh
+/// that must not hold on to the client's connection.
+fn clone_request<ReqBody: Default>(parts: &Parts) -> Request<ReqBody> {
+    let mut req = Request::new(ReqBody::default());
+    *req.method_mut() = Method::GET;
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    *req.extensions_mut() = parts.extensions.clone();
+    req
+}
+
+/// Starts one background refresh of `key`, unless one is already running
+/// for it or the bound on refreshes in flight is reached.
+fn spawn_refresh<S, ReqBody, ResBody>(
+    shared: &Arc<Shared>,
+    backend: &Arc<dyn Backend>,
+    inner: S,
+    key: String,
+    request: Request<ReqBody>,
+) where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: HttpBody<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let Ok(permit) = Arc::clone(&shared.refresh_slots).try_acquire_owned() else {
+        return;
+    };
+    let Some(leader) = shared.inflight.try_lead(&key) else {
+        return;
+    };
+    bump(&shared.stats.revalidations);
+    let shared = Arc::clone(shared);
+    let backend = Arc::clone(backend);
+    tokio::spawn(async move {
+        let _permit = permit;
+        refresh(shared, backend, inner, key, request, leader).await;
+    });
+}
+
+async fn refresh<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    backend: Arc<dyn Backend>,
+    mut inner: S,
+    key: String,
+    mut request: Request<ReqBody>,
+    leader: Leader,
+) where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: HttpBody<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    request.extensions_mut().insert(CacheHandle::new(&shared, &backend));
+    let res = match call(&mut inner, request).await {
+        Ok(res) if !res.status().is_server_error() => res,
+        // A failed refresh leaves the stale entry in place.
+        _ => {
+            bump(&shared.stats.handler_failures);
+            return;
+        }
+    };
+    let answer = finish(&shared, res, &[], false, Some((&*backend, &key))).await;
+    leader.publish(answer.shareable);
+}
+
+async fn call<S, ReqBody, ResBody>(
+    inner: &mut S,
+    req: Request<ReqBody>,
+) -> Result<Response<ResBody>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+    inner.call(req).await
+}
+
+fn map_body<ResBody>(res: Response<ResBody>) -> Response<Body>
+where
+    ResBody: HttpBody<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    res.map(Body::new)
+}
+
+fn insert_handle(shared: &Arc<Shared>, backend: &Arc<dyn Backend>, parts: &mut Parts) {
+    parts.extensions.insert(CacheHandle::new(shared, backend));
+}

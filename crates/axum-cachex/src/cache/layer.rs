@@ -1,0 +1,192 @@
+//! The `Layer`: validated configuration shared by every service it wraps.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use axum_cachex_core::{Backend, BackendError};
+use http::{HeaderValue, Method, Request, StatusCode, request::Parts};
+use tower_layer::Layer;
+
+use super::{
+    KeyBuilder,
+    coalesce::Coalescer,
+    config::CacheLayerBuilder,
+    service::CacheService,
+    stats::{CacheStats, FailureLog, StatsSnapshot},
+};
+use crate::{BackendProxy, clock::Clock};
+
+/// Where a layer gets its backend from, per request.
+#[derive(Clone)]
+pub(crate) enum BackendSource {
+    Fixed(Arc<dyn Backend>),
+    Proxy(BackendProxy),
+}
+
+impl BackendSource {
+    pub(crate) fn resolve(&self) -> Arc<dyn Backend> {
+        match self {
+            Self::Fixed(b) => Arc::clone(b),
+            Self::Proxy(p) => p.backend(),
+        }
+    }
+}
+
+/// Server-side HTTP response caching for a route or a router.
+///
+/// Emits `Cache-Control`, computes `ETag`s, answers `If-None-Match` with
+/// 304, and serves fresh stored responses without running the handler. See
+/// the [crate documentation](crate) for the request flow.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{Router, routing::get};
+/// use axum_cachex::CacheLayer;
+///
+/// let cache = CacheLayer::builder()
+///     .ttl(Duration::from_secs(60))
+///     .public()
+///     .build()
+///     .expect("valid cache configuration");
+/// let app: Router = Router::new().route("/", get(|| async { "hello" }).layer(cache));
+/// ```
+///
+/// Clones share the configuration, the counters and the in-flight request
+/// table.
+#[derive(Clone)]
+pub struct CacheLayer {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for CacheLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheLayer")
+            .field("cache_control", &self.shared.cache_control)
+            .field("stats", &self.shared.stats.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Whether responses are stored and served from the store: a ttl is
+    /// set and the route is neither no-cache nor no-store.
+    pub(crate) fn stores(&self) -> bool {
+        self.ttl.is_some() && !self.no_cache && !self.no_store
+    }
+}
+
+/// Everything a request needs, built once.
+pub(crate) struct Shared {
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) stale_while_revalidate: Duration,
+    pub(crate) stale_if_error: Duration,
+    pub(crate) no_cache: bool,
+    pub(crate) no_store: bool,
+    /// RFC 9111 §3.5: responses to requests with `Authorization` may be
+    /// stored when the response is `public`, `must-revalidate` or has
+    /// `s-maxage`.
+    pub(crate) shares_authorized: bool,
+    pub(crate) cache_control: HeaderValue,
+    pub(crate) key_builder: Arc<dyn KeyBuilder>,
+    pub(crate) backend: BackendSource,
+    pub(crate) cacheable_statuses: HashSet<StatusCode>,
+    pub(crate) max_body_size: usize,
+    pub(crate) backend_timeout: Duration,
+    pub(crate) coalesce: bool,
+    pub(crate) coalesce_timeout: Duration,
+    pub(crate) refresh_slots: Arc<tokio::sync::Semaphore>,
+    pub(crate) clock: Clock,
+    pub(crate) stats: CacheStats,
+    pub(crate) failures: FailureLog,
+    pub(crate) inflight: Coalescer,
+}
+
+impl CacheLayer {
+    /// Starts configuring a layer.
+    pub fn builder() -> CacheLayerBuilder {
+        CacheLayerBuilder::default()
+    }
+
+    pub(crate) fn from_builder(b: CacheLayerBuilder, cache_control: HeaderValue) -> Self {
+        let shared = Shared {
+            ttl: b.ttl,
+            stale_while_revalidate: b.stale_while_revalidate(),
+            stale_if_error: b.stale_if_error(),
+            no_cache: b.no_cache,
+            no_store: b.no_store,
+            shares_authorized: b.public || b.must_revalidate || b.s_maxage.is_some(),
+            cache_control,
+            key_builder: b.key_builder,
+            backend: b.backend,
+            cacheable_statuses: b.cacheable_statuses,
+            max_body_size: b.max_body_size,
+            backend_timeout: b.backend_timeout,
+            coalesce: b.coalesce,
+            coalesce_timeout: b.coalesce_timeout,
+            refresh_slots: Arc::new(tokio::sync::Semaphore::new(b.max_refreshes)),
+            clock: b.clock,
+            stats: CacheStats::default(),
+            failures: FailureLog::default(),
+            inflight: Coalescer::default(),
+        };
+        Self { shared: Arc::new(shared) }
+    }
+
+    /// The `Cache-Control` value this layer emits.
+    pub fn cache_control(&self) -> &HeaderValue {
+        &self.shared.cache_control
+    }
+
+    /// The backend this layer would use for a request arriving now.
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        self.shared.backend.resolve()
+    }
+
+    /// A copy of this layer's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// The cache key this layer uses for `request` (`HEAD` maps to the `GET`
+    /// entry).
+    pub fn cache_key<B>(&self, request: &Request<B>) -> String {
+        key_for_request(self.shared.key_builder.as_ref(), request)
+    }
+
+    /// Deletes the entry this layer would serve for `request`.
+    ///
+    /// # Errors
+    ///
+    /// The backend's error, e.g. when it is unreachable.
+    pub async fn invalidate<B>(&self, request: &Request<B>) -> Result<bool, BackendError> {
+        let key = self.cache_key(request);
+        self.backend().delete(&key).await
+    }
+}
+
+/// Key of the `GET` entry for a request head (HEAD shares GET's entry).
+pub(crate) fn key_for_parts(builder: &dyn KeyBuilder, parts: &mut Parts) -> String {
+    if parts.method == Method::GET {
+        return builder.build_key(parts);
+    }
+    let original = std::mem::replace(&mut parts.method, Method::GET);
+    let key = builder.build_key(parts);
+    parts.method = original;
+    key
+}
+
+pub(crate) fn key_for_request<B>(builder: &dyn KeyBuilder, request: &Request<B>) -> String {
+    let mut parts = Request::new(()).into_parts().0;
+    parts.method = Method::GET;
+    parts.uri = request.uri().clone();
+    parts.version = request.version();
+    parts.headers = request.headers().clone();
+    builder.build_key(&parts)
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = CacheService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CacheService::new(inner, Arc::clone(&self.shared))
+    }
+}

@@ -1,0 +1,31 @@
+//! The HTTP response cache middleware: [`CacheLayer`] and its parts.
+//!
+//! Laid out like a tower-http middleware: `layer` (the `Layer`, plain
+//! shared configuration), `service` (the `Service` and its future), `flow`
+//! (what happens to one request), and one small module per concern (keys,
+//! ETags, the `Cache-Control` builder, body buffering, coalescing,
+//! `Cache-Status`).
+
+mod body;
+mod coalesce;
+mod config;
+mod directives;
+mod etag;
+mod extract;
+mod flow;
+mod key;
+mod layer;
+mod response;
+mod service;
+mod stats;
+mod status;
+
+pub use config::{
+    CacheLayerBuilder, ConfigError, DEFAULT_BACKEND_TIMEOUT, DEFAULT_COALESCE_TIMEOUT,
+    DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_REFRESHES, Stale, default_cacheable_statuses,
+};
+pub use extract::CacheBackend;
+pub use key::{DefaultKeyBuilder, KeyBuilder};
+pub use layer::CacheLayer;
+pub use service::{CacheService, ResponseFuture};
+pub use stats::StatsSnapshot;

@@ -1,0 +1,178 @@
+//! Turning stored entries into responses, and responses into entries.
+
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum_cachex_core::CacheEntry;
+use bytes::Bytes;
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Response, StatusCode,
+    header::{
+        AGE, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_LOCATION, DATE, ETAG, EXPIRES,
+        LAST_MODIFIED, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, SET_COOKIE, TE, TRAILER,
+        TRANSFER_ENCODING, UPGRADE, VARY,
+    },
+};
+
+use super::status::{CACHE_STATUS, CacheStatus};
+
+/// Headers a 304 repeats from the full response (RFC 9110 §15.4.5), plus
+/// `Last-Modified`, which guides cache updates.
+const NOT_MODIFIED_HEADERS: [HeaderName; 6] =
+    [CONTENT_LOCATION, DATE, VARY, EXPIRES, LAST_MODIFIED, CACHE_CONTROL];
+
+/// Headers never stored: hop-by-hop ones (RFC 9110 §7.6.1), `Set-Cookie`,
+/// and the ones the layer writes itself on every answer.
+fn is_unstorable(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TE
+        || name == TRAILER
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == PROXY_AUTHENTICATE
+        || name == PROXY_AUTHORIZATION
+        || name == SET_COOKIE
+        || name == AGE
+        || name == ETAG
+        || name == CACHE_CONTROL
+        || name == CACHE_STATUS
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// The end-to-end headers of a response, as stored.
+pub(crate) fn storable_headers(headers: &HeaderMap) -> HeaderMap {
+    // Headers listed in `Connection` are hop-by-hop too.
+    let listed: Vec<String> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if !is_unstorable(name) && !listed.iter().any(|l| l == name.as_str()) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// Whole seconds since `stored_at`, for `Age`.
+pub(crate) fn age_value(entry: &CacheEntry, now: SystemTime) -> HeaderValue {
+    HeaderValue::from(entry.age(now).as_secs())
+}
+
+/// Seconds of freshness left (negative once stale), for `Cache-Status`.
+pub(crate) fn ttl_left(entry: &CacheEntry, now: SystemTime) -> i64 {
+    let age = entry.age(now);
+    let fresh = entry.fresh_for;
+    if age <= fresh {
+        // Rounded up: an entry stored a moment ago still has its whole ttl.
+        ((fresh - age) + Duration::from_millis(999)).as_secs() as i64
+    } else {
+        -(((age - fresh) + Duration::from_millis(999)).as_secs() as i64)
+    }
+}
+
+/// A full answer from a stored entry (an empty body for HEAD).
+pub(crate) fn from_entry(
+    entry: CacheEntry,
+    now: SystemTime,
+    cache_control: &HeaderValue,
+    head: bool,
+    status: CacheStatus,
+) -> Response<Body> {
+    let age = age_value(&entry, now);
+    let body_len = entry.body.len();
+    let mut headers = entry.headers;
+    headers.insert(ETAG, entry.etag);
+    headers.insert(CACHE_CONTROL, cache_control.clone());
+    headers.insert(AGE, age);
+    headers.insert(CACHE_STATUS, status.header_value());
+    let body = if head {
+        // HEAD carries the GET response's length, not its bytes.
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body_len));
+        Body::empty()
+    } else {
+        Body::from(entry.body)
+    };
+    let mut res = Response::new(body);
+    *res.status_mut() = entry.status;
+    *res.headers_mut() = headers;
+    res
+}
+
+/// A 304 repeating what RFC 9110 §15.4.5 requires from `source` headers.
+pub(crate) fn not_modified(
+    source: &HeaderMap,
+    etag: &HeaderValue,
+    cache_control: &HeaderValue,
+    age: Option<HeaderValue>,
+    status: CacheStatus,
+) -> Response<Body> {
+    let mut headers = HeaderMap::with_capacity(8);
+    for name in NOT_MODIFIED_HEADERS {
+        for value in source.get_all(&name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers.insert(ETAG, etag.clone());
+    headers.insert(CACHE_CONTROL, cache_control.clone());
+    if let Some(age) = age {
+        headers.insert(AGE, age);
+    }
+    headers.insert(CACHE_STATUS, status.header_value());
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::NOT_MODIFIED;
+    *res.headers_mut() = headers;
+    res
+}
+
+/// A 304 for a stored entry.
+pub(crate) fn not_modified_from_entry(
+    entry: &CacheEntry,
+    now: SystemTime,
+    cache_control: &HeaderValue,
+    status: CacheStatus,
+) -> Response<Body> {
+    not_modified(
+        &entry.headers,
+        &entry.etag,
+        cache_control,
+        Some(age_value(entry, now)),
+        status,
+    )
+}
+
+/// A response from parts and complete body bytes.
+pub(crate) fn from_parts(parts: http::response::Parts, body: Bytes, head: bool) -> Response<Body> {
+    let body = if head { Body::empty() } else { Body::from(body) };
+    Response::from_parts(parts, body)
+}
+
+/// Sets `Cache-Status` on any response.
+pub(crate) fn set_status<B>(res: &mut Response<B>, status: CacheStatus) {
+    res.headers_mut().insert(CACHE_STATUS, status.header_value());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_cookies_and_connection_listed() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        h.insert("x-custom", HeaderValue::from_static("1"));
+        h.insert("set-cookie", HeaderValue::from_static("a=b"));
+        h.insert("connection", HeaderValue::from_static("x-hop, close"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        let stored = storable_headers(&h);
+        let names: Vec<_> = stored.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-custom"]);
+    }
+}
