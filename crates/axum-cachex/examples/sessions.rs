@@ -1,0 +1,2 @@
+//! Placeholder: the sessions example is being written.
+fn main() {}
