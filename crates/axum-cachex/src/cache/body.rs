@@ -197,7 +197,9 @@ mod tests {
 
     #[tokio::test]
     async fn chunked_body_over_limit_replays_everything() {
-        let frames = (0..10u8).map(|i| Ok(Frame::data(Bytes::from(vec![i; 100])))).collect();
+        let frames = (0..10u8)
+            .map(|i| Ok(Frame::data(Bytes::from(vec![i; 100]))))
+            .collect();
         match collect_limited(Frames(frames), 250).await {
             Collected::PassThrough(body, reason) => {
                 assert_eq!(reason, PassReason::TooLarge);

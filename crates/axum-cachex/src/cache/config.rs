@@ -40,13 +40,19 @@ pub enum ConfigError {
     )]
     NoStoreWith(&'static str),
     /// A stale window was set without a freshness lifetime.
-    #[error("`stale_ttl` needs a `ttl`: a response must be fresh before it can be stale; add `.ttl(..)`")]
+    #[error(
+        "`stale_ttl` needs a `ttl`: a response must be fresh before it can be stale; add `.ttl(..)`"
+    )]
     StaleWithoutTtl,
     /// `stale_ttl` and `stale` must be set together.
-    #[error("`stale_ttl` and `stale` go together: set both (e.g. `.stale_ttl(d).stale(Stale::Revalidate)`) or neither")]
+    #[error(
+        "`stale_ttl` and `stale` go together: set both (e.g. `.stale_ttl(d).stale(Stale::Revalidate)`) or neither"
+    )]
     StaleIncomplete,
     /// `immutable` without a freshness lifetime.
-    #[error("`immutable` needs a `ttl`: add `.ttl(..)` (immutable means \"fresh for its whole lifetime\")")]
+    #[error(
+        "`immutable` needs a `ttl`: add `.ttl(..)` (immutable means \"fresh for its whole lifetime\")"
+    )]
     ImmutableWithoutTtl,
     /// Two options that contradict each other.
     #[error("`{0}` and `{1}` contradict each other: remove one of them")]
@@ -55,7 +61,9 @@ pub enum ConfigError {
     #[error("`{0}` must be at least one second; use `no_cache` to revalidate every time")]
     ZeroLifetime(&'static str),
     /// No status is cacheable.
-    #[error("`cacheable_statuses` is empty: nothing would ever be cached; leave the default or list at least one status")]
+    #[error(
+        "`cacheable_statuses` is empty: nothing would ever be cached; leave the default or list at least one status"
+    )]
     NoCacheableStatus,
     /// A zero body limit.
     #[error("`max_body_size` must be greater than zero")]
@@ -330,7 +338,10 @@ impl CacheLayerBuilder {
             let conflicts = [
                 (self.ttl.is_some(), "ttl"),
                 (self.s_maxage.is_some(), "s_maxage"),
-                (self.stale_ttl.is_some() || self.stale.is_some(), "stale_ttl"),
+                (
+                    self.stale_ttl.is_some() || self.stale.is_some(),
+                    "stale_ttl",
+                ),
                 (self.no_cache, "no_cache"),
                 (self.public, "public"),
                 (self.immutable, "immutable"),
@@ -469,19 +480,41 @@ mod tests {
         let b = CacheLayerBuilder::default;
         assert_eq!(cc(b().ttl(secs(60))), "max-age=60");
         assert_eq!(
-            cc(b().public().ttl(secs(60)).must_revalidate().stale_ttl(secs(30)).stale(Stale::Revalidate).immutable()),
+            cc(b()
+                .public()
+                .ttl(secs(60))
+                .must_revalidate()
+                .stale_ttl(secs(30))
+                .stale(Stale::Revalidate)
+                .immutable()),
             "public, max-age=60, must-revalidate, stale-while-revalidate=30, immutable"
         );
         assert_eq!(cc(b().no_cache()), "no-cache");
-        assert_eq!(cc(b().no_cache().must_revalidate()), "no-cache, must-revalidate");
-        assert_eq!(cc(b().no_store()), "no-store");
-        assert_eq!(cc(b().no_store().must_understand()), "no-store, must-understand");
         assert_eq!(
-            cc(b().private().ttl(secs(5)).stale_ttl(secs(9)).stale(Stale::Error)),
+            cc(b().no_cache().must_revalidate()),
+            "no-cache, must-revalidate"
+        );
+        assert_eq!(cc(b().no_store()), "no-store");
+        assert_eq!(
+            cc(b().no_store().must_understand()),
+            "no-store, must-understand"
+        );
+        assert_eq!(
+            cc(b()
+                .private()
+                .ttl(secs(5))
+                .stale_ttl(secs(9))
+                .stale(Stale::Error)),
             "private, max-age=5, stale-if-error=9"
         );
         assert_eq!(
-            cc(b().public().ttl(secs(1)).s_maxage(secs(2)).proxy_revalidate().no_transform().must_understand()),
+            cc(b()
+                .public()
+                .ttl(secs(1))
+                .s_maxage(secs(2))
+                .proxy_revalidate()
+                .no_transform()
+                .must_understand()),
             "public, max-age=1, s-maxage=2, proxy-revalidate, no-transform, must-understand"
         );
         assert_eq!(
@@ -495,18 +528,50 @@ mod tests {
         let b = CacheLayerBuilder::default;
         let err = |b: CacheLayerBuilder| b.validate().expect_err("must be rejected");
         assert_eq!(err(b().public().private()), ConfigError::PublicAndPrivate);
-        assert_eq!(err(b().no_store().ttl(secs(5))), ConfigError::NoStoreWith("ttl"));
-        assert_eq!(err(b().no_store().public()), ConfigError::NoStoreWith("public"));
-        assert_eq!(err(b().stale_ttl(secs(5)).stale(Stale::Revalidate)), ConfigError::StaleWithoutTtl);
-        assert_eq!(err(b().ttl(secs(5)).stale_ttl(secs(5))), ConfigError::StaleIncomplete);
+        assert_eq!(
+            err(b().no_store().ttl(secs(5))),
+            ConfigError::NoStoreWith("ttl")
+        );
+        assert_eq!(
+            err(b().no_store().public()),
+            ConfigError::NoStoreWith("public")
+        );
+        assert_eq!(
+            err(b().stale_ttl(secs(5)).stale(Stale::Revalidate)),
+            ConfigError::StaleWithoutTtl
+        );
+        assert_eq!(
+            err(b().ttl(secs(5)).stale_ttl(secs(5))),
+            ConfigError::StaleIncomplete
+        );
         assert_eq!(err(b().immutable()), ConfigError::ImmutableWithoutTtl);
-        assert_eq!(err(b().ttl(secs(5)).immutable().no_cache()), ConfigError::Contradiction("immutable", "no_cache"));
-        assert_eq!(err(b().private().s_maxage(secs(5))), ConfigError::Contradiction("private", "s_maxage"));
-        assert_eq!(err(b().ttl(Duration::from_millis(500))), ConfigError::ZeroLifetime("ttl"));
-        assert_eq!(err(b().cacheable_statuses([])), ConfigError::NoCacheableStatus);
+        assert_eq!(
+            err(b().ttl(secs(5)).immutable().no_cache()),
+            ConfigError::Contradiction("immutable", "no_cache")
+        );
+        assert_eq!(
+            err(b().private().s_maxage(secs(5))),
+            ConfigError::Contradiction("private", "s_maxage")
+        );
+        assert_eq!(
+            err(b().ttl(Duration::from_millis(500))),
+            ConfigError::ZeroLifetime("ttl")
+        );
+        assert_eq!(
+            err(b().cacheable_statuses([])),
+            ConfigError::NoCacheableStatus
+        );
         assert_eq!(err(b().max_body_size(0)), ConfigError::ZeroBodyLimit);
         // Messages say what to change.
-        assert!(ConfigError::StaleWithoutTtl.to_string().contains("add `.ttl(..)`"));
-        assert!(ConfigError::NoStoreWith("ttl").to_string().contains("remove `ttl`"));
+        assert!(
+            ConfigError::StaleWithoutTtl
+                .to_string()
+                .contains("add `.ttl(..)`")
+        );
+        assert!(
+            ConfigError::NoStoreWith("ttl")
+                .to_string()
+                .contains("remove `ttl`")
+        );
     }
 }

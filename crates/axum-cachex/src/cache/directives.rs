@@ -30,11 +30,17 @@ mod tests {
     fn finds_no_store_and_private() {
         let mut h = HeaderMap::new();
         assert_eq!(handler_forbids_storing(&h), None);
-        h.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=5, NO-STORE"));
+        h.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_static("max-age=5, NO-STORE"),
+        );
         assert_eq!(handler_forbids_storing(&h), Some("no-store"));
         h.insert(CACHE_CONTROL, HeaderValue::from_static("private=\"x\""));
         assert_eq!(handler_forbids_storing(&h), Some("private"));
-        h.insert(CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"));
+        h.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=60"),
+        );
         assert_eq!(handler_forbids_storing(&h), None);
     }
 }

@@ -93,7 +93,11 @@ fn split_list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
                 }
             }
             let member = trim(&rest[..end]);
-            rest = if end < rest.len() { &rest[end + 1..] } else { &[] };
+            rest = if end < rest.len() {
+                &rest[end + 1..]
+            } else {
+                &[]
+            };
             if !member.is_empty() {
                 return Some(member);
             }
@@ -119,7 +123,10 @@ mod tests {
         assert_eq!(a, weak_etag(b"hello"));
         assert_ne!(a, weak_etag(b"hellp"));
         let s = a.to_str().expect("ascii");
-        assert!(s.starts_with("W/\"") && s.ends_with('"') && s.len() == 36, "{s}");
+        assert!(
+            s.starts_with("W/\"") && s.ends_with('"') && s.len() == 36,
+            "{s}"
+        );
     }
 
     #[test]
@@ -137,7 +144,10 @@ mod tests {
         assert!(!matches("\"a,b\"", "\"a\""));
         assert!(matches(" * ", "W/\"abc\""));
         // Several header lines.
-        assert!(if_none_match_matches([&hv("\"x\""), &hv("\"abc\"")], &hv("\"abc\"")));
+        assert!(if_none_match_matches(
+            [&hv("\"x\""), &hv("\"abc\"")],
+            &hv("\"abc\"")
+        ));
     }
 
     #[test]

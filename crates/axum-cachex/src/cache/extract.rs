@@ -96,10 +96,14 @@ impl<S: Send + Sync> FromRequestParts<S> for CacheBackend {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let handle = parts.extensions.get::<CacheHandle>().cloned().unwrap_or_else(|| CacheHandle {
-            backend: BackendProxy::global().backend(),
-            key_builder: Arc::new(DefaultKeyBuilder),
-        });
+        let handle = parts
+            .extensions
+            .get::<CacheHandle>()
+            .cloned()
+            .unwrap_or_else(|| CacheHandle {
+                backend: BackendProxy::global().backend(),
+                key_builder: Arc::new(DefaultKeyBuilder),
+            });
         Ok(Self { handle })
     }
 }
@@ -107,7 +111,12 @@ impl<S: Send + Sync> FromRequestParts<S> for CacheBackend {
 impl<S: Send + Sync> OptionalFromRequestParts<S> for CacheBackend {
     type Rejection = Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Option<Self>, Self::Rejection> {
-        <Self as FromRequestParts<S>>::from_request_parts(parts, state).await.map(Some)
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        <Self as FromRequestParts<S>>::from_request_parts(parts, state)
+            .await
+            .map(Some)
     }
 }

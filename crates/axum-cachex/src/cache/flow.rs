@@ -61,12 +61,18 @@ where
         bump(&shared.stats.bypass_no_store);
         insert_handle(&shared, &backend, &mut parts);
         let mut res = map_body(call(&mut inner, Request::from_parts(parts, body)).await?);
-        res.headers_mut().insert(CACHE_CONTROL, shared.cache_control.clone());
+        res.headers_mut()
+            .insert(CACHE_CONTROL, shared.cache_control.clone());
         response::set_status(&mut res, CacheStatus::bypass("no-store"));
         return Ok(res);
     }
     let head = parts.method == Method::HEAD;
-    let inm: Vec<HeaderValue> = parts.headers.get_all(IF_NONE_MATCH).iter().cloned().collect();
+    let inm: Vec<HeaderValue> = parts
+        .headers
+        .get_all(IF_NONE_MATCH)
+        .iter()
+        .cloned()
+        .collect();
     if parts.headers.contains_key(AUTHORIZATION) && !shared.shares_authorized {
         // RFC 9111 §3.5: a shared cache must not reuse a response to an
         // authenticated request unless the response says it may.
@@ -94,7 +100,11 @@ where
     let lookup = lookup(&shared, &backend, &key).await;
     let now = shared.clock.now();
     let backend_up = !matches!(lookup, Lookup::Failed);
-    let fwd = if matches!(lookup, Lookup::Found(_)) { "stale" } else { "miss" };
+    let fwd = if matches!(lookup, Lookup::Found(_)) {
+        "stale"
+    } else {
+        "miss"
+    };
     let mut stale = None;
     if let Lookup::Found(entry) = lookup {
         let age = entry.age(now);
@@ -129,8 +139,18 @@ where
                 bump(&shared.stats.coalesced_waits);
                 if let Some(Some(entry)) = coalesce::wait(slot, shared.coalesce_timeout).await {
                     let now = shared.clock.now();
-                    let status = CacheStatus { collapsed: true, ..CacheStatus::forward(fwd) };
-                    return Ok(answer_from_entry(&shared, (*entry).clone(), &inm, head, now, status));
+                    let status = CacheStatus {
+                        collapsed: true,
+                        ..CacheStatus::forward(fwd)
+                    };
+                    return Ok(answer_from_entry(
+                        &shared,
+                        (*entry).clone(),
+                        &inm,
+                        head,
+                        now,
+                        status,
+                    ));
                 }
                 // The leader's response was not shareable, it went away, or
                 // it took too long: run the handler ourselves.
@@ -163,7 +183,10 @@ where
         leader.publish(answer.shareable.clone());
     }
     drop(leader);
-    let status = CacheStatus { stored: answer.stored, ..CacheStatus::forward(fwd) };
+    let status = CacheStatus {
+        stored: answer.stored,
+        ..CacheStatus::forward(fwd)
+    };
     Ok(answer.into_response(status))
 }
 
@@ -295,7 +318,12 @@ where
         Some("set-cookie")
     } else if let Some(reason) = handler_forbids_storing(&parts.headers) {
         Some(reason)
-    } else if parts.headers.get_all(VARY).iter().any(|v| v.as_bytes().contains(&b'*')) {
+    } else if parts
+        .headers
+        .get_all(VARY)
+        .iter()
+        .any(|v| v.as_bytes().contains(&b'*'))
+    {
         Some("vary-star")
     } else {
         None
@@ -310,7 +338,9 @@ where
             detail: Some(detail),
         };
     }
-    parts.headers.insert(CACHE_CONTROL, shared.cache_control.clone());
+    parts
+        .headers
+        .insert(CACHE_CONTROL, shared.cache_control.clone());
     if head {
         // A HEAD response has no body to hash or store.
         return Answer {
@@ -364,7 +394,10 @@ where
         if let Some((backend, key)) = store_to {
             let encoded = entry.encode();
             let ttl = Some(entry.storage_ttl());
-            if with_timeout(shared, backend, "set", backend.set(key, encoded, ttl)).await.is_some() {
+            if with_timeout(shared, backend, "set", backend.set(key, encoded, ttl))
+                .await
+                .is_some()
+            {
                 bump(&shared.stats.stores);
                 stored = true;
             }
@@ -373,13 +406,24 @@ where
     }
     let response = if !inm.is_empty() && if_none_match_matches(inm, &etag) {
         bump(&shared.stats.not_modified);
-        let mut res = response::not_modified(&parts.headers, &etag, &shared.cache_control, None, CacheStatus::default());
+        let mut res = response::not_modified(
+            &parts.headers,
+            &etag,
+            &shared.cache_control,
+            None,
+            CacheStatus::default(),
+        );
         res.headers_mut().remove(super::status::CACHE_STATUS);
         res
     } else {
         response::from_parts(parts, bytes, head)
     };
-    Answer { response, stored, shareable, detail: None }
+    Answer {
+        response,
+        stored,
+        shareable,
+        detail: None,
+    }
 }
 
 fn whole_millis(t: SystemTime) -> SystemTime {
@@ -482,7 +526,9 @@ async fn refresh<S, ReqBody, ResBody>(
     ResBody: HttpBody<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    request.extensions_mut().insert(CacheHandle::new(&shared, &backend));
+    request
+        .extensions_mut()
+        .insert(CacheHandle::new(&shared, &backend));
     let res = match call(&mut inner, request).await {
         Ok(res) if !res.status().is_server_error() => res,
         // A failed refresh leaves the stale entry in place.

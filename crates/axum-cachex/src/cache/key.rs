@@ -82,7 +82,10 @@ mod tests {
             DefaultKeyBuilder.build_key(&parts),
             "GET|||example.com:8080|||/users/1|||b=2&a=1"
         );
-        let (parts, _) = http::Request::get("/x").body(()).expect("request").into_parts();
+        let (parts, _) = http::Request::get("/x")
+            .body(())
+            .expect("request")
+            .into_parts();
         assert_eq!(DefaultKeyBuilder.build_key(&parts), "GET|||unknown|||/x|||");
     }
 }

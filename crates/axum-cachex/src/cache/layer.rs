@@ -128,7 +128,9 @@ impl CacheLayer {
             failures: FailureLog::default(),
             inflight: Coalescer::default(),
         };
-        Self { shared: Arc::new(shared) }
+        Self {
+            shared: Arc::new(shared),
+        }
     }
 
     /// The `Cache-Control` value this layer emits.

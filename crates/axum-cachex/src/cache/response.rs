@@ -18,8 +18,14 @@ use super::status::{CACHE_STATUS, CacheStatus};
 
 /// Headers a 304 repeats from the full response (RFC 9110 §15.4.5), plus
 /// `Last-Modified`, which guides cache updates.
-const NOT_MODIFIED_HEADERS: [HeaderName; 6] =
-    [CONTENT_LOCATION, DATE, VARY, EXPIRES, LAST_MODIFIED, CACHE_CONTROL];
+const NOT_MODIFIED_HEADERS: [HeaderName; 6] = [
+    CONTENT_LOCATION,
+    DATE,
+    VARY,
+    EXPIRES,
+    LAST_MODIFIED,
+    CACHE_CONTROL,
+];
 
 /// Headers never stored: hop-by-hop ones (RFC 9110 §7.6.1), `Set-Cookie`,
 /// and the ones the layer writes itself on every answer.
@@ -148,13 +154,18 @@ pub(crate) fn not_modified_from_entry(
 
 /// A response from parts and complete body bytes.
 pub(crate) fn from_parts(parts: http::response::Parts, body: Bytes, head: bool) -> Response<Body> {
-    let body = if head { Body::empty() } else { Body::from(body) };
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(body)
+    };
     Response::from_parts(parts, body)
 }
 
 /// Sets `Cache-Status` on any response.
 pub(crate) fn set_status<B>(res: &mut Response<B>, status: CacheStatus) {
-    res.headers_mut().insert(CACHE_STATUS, status.header_value());
+    res.headers_mut()
+        .insert(CACHE_STATUS, status.header_value());
 }
 
 #[cfg(test)]

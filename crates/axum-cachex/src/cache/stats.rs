@@ -74,7 +74,11 @@ impl StatsSnapshot {
     /// Hits over hits plus misses, 0 when there was no traffic.
     pub fn hit_ratio(&self) -> f64 {
         let total = self.hits + self.misses;
-        if total == 0 { 0.0 } else { self.hits as f64 / total as f64 }
+        if total == 0 {
+            0.0
+        } else {
+            self.hits as f64 / total as f64
+        }
     }
 }
 

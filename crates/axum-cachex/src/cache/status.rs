@@ -31,15 +31,26 @@ pub(crate) struct CacheStatus {
 
 impl CacheStatus {
     pub(crate) fn hit(ttl: i64) -> Self {
-        Self { hit: true, ttl: Some(ttl), ..Self::default() }
+        Self {
+            hit: true,
+            ttl: Some(ttl),
+            ..Self::default()
+        }
     }
 
     pub(crate) fn bypass(detail: &'static str) -> Self {
-        Self { fwd: Some("bypass"), detail: Some(detail), ..Self::default() }
+        Self {
+            fwd: Some("bypass"),
+            detail: Some(detail),
+            ..Self::default()
+        }
     }
 
     pub(crate) fn forward(fwd: &'static str) -> Self {
-        Self { fwd: Some(fwd), ..Self::default() }
+        Self {
+            fwd: Some(fwd),
+            ..Self::default()
+        }
     }
 
     pub(crate) fn with_detail(mut self, detail: &'static str) -> Self {
@@ -82,15 +93,24 @@ mod tests {
 
     #[test]
     fn renders_rfc9211_members() {
-        assert_eq!(CacheStatus::hit(42).header_value(), "axum-cachex; hit; ttl=42");
-        let miss = CacheStatus { stored: true, ..CacheStatus::forward("miss") };
+        assert_eq!(
+            CacheStatus::hit(42).header_value(),
+            "axum-cachex; hit; ttl=42"
+        );
+        let miss = CacheStatus {
+            stored: true,
+            ..CacheStatus::forward("miss")
+        };
         assert_eq!(miss.header_value(), "axum-cachex; fwd=miss; stored");
         assert_eq!(
             CacheStatus::bypass("authorization").header_value(),
             "axum-cachex; fwd=bypass; detail=authorization"
         );
-        let stale = CacheStatus { fwd_status: Some(500), ..CacheStatus::forward("stale") }
-            .with_detail("stale-if-error");
+        let stale = CacheStatus {
+            fwd_status: Some(500),
+            ..CacheStatus::forward("stale")
+        }
+        .with_detail("stale-if-error");
         assert_eq!(
             stale.header_value(),
             "axum-cachex; fwd=stale; fwd-status=500; detail=stale-if-error"
