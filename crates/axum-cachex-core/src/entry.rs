@@ -34,6 +34,9 @@ pub struct CacheEntry {
     /// How long past freshness it may be served when the handler fails
     /// (`stale-if-error`).
     pub stale_if_error: Duration,
+    /// The normalised values of the request headers named by the response's
+    /// `Vary`, which select this variant; empty when it has no `Vary`.
+    pub vary_key: Bytes,
 }
 
 /// Why bytes read from a backend are not a [`CacheEntry`].
@@ -77,55 +80,37 @@ impl CacheEntry {
         self.fresh_for + self.stale_while_revalidate.max(self.stale_if_error)
     }
 
-    /// Encodes the entry in the versioned binary format shared by all
-    /// backends. Header values and the body are copied verbatim, so any byte
-    /// sequence round-trips.
-    pub fn encode(&self) -> Bytes {
-        let header_bytes: usize = self
-            .headers
-            .iter()
-            .map(|(n, v)| 6 + n.as_str().len() + v.len())
-            .sum();
-        let mut out =
-            BytesMut::with_capacity(64 + self.etag.len() + header_bytes + self.body.len());
-        out.put_slice(MAGIC);
-        out.put_u8(ENTRY_FORMAT_VERSION);
+    fn write_to(&self, out: &mut BytesMut) {
         out.put_u16(self.status.as_u16());
         out.put_u64(millis_since_epoch(self.stored_at));
         out.put_u64(duration_millis(self.fresh_for));
         out.put_u64(duration_millis(self.stale_while_revalidate));
         out.put_u64(duration_millis(self.stale_if_error));
-        put_bytes16(&mut out, self.etag.as_bytes());
-        // Header count is bounded by u16 by construction of sane responses;
-        // saturate rather than panic, and write exactly that many.
+        put_bytes16(out, self.etag.as_bytes());
+        put_bytes16(out, &self.vary_key);
+        // Header count is bounded by u16; saturate rather than panic, and
+        // write exactly that many.
         let count = self.headers.len().min(u16::MAX as usize);
         out.put_u16(count as u16);
         for (name, value) in self.headers.iter().take(count) {
-            put_bytes16(&mut out, name.as_str().as_bytes());
+            put_bytes16(out, name.as_str().as_bytes());
             out.put_u32(value.len() as u32);
             out.put_slice(value.as_bytes());
         }
         out.put_u64(self.body.len() as u64);
         out.put_slice(&self.body);
-        out.freeze()
     }
 
-    /// Decodes bytes written by [`encode`](Self::encode). The body and header
-    /// values share the input buffer (no copy of the body).
-    ///
-    /// # Errors
-    ///
-    /// A [`DecodeError`] for anything that is not a complete, valid entry of
-    /// the current version. Callers treat that as a miss.
-    pub fn decode(bytes: Bytes) -> Result<Self, DecodeError> {
-        let mut r = Reader { buf: bytes };
-        if r.take(4)?.as_ref() != MAGIC {
-            return Err(DecodeError::BadMagic);
-        }
-        let version = r.u8()?;
-        if version != ENTRY_FORMAT_VERSION {
-            return Err(DecodeError::UnsupportedVersion(version));
-        }
+    fn encoded_len_hint(&self) -> usize {
+        let header_bytes: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| 6 + n.as_str().len() + v.len())
+            .sum();
+        48 + self.etag.len() + self.vary_key.len() + header_bytes + self.body.len()
+    }
+
+    fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
         let status_code = r.u16()?;
         let status = StatusCode::from_u16(status_code)
             .map_err(|_| DecodeError::InvalidStatus(status_code))?;
@@ -136,6 +121,8 @@ impl CacheEntry {
         let etag_len = r.u16()? as usize;
         let etag = HeaderValue::from_maybe_shared(r.take(etag_len)?)
             .map_err(|_| DecodeError::InvalidHeader)?;
+        let vary_len = r.u16()? as usize;
+        let vary_key = r.take(vary_len)?;
         let count = r.u16()? as usize;
         let mut headers = HeaderMap::with_capacity(count);
         for _ in 0..count {
@@ -149,9 +136,6 @@ impl CacheEntry {
         }
         let body_len = usize::try_from(r.u64()?).map_err(|_| DecodeError::Truncated)?;
         let body = r.take(body_len)?;
-        if !r.buf.is_empty() {
-            return Err(DecodeError::TrailingBytes(r.buf.len()));
-        }
         Ok(Self {
             status,
             headers,
@@ -161,7 +145,80 @@ impl CacheEntry {
             fresh_for,
             stale_while_revalidate,
             stale_if_error,
+            vary_key,
         })
+    }
+}
+
+/// Every stored variant of one cache key: one entry for a response without
+/// `Vary`, one per distinct set of request header values otherwise.
+///
+/// This is the value the HTTP layer writes to a backend, in a versioned,
+/// binary-safe format: any header value and body byte round-trips, and bytes
+/// of another version decode to an error (a miss), never a panic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntrySet {
+    /// The variants, oldest first.
+    pub variants: Vec<CacheEntry>,
+}
+
+impl EntrySet {
+    /// A set of one entry.
+    pub fn single(entry: CacheEntry) -> Self {
+        Self {
+            variants: vec![entry],
+        }
+    }
+
+    /// How long a store should keep the set at `now`: until its last
+    /// variant leaves its longest stale window (zero when all have).
+    pub fn storage_ttl(&self, now: SystemTime) -> Duration {
+        self.variants
+            .iter()
+            .map(|e| e.storage_ttl().saturating_sub(e.age(now)))
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Encodes the set (the format of [`ENTRY_FORMAT_VERSION`]).
+    pub fn encode(&self) -> Bytes {
+        let hint: usize = self.variants.iter().map(CacheEntry::encoded_len_hint).sum();
+        let mut out = BytesMut::with_capacity(8 + hint);
+        out.put_slice(MAGIC);
+        out.put_u8(ENTRY_FORMAT_VERSION);
+        let count = self.variants.len().min(u16::MAX as usize);
+        out.put_u16(count as u16);
+        for entry in self.variants.iter().take(count) {
+            entry.write_to(&mut out);
+        }
+        out.freeze()
+    }
+
+    /// Decodes bytes written by [`encode`](Self::encode). Bodies and header
+    /// values share the input buffer (no copy).
+    ///
+    /// # Errors
+    ///
+    /// A [`DecodeError`] for anything that is not a complete, valid set of
+    /// the current version. Callers treat that as a miss.
+    pub fn decode(bytes: Bytes) -> Result<Self, DecodeError> {
+        let mut r = Reader { buf: bytes };
+        if r.take(4)?.as_ref() != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let version = r.u8()?;
+        if version != ENTRY_FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let count = r.u16()? as usize;
+        let mut variants = Vec::with_capacity(count.min(64));
+        for _ in 0..count {
+            variants.push(CacheEntry::read_from(&mut r)?);
+        }
+        if !r.buf.is_empty() {
+            return Err(DecodeError::TrailingBytes(r.buf.len()));
+        }
+        Ok(Self { variants })
     }
 }
 
@@ -228,41 +285,48 @@ mod tests {
             fresh_for: Duration::from_secs(60),
             stale_while_revalidate: Duration::from_secs(5),
             stale_if_error: Duration::from_millis(1500),
+            vary_key: Bytes::new(),
         }
     }
 
     #[test]
     fn round_trips_binary_bodies_and_repeated_headers() {
         let entry = sample();
-        let decoded = CacheEntry::decode(entry.encode()).expect("decode");
-        assert_eq!(decoded, entry);
-        let multi: Vec<_> = decoded.headers.get_all("x-multi").iter().collect();
+        let mut other = sample();
+        other.vary_key = Bytes::from_static(b"accept-language=fr\n");
+        other.body = Bytes::from_static(b"\xffbonjour");
+        let set = EntrySet {
+            variants: vec![entry.clone(), other],
+        };
+        let decoded = EntrySet::decode(set.encode()).expect("decode");
+        assert_eq!(decoded, set);
+        let multi: Vec<_> = decoded.variants[0].headers.get_all("x-multi").iter().collect();
         assert_eq!(multi, ["a", "b"]);
     }
 
     #[test]
     fn rejects_every_truncation_and_corruption() {
-        let bytes = sample().encode();
+        let bytes = EntrySet::single(sample()).encode();
         for cut in 0..bytes.len() {
             assert!(
-                CacheEntry::decode(bytes.slice(..cut)).is_err(),
+                EntrySet::decode(bytes.slice(..cut)).is_err(),
                 "cut at {cut}"
             );
         }
         let mut extra = BytesMut::from(&bytes[..]);
         extra.put_u8(0);
         assert_eq!(
-            CacheEntry::decode(extra.freeze()),
+            EntrySet::decode(extra.freeze()),
             Err(DecodeError::TrailingBytes(1))
         );
         let mut wrong_version = BytesMut::from(&bytes[..]);
         wrong_version[4] = 99;
         assert_eq!(
-            CacheEntry::decode(wrong_version.freeze()),
+            EntrySet::decode(wrong_version.freeze()),
             Err(DecodeError::UnsupportedVersion(99))
         );
         assert_eq!(
-            CacheEntry::decode(Bytes::from_static(b"hello world")),
+            EntrySet::decode(Bytes::from_static(b"hello world")),
             Err(DecodeError::BadMagic)
         );
     }
@@ -274,5 +338,8 @@ mod tests {
         assert!(!e.is_fresh(e.stored_at + Duration::from_secs(60)));
         assert_eq!(e.storage_ttl(), Duration::from_secs(65));
         assert_eq!(e.age(e.stored_at - Duration::from_secs(1)), Duration::ZERO);
+        let set = EntrySet::single(e.clone());
+        assert_eq!(set.storage_ttl(e.stored_at + Duration::from_secs(60)), Duration::from_secs(5));
+        assert_eq!(set.storage_ttl(e.stored_at + Duration::from_secs(99)), Duration::ZERO);
     }
 }

@@ -5,8 +5,9 @@
 //! - [`Backend`], the async trait every store implements (memory, Redis,
 //!   Memcached, or your own),
 //! - [`BackendError`], the typed error a store returns,
-//! - [`CacheEntry`], the stored HTTP response, and its versioned, binary-safe
-//!   encoding ([`CacheEntry::encode`] / [`CacheEntry::decode`]),
+//! - [`CacheEntry`], the stored HTTP response, and [`EntrySet`], the stored
+//!   variants of one key with their versioned, binary-safe encoding
+//!   ([`EntrySet::encode`] / [`EntrySet::decode`]),
 //! - [`CacheKey`], the parser of the default key format
 //!   `{method}|||{host}|||{path}|||{query}` that stores use to implement
 //!   path-based invalidation.
@@ -16,7 +17,7 @@
 //!
 //! # Writing a backend
 //!
-//! Values are opaque bytes: the HTTP layer stores [`CacheEntry::encode`]d
+//! Values are opaque bytes: the HTTP layer stores [`EntrySet::encode`]d
 //! responses, the session and state managers store serialised records. A
 //! backend namespaces every key with its own prefix, honours the TTL passed
 //! to [`Backend::set`], and never returns an expired value. Run the shared
@@ -27,5 +28,5 @@ mod entry;
 mod key;
 
 pub use backend::{Backend, BackendError, Capabilities, StoredValue};
-pub use entry::{CacheEntry, DecodeError, ENTRY_FORMAT_VERSION};
+pub use entry::{CacheEntry, DecodeError, ENTRY_FORMAT_VERSION, EntrySet};
 pub use key::{CacheKey, KEY_SEPARATOR, path_matches_glob};

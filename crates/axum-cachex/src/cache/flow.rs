@@ -14,11 +14,12 @@
 use std::{sync::Arc, time::SystemTime};
 
 use axum::body::Body;
-use axum_cachex_core::{Backend, BackendError, CacheEntry};
+use axum_cachex_core::{Backend, BackendError, CacheEntry, EntrySet};
 use bytes::Bytes;
 use http::{
     HeaderValue, Method, Request, Response,
-    header::{AUTHORIZATION, CACHE_CONTROL, ETAG, IF_NONE_MATCH, SET_COOKIE, VARY},
+    HeaderMap,
+    header::{AUTHORIZATION, CACHE_CONTROL, ETAG, SET_COOKIE, VARY},
     request::Parts,
 };
 use http_body::Body as HttpBody;
@@ -27,13 +28,15 @@ use tower_service::Service;
 use super::{
     body::{Collected, PassReason, collect_limited},
     coalesce::{self, Flight, Leader},
+    conditional::Conditions,
     directives::handler_forbids_storing,
-    etag::{if_none_match_matches, weak_etag},
+    etag::weak_etag,
     extract::CacheHandle,
     layer::{Shared, key_for_parts},
     response,
     stats::bump,
     status::CacheStatus,
+    vary,
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -67,19 +70,14 @@ where
         return Ok(res);
     }
     let head = parts.method == Method::HEAD;
-    let inm: Vec<HeaderValue> = parts
-        .headers
-        .get_all(IF_NONE_MATCH)
-        .iter()
-        .cloned()
-        .collect();
+    let cond = Conditions::from_request(&parts.headers);
     if parts.headers.contains_key(AUTHORIZATION) && !shared.shares_authorized {
         // RFC 9111 §3.5: a shared cache must not reuse a response to an
         // authenticated request unless the response says it may.
         bump(&shared.stats.bypass_authorization);
         insert_handle(&shared, &backend, &mut parts);
         let res = call(&mut inner, Request::from_parts(parts, body)).await?;
-        let answer = finish(&shared, res, &inm, head, None).await;
+        let answer = finish(&shared, res, &cond, head, None).await;
         return Ok(answer.into_response(CacheStatus::bypass("authorization")));
     }
     if !shared.stores() {
@@ -87,7 +85,7 @@ where
         bump(&shared.stats.misses);
         insert_handle(&shared, &backend, &mut parts);
         let res = call(&mut inner, Request::from_parts(parts, body)).await?;
-        let answer = finish(&shared, res, &inm, head, None).await;
+        let answer = finish(&shared, res, &cond, head, None).await;
         let status = if shared.no_cache {
             CacheStatus::forward("miss").with_detail("no-cache")
         } else {
@@ -100,29 +98,32 @@ where
     let lookup = lookup(&shared, &backend, &key).await;
     let now = shared.clock.now();
     let backend_up = !matches!(lookup, Lookup::Failed);
-    let fwd = if matches!(lookup, Lookup::Found(_)) {
-        "stale"
-    } else {
-        "miss"
+    let (previous, entry) = match lookup {
+        Lookup::Found(set) => {
+            let entry = vary::select(&set, &parts.headers);
+            (Some(set), entry)
+        }
+        Lookup::Missing | Lookup::Failed => (None, None),
     };
+    let fwd = if entry.is_some() { "stale" } else { "miss" };
     let mut stale = None;
-    if let Lookup::Found(entry) = lookup {
+    if let Some(entry) = entry {
         let age = entry.age(now);
         if age < entry.fresh_for {
             bump(&shared.stats.hits);
             let status = CacheStatus::hit(response::ttl_left(&entry, now));
-            return Ok(answer_from_entry(&shared, entry, &inm, head, now, status));
+            return Ok(answer_from_entry(&shared, entry, &cond, head, now, status));
         }
         if age < entry.fresh_for + entry.stale_while_revalidate {
             bump(&shared.stats.hits);
             bump(&shared.stats.stale_served);
             let request = clone_request::<ReqBody>(&parts);
-            spawn_refresh(&shared, &backend, inner, key, request);
+            spawn_refresh(&shared, &backend, inner, key, previous, request);
             let status = CacheStatus {
                 detail: Some("stale-while-revalidate"),
                 ..CacheStatus::hit(response::ttl_left(&entry, now))
             };
-            return Ok(answer_from_entry(&shared, entry, &inm, head, now, status));
+            return Ok(answer_from_entry(&shared, entry, &cond, head, now, status));
         }
         if age < entry.fresh_for + entry.stale_if_error {
             stale = Some(entry);
@@ -137,30 +138,29 @@ where
             Flight::Leader(leader) => Some(leader),
             Flight::Waiter(slot) => {
                 bump(&shared.stats.coalesced_waits);
-                if let Some(Some(entry)) = coalesce::wait(slot, shared.coalesce_timeout).await {
-                    let now = shared.clock.now();
-                    let status = CacheStatus {
-                        collapsed: true,
-                        ..CacheStatus::forward(fwd)
-                    };
-                    return Ok(answer_from_entry(
-                        &shared,
-                        (*entry).clone(),
-                        &inm,
-                        head,
-                        now,
-                        status,
-                    ));
+                match coalesce::wait(slot, shared.coalesce_timeout).await {
+                    // A leader with other `Vary` values produced another
+                    // variant: not ours to serve.
+                    Some(Some(entry)) if vary::selects(&entry, &parts.headers) => {
+                        let now = shared.clock.now();
+                        let status = CacheStatus {
+                            collapsed: true,
+                            ..CacheStatus::forward(fwd)
+                        };
+                        let entry = (*entry).clone();
+                        return Ok(answer_from_entry(&shared, entry, &cond, head, now, status));
+                    }
+                    // Not shareable, the leader went away, or it took too
+                    // long: run the handler ourselves.
+                    _ => None,
                 }
-                // The leader's response was not shareable, it went away, or
-                // it took too long: run the handler ourselves.
-                None
             }
         }
     } else {
         None
     };
 
+    let request_headers = parts.headers.clone();
     insert_handle(&shared, &backend, &mut parts);
     let result = call(&mut inner, Request::from_parts(parts, body)).await;
     let res = match result {
@@ -168,17 +168,23 @@ where
         Ok(res) => match stale {
             Some(entry) => {
                 let code = res.status().as_u16();
-                return Ok(serve_stale_on_error(&shared, entry, &inm, head, Some(code)));
+                return Ok(serve_stale_on_error(&shared, entry, &cond, head, Some(code)));
             }
             None => res,
         },
         Err(e) => match stale {
-            Some(entry) => return Ok(serve_stale_on_error(&shared, entry, &inm, head, None)),
+            Some(entry) => return Ok(serve_stale_on_error(&shared, entry, &cond, head, None)),
             None => return Err(e),
         },
     };
-    let store_to = (backend_up && !head).then_some((&*backend, key.as_str()));
-    let answer = finish(&shared, res, &inm, head, store_to).await;
+    let store = StoreTo {
+        backend: &*backend,
+        key: &key,
+        previous: previous.as_ref(),
+        request_headers: &request_headers,
+        write: backend_up && !head,
+    };
+    let answer = finish(&shared, res, &cond, head, Some(store)).await;
     if let Some(leader) = &leader {
         leader.publish(answer.shareable.clone());
     }
@@ -188,6 +194,19 @@ where
         ..CacheStatus::forward(fwd)
     };
     Ok(answer.into_response(status))
+}
+
+/// Where and how `finish` stores a response.
+struct StoreTo<'a> {
+    backend: &'a dyn Backend,
+    key: &'a str,
+    /// The variants already stored under the key, merged with the new one.
+    previous: Option<&'a EntrySet>,
+    /// The request's headers, for the `Vary` selecting key.
+    request_headers: &'a HeaderMap,
+    /// False when the backend just failed: build the entry for waiters but
+    /// do not wait on a dead backend again.
+    write: bool,
 }
 
 /// Non-GET/HEAD requests go straight to the handler. A successful unsafe
@@ -220,7 +239,7 @@ where
 }
 
 enum Lookup {
-    Found(CacheEntry),
+    Found(EntrySet),
     Missing,
     /// The backend failed or timed out: serve uncached and skip the store.
     Failed,
@@ -233,8 +252,8 @@ async fn lookup(shared: &Shared, backend: &Arc<dyn Backend>, key: &str) -> Looku
     let Some(bytes) = bytes else {
         return Lookup::Missing;
     };
-    match CacheEntry::decode(bytes) {
-        Ok(entry) => Lookup::Found(entry),
+    match EntrySet::decode(bytes) {
+        Ok(set) => Lookup::Found(set),
         Err(error) => {
             // Corrupt, or written by another version: a miss, and the entry
             // goes so the next store replaces it.
@@ -303,9 +322,9 @@ impl Answer {
 async fn finish<ResBody>(
     shared: &Shared,
     res: Response<ResBody>,
-    inm: &[HeaderValue],
+    cond: &Conditions,
     head: bool,
-    store_to: Option<(&dyn Backend, &str)>,
+    store_to: Option<StoreTo<'_>>,
 ) -> Answer
 where
     ResBody: HttpBody<Data = Bytes> + Send + 'static,
@@ -378,7 +397,9 @@ where
 
     let mut stored = false;
     let mut shareable = None;
-    if let (Some(ttl), true) = (shared.ttl, shared.stores()) {
+    if let (Some(ttl), Some(to)) = (shared.ttl, store_to) {
+        let now = whole_millis(shared.clock.now());
+        let vary_names = vary::vary_names(&parts.headers);
         let entry = CacheEntry {
             status: parts.status,
             headers: response::storable_headers(&parts.headers),
@@ -386,35 +407,34 @@ where
             etag: etag.clone(),
             // Whole milliseconds, as the entry format keeps them, so that
             // `Age` and `ttl` read the same before and after a round trip.
-            stored_at: whole_millis(shared.clock.now()),
+            stored_at: now,
             fresh_for: ttl,
             stale_while_revalidate: shared.stale_while_revalidate,
             stale_if_error: shared.stale_if_error,
+            vary_key: vary::vary_key(&vary_names, to.request_headers),
         };
-        if let Some((backend, key)) = store_to {
-            let encoded = entry.encode();
-            let ttl = Some(entry.storage_ttl());
-            if with_timeout(shared, backend, "set", backend.set(key, encoded, ttl))
-                .await
-                .is_some()
-            {
+        if to.write {
+            let set = vary::merge(to.previous, entry.clone(), now);
+            let ttl = Some(set.storage_ttl(now));
+            let encoded = set.encode();
+            let backend = to.backend;
+            let write = backend.set(to.key, encoded, ttl);
+            if with_timeout(shared, backend, "set", write).await.is_some() {
                 bump(&shared.stats.stores);
                 stored = true;
             }
         }
         shareable = Some(Arc::new(entry));
     }
-    let response = if !inm.is_empty() && if_none_match_matches(inm, &etag) {
+    let response = if cond.not_modified(&etag, &parts.headers) {
         bump(&shared.stats.not_modified);
-        let mut res = response::not_modified(
+        response::not_modified(
             &parts.headers,
             &etag,
             &shared.cache_control,
             None,
             CacheStatus::default(),
-        );
-        res.headers_mut().remove(super::status::CACHE_STATUS);
-        res
+        )
     } else {
         response::from_parts(parts, bytes, head)
     };
@@ -441,12 +461,12 @@ fn is_entity_tag(tag: &HeaderValue) -> bool {
 fn answer_from_entry(
     shared: &Shared,
     entry: CacheEntry,
-    inm: &[HeaderValue],
+    cond: &Conditions,
     head: bool,
     now: SystemTime,
     status: CacheStatus,
 ) -> Response<Body> {
-    if !inm.is_empty() && if_none_match_matches(inm, &entry.etag) {
+    if cond.not_modified(&entry.etag, &entry.headers) {
         bump(&shared.stats.not_modified);
         return response::not_modified_from_entry(&entry, now, &shared.cache_control, status);
     }
@@ -456,7 +476,7 @@ fn answer_from_entry(
 fn serve_stale_on_error(
     shared: &Shared,
     entry: CacheEntry,
-    inm: &[HeaderValue],
+    cond: &Conditions,
     head: bool,
     fwd_status: Option<u16>,
 ) -> Response<Body> {
@@ -468,7 +488,7 @@ fn serve_stale_on_error(
         ttl: Some(response::ttl_left(&entry, now)),
         ..CacheStatus::forward("stale").with_detail("stale-if-error")
     };
-    answer_from_entry(shared, entry, inm, head, now, status)
+    answer_from_entry(shared, entry, cond, head, now, status)
 }
 
 /// A copy of the request head with an empty body, for a background refresh
@@ -490,6 +510,7 @@ fn spawn_refresh<S, ReqBody, ResBody>(
     backend: &Arc<dyn Backend>,
     inner: S,
     key: String,
+    previous: Option<EntrySet>,
     request: Request<ReqBody>,
 ) where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
@@ -510,7 +531,7 @@ fn spawn_refresh<S, ReqBody, ResBody>(
     let backend = Arc::clone(backend);
     tokio::spawn(async move {
         let _permit = permit;
-        refresh(shared, backend, inner, key, request, leader).await;
+        refresh(shared, backend, inner, key, previous, request, leader).await;
     });
 }
 
@@ -519,6 +540,7 @@ async fn refresh<S, ReqBody, ResBody>(
     backend: Arc<dyn Backend>,
     mut inner: S,
     key: String,
+    previous: Option<EntrySet>,
     mut request: Request<ReqBody>,
     leader: Leader,
 ) where
@@ -526,6 +548,7 @@ async fn refresh<S, ReqBody, ResBody>(
     ResBody: HttpBody<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
+    let request_headers = request.headers().clone();
     request
         .extensions_mut()
         .insert(CacheHandle::new(&shared, &backend));
@@ -537,7 +560,14 @@ async fn refresh<S, ReqBody, ResBody>(
             return;
         }
     };
-    let answer = finish(&shared, res, &[], false, Some((&*backend, &key))).await;
+    let store = StoreTo {
+        backend: &*backend,
+        key: &key,
+        previous: previous.as_ref(),
+        request_headers: &request_headers,
+        write: true,
+    };
+    let answer = finish(&shared, res, &Conditions::default(), false, Some(store)).await;
     leader.publish(answer.shareable);
 }
 

@@ -8,6 +8,7 @@
 
 mod body;
 mod coalesce;
+mod conditional;
 mod config;
 mod directives;
 mod etag;
@@ -18,6 +19,7 @@ mod layer;
 mod response;
 mod service;
 mod stats;
+mod vary;
 mod status;
 
 pub use config::{

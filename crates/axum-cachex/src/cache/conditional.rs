@@ -1,0 +1,91 @@
+//! Conditional requests: `If-None-Match` and `If-Modified-Since`
+//! (RFC 9110 §13).
+
+use std::time::SystemTime;
+
+use http::{
+    HeaderMap, HeaderValue,
+    header::{IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED},
+};
+
+use super::etag::if_none_match_matches;
+
+/// The validators a request carries.
+#[derive(Debug, Default)]
+pub(crate) struct Conditions {
+    if_none_match: Vec<HeaderValue>,
+    if_modified_since: Option<SystemTime>,
+}
+
+impl Conditions {
+    pub(crate) fn from_request(headers: &HeaderMap) -> Self {
+        let if_none_match: Vec<HeaderValue> =
+            headers.get_all(IF_NONE_MATCH).iter().cloned().collect();
+        // An invalid date is ignored, as RFC 9110 §13.1.3 requires.
+        let if_modified_since = headers
+            .get(IF_MODIFIED_SINCE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok());
+        Self {
+            if_none_match,
+            if_modified_since,
+        }
+    }
+
+    /// Whether a response with this ETag and these headers is "not
+    /// modified" for the request. `If-None-Match`, when present, decides
+    /// alone (RFC 9110 §13.2.2); otherwise `If-Modified-Since` is compared
+    /// with the response's `Last-Modified`.
+    pub(crate) fn not_modified(&self, etag: &HeaderValue, response_headers: &HeaderMap) -> bool {
+        if !self.if_none_match.is_empty() {
+            return if_none_match_matches(&self.if_none_match, etag);
+        }
+        let Some(since) = self.if_modified_since else {
+            return false;
+        };
+        response_headers
+            .get(LAST_MODIFIED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .is_some_and(|modified| modified <= since)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn if_modified_since_and_precedence() {
+        let etag = HeaderValue::from_static("\"a\"");
+        let res = headers(&[("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT")]);
+        let later = Conditions::from_request(&headers(&[(
+            "if-modified-since",
+            "Wed, 21 Oct 2015 07:28:00 GMT",
+        )]));
+        assert!(later.not_modified(&etag, &res));
+        let earlier = Conditions::from_request(&headers(&[(
+            "if-modified-since",
+            "Tue, 20 Oct 2015 07:28:00 GMT",
+        )]));
+        assert!(!earlier.not_modified(&etag, &res));
+        // If-None-Match wins over If-Modified-Since.
+        let both = Conditions::from_request(&headers(&[
+            ("if-none-match", "\"other\""),
+            ("if-modified-since", "Wed, 21 Oct 2015 07:28:00 GMT"),
+        ]));
+        assert!(!both.not_modified(&etag, &res));
+        let bad = Conditions::from_request(&headers(&[("if-modified-since", "yesterday")]));
+        assert!(!bad.not_modified(&etag, &res));
+        // No Last-Modified: never "not modified" by date.
+        assert!(!later.not_modified(&etag, &HeaderMap::new()));
+    }
+}
