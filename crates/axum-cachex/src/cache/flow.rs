@@ -17,8 +17,7 @@ use axum::body::Body;
 use axum_cachex_core::{Backend, BackendError, CacheEntry, EntrySet};
 use bytes::Bytes;
 use http::{
-    HeaderValue, Method, Request, Response,
-    HeaderMap,
+    HeaderMap, HeaderValue, Method, Request, Response,
     header::{AUTHORIZATION, CACHE_CONTROL, ETAG, SET_COOKIE, VARY},
     request::Parts,
 };
@@ -168,7 +167,13 @@ where
         Ok(res) => match stale {
             Some(entry) => {
                 let code = res.status().as_u16();
-                return Ok(serve_stale_on_error(&shared, entry, &cond, head, Some(code)));
+                return Ok(serve_stale_on_error(
+                    &shared,
+                    entry,
+                    &cond,
+                    head,
+                    Some(code),
+                ));
             }
             None => res,
         },

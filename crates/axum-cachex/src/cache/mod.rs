@@ -19,8 +19,8 @@ mod layer;
 mod response;
 mod service;
 mod stats;
-mod vary;
 mod status;
+mod vary;
 
 pub use config::{
     CacheLayerBuilder, ConfigError, DEFAULT_BACKEND_TIMEOUT, DEFAULT_COALESCE_TIMEOUT,

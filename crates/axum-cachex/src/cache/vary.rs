@@ -122,7 +122,10 @@ mod tests {
     #[test]
     fn names_and_keys_are_normalised() {
         let mut res = HeaderMap::new();
-        res.append(VARY, HeaderValue::from_static("Accept-Language, accept-encoding"));
+        res.append(
+            VARY,
+            HeaderValue::from_static("Accept-Language, accept-encoding"),
+        );
         res.append(VARY, HeaderValue::from_static("ACCEPT-ENCODING"));
         let names = vary_names(&res);
         assert_eq!(names, ["accept-encoding", "accept-language"]);

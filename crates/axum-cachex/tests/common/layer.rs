@@ -39,6 +39,14 @@ where
     )
 }
 
+/// [`router`] for tests in other modules.
+pub fn router_with<R>(layer: CacheLayer, counter: &Counter, make: fn(usize) -> R) -> Router
+where
+    R: IntoResponse + 'static,
+{
+    router(layer, counter, make)
+}
+
 fn text(n: usize) -> String {
     format!("response #{n}")
 }

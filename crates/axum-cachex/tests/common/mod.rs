@@ -9,6 +9,7 @@ pub mod backend_redis;
 pub mod contract;
 pub mod http;
 pub mod layer;
+pub mod stale;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -96,6 +97,15 @@ macro_rules! conformance_suite {
             layer::corrupt_entry_is_a_miss,
             layer::invalidation_counts,
             layer::extractor_and_late_backend,
+            stale::stale_while_revalidate_serves_at_once_and_refreshes_once,
+            stale::failed_refresh_keeps_stale_entry,
+            stale::stale_if_error_serves_old_body_on_500,
+            stale::stale_if_error_serves_old_body_on_handler_error,
+            stale::concurrent_cold_requests_run_handler_once,
+            stale::uncacheable_response_is_not_shared,
+            stale::waiter_gives_up_after_timeout,
+            stale::vary_keeps_variants_apart,
+            stale::if_modified_since_and_precedence,
         );
     };
     (@emit $factory:path; $($module:ident :: $test:ident),* $(,)?) => {
