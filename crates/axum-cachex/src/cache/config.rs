@@ -107,6 +107,7 @@ pub struct CacheLayerBuilder {
     pub(crate) backend_timeout: Duration,
     pub(crate) coalesce: bool,
     pub(crate) coalesce_timeout: Duration,
+    pub(crate) lock_ttl: Option<Duration>,
     pub(crate) max_refreshes: usize,
     pub(crate) clock: Clock,
 }
@@ -144,6 +145,7 @@ impl Default for CacheLayerBuilder {
             backend_timeout: DEFAULT_BACKEND_TIMEOUT,
             coalesce: true,
             coalesce_timeout: DEFAULT_COALESCE_TIMEOUT,
+            lock_ttl: None,
             max_refreshes: DEFAULT_MAX_REFRESHES,
             clock: Clock::system(),
         }
@@ -304,6 +306,19 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// Turns on the cross-instance lock: when several app instances share a
+    /// backend (Redis), only one of them computes a cold key; the others
+    /// poll the backend for its result for up to `lock_ttl`, then compute
+    /// it themselves. `lock_ttl` should exceed the handler's usual run
+    /// time. Uses `add` and `delete_if_equals`; on a backend without the
+    /// latter (Memcached) the lock is released with a plain delete. Off by
+    /// default: within one instance, [`coalesce`](Self::coalesce) already
+    /// runs the handler once.
+    pub fn cross_instance_lock(mut self, lock_ttl: Duration) -> Self {
+        self.lock_ttl = Some(lock_ttl);
+        self
+    }
+
     /// Bound on stale-while-revalidate refreshes running at once; past it a
     /// stale hit is served without scheduling another refresh. Default: 64.
     pub fn max_refreshes_in_flight(mut self, max: usize) -> Self {
@@ -384,6 +399,12 @@ impl CacheLayerBuilder {
         }
         if self.cacheable_statuses.is_empty() {
             return Err(ConfigError::NoCacheableStatus);
+        }
+        if self.lock_ttl.is_some() && !self.coalesce {
+            return Err(ConfigError::Contradiction(
+                "cross_instance_lock",
+                "coalesce(false)",
+            ));
         }
         if self.max_body_size == 0 {
             return Err(ConfigError::ZeroBodyLimit);

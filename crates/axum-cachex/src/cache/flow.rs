@@ -32,6 +32,7 @@ use super::{
     etag::weak_etag,
     extract::CacheHandle,
     layer::{Shared, key_for_parts},
+    lock::{self, LockOutcome},
     response,
     stats::bump,
     status::CacheStatus,
@@ -160,12 +161,39 @@ where
     };
 
     let request_headers = parts.headers.clone();
+    let mut held_lock = None;
+    if let (Some(lock_ttl), Some(leader), true) = (shared.lock_ttl, &leader, backend_up) {
+        match lock::acquire(&shared, &backend, &key, &request_headers, lock_ttl).await {
+            LockOutcome::Held(held) => held_lock = Some(held),
+            LockOutcome::Computed(entry) => {
+                // Another instance computed it: serve and share that.
+                leader.publish(Some(Arc::new(entry.clone())));
+                let now = shared.clock.now();
+                let status = CacheStatus {
+                    collapsed: true,
+                    ..CacheStatus::forward(fwd)
+                };
+                return Ok(answer_from_entry(&shared, entry, &cond, head, now, status));
+            }
+            LockOutcome::Proceed => {}
+        }
+    }
     insert_handle(&shared, &backend, &mut parts);
     let result = call(&mut inner, Request::from_parts(parts, body)).await;
+    // Released after the store (or on the early returns below), off the
+    // response path.
+    let release = |held: Option<lock::HeldLock>| {
+        if let Some(held) = held {
+            let shared = Arc::clone(&shared);
+            let backend = Arc::clone(&backend);
+            tokio::spawn(async move { lock::release(&shared, &backend, held).await });
+        }
+    };
     let res = match result {
         Ok(res) if !res.status().is_server_error() => res,
         Ok(res) => match stale {
             Some(entry) => {
+                release(held_lock);
                 let code = res.status().as_u16();
                 return Ok(serve_stale_on_error(
                     &shared,
@@ -177,10 +205,13 @@ where
             }
             None => res,
         },
-        Err(e) => match stale {
-            Some(entry) => return Ok(serve_stale_on_error(&shared, entry, &cond, head, None)),
-            None => return Err(e),
-        },
+        Err(e) => {
+            release(held_lock);
+            return match stale {
+                Some(entry) => Ok(serve_stale_on_error(&shared, entry, &cond, head, None)),
+                None => Err(e),
+            };
+        }
     };
     let store = StoreTo {
         backend: &*backend,
@@ -190,6 +221,7 @@ where
         write: backend_up && !head,
     };
     let answer = finish(&shared, res, &cond, head, Some(store)).await;
+    release(held_lock);
     if let Some(leader) = &leader {
         leader.publish(answer.shareable.clone());
     }

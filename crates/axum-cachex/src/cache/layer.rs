@@ -93,6 +93,8 @@ pub(crate) struct Shared {
     pub(crate) backend_timeout: Duration,
     pub(crate) coalesce: bool,
     pub(crate) coalesce_timeout: Duration,
+    /// Lifetime of the cross-instance lock; `None` when it is off.
+    pub(crate) lock_ttl: Option<Duration>,
     pub(crate) refresh_slots: Arc<tokio::sync::Semaphore>,
     pub(crate) clock: Clock,
     pub(crate) stats: CacheStats,
@@ -122,6 +124,7 @@ impl CacheLayer {
             backend_timeout: b.backend_timeout,
             coalesce: b.coalesce,
             coalesce_timeout: b.coalesce_timeout,
+            lock_ttl: b.lock_ttl,
             refresh_slots: Arc::new(tokio::sync::Semaphore::new(b.max_refreshes)),
             clock: b.clock,
             stats: CacheStats::default(),

@@ -16,6 +16,7 @@ mod extract;
 mod flow;
 mod key;
 mod layer;
+mod lock;
 mod response;
 mod service;
 mod stats;

@@ -106,6 +106,7 @@ macro_rules! conformance_suite {
             stale::waiter_gives_up_after_timeout,
             stale::vary_keeps_variants_apart,
             stale::if_modified_since_and_precedence,
+            stale::cross_instance_lock_computes_once,
         );
     };
     (@emit $factory:path; $($module:ident :: $test:ident),* $(,)?) => {

@@ -526,3 +526,68 @@ pub async fn if_modified_since_and_precedence(be: B) {
     assert_eq!(c.get(), 1);
     let _: Option<Infallible> = None;
 }
+
+pub async fn cross_instance_lock_computes_once(be: B) {
+    // Two layers = two app instances: separate in-process coalescing,
+    // one shared backend.
+    let instance = || {
+        CacheLayer::builder()
+            .backend(Arc::clone(&be))
+            .ttl(secs(60))
+            .cross_instance_lock(secs(10))
+            .build()
+            .expect("layer")
+    };
+    let c = Counter::default();
+    let gate = Arc::new(Semaphore::new(0));
+    let make = |layer: CacheLayer| {
+        let cc = c.clone();
+        let g = Arc::clone(&gate);
+        Router::new().route(
+            "/shared",
+            route_get(move || {
+                let cc = cc.clone();
+                let g = Arc::clone(&g);
+                async move {
+                    let n = cc.hit();
+                    let _permit = g.acquire().await.expect("gate");
+                    format!("computed {n}")
+                }
+            })
+            .layer(layer),
+        )
+    };
+    let a = make(instance());
+    let b = make(instance());
+    let ta = {
+        let a = a.clone();
+        tokio::spawn(async move { get_ok(&a, "/shared").await })
+    };
+    eventually("instance A computing", async || c.get() == 1).await;
+    let lock = "lock:GET|||example.com|||/shared|||";
+    assert!(
+        be.get(lock).await.expect("get").is_some(),
+        "A holds the lock"
+    );
+    let tb = {
+        let b = b.clone();
+        tokio::spawn(async move { get_ok(&b, "/shared").await })
+    };
+    // Let B reach the lock and start polling before A finishes.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    gate.add_permits(10);
+    let ra = no_hang("instance A", ta).await.expect("A");
+    let rb = no_hang("instance B", tb).await.expect("B");
+    assert_eq!(ra.body, "computed 1");
+    assert_eq!(rb.body, "computed 1", "instance B computed the key again");
+    assert!(
+        rb.cache_status().contains("collapsed"),
+        "{}",
+        rb.cache_status()
+    );
+    assert_eq!(c.get(), 1);
+    eventually("lock released", async || {
+        be.get(lock).await.expect("get").is_none()
+    })
+    .await;
+}
