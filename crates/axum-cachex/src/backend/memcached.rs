@@ -1,1 +1,0 @@
-//! Memcached backend (work in progress).

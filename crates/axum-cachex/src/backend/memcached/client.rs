@@ -1,0 +1,483 @@
+//! A minimal client for Memcached's classic text protocol: one connection
+//! ([`Conn`]) and one server's small pool ([`Server`]).
+//!
+//! Only the commands the backend needs: `get` (several keys), `set`, `add`,
+//! `replace`, `delete` and `incr`. Every command waits for its answer before
+//! the next is sent on the same connection; a connection whose exchange
+//! failed in any way (I/O error, error reply, timeout, cancellation) is
+//! dropped instead of being reused, so a half-read answer can never be taken
+//! for the next command's.
+
+use std::{
+    io,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use bytes::{Bytes, BytesMut};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::TcpStream,
+    sync::{Semaphore, SemaphorePermit},
+    time::timeout_at,
+};
+
+/// Largest value accepted in a reply: Memcached's own ceiling for its item
+/// size (`-I`) is 1 GiB.
+const MAX_VALUE: usize = 1 << 30;
+
+/// Longest reply line accepted (a `VALUE` line has a key of at most 250
+/// bytes and three numbers); a longer one means the peer is not Memcached.
+const MAX_LINE: u64 = 2048;
+
+/// What went wrong talking to one server; kept as the `source` of the
+/// [`BackendError`](axum_cachex_core::BackendError) returned to the caller.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ClientError {
+    /// Connecting, reading or writing failed.
+    #[error("memcached server {server}: {op} failed")]
+    Io {
+        server: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// A recent connection attempt failed; calls fail fast until the backoff
+    /// ends.
+    #[error("memcached server {server} is marked down after a failed connection")]
+    MarkedDown { server: String },
+    /// The server answered `ERROR`, `CLIENT_ERROR …` or `SERVER_ERROR …`
+    /// (e.g. `SERVER_ERROR object too large for cache`).
+    #[error("memcached server {server} answered {reply:?}")]
+    Server { server: String, reply: String },
+    /// The answer does not follow the protocol.
+    #[error("memcached server {server} sent an unexpected reply: {reply:?}")]
+    Protocol { server: String, reply: String },
+}
+
+impl ClientError {
+    /// Whether the server could not be reached or the connection broke.
+    pub(super) fn is_connection(&self) -> bool {
+        matches!(self, Self::Io { .. } | Self::MarkedDown { .. })
+    }
+}
+
+/// One item of a `get` reply.
+#[derive(Debug)]
+pub(super) struct Item {
+    pub(super) key: String,
+    pub(super) flags: u32,
+    pub(super) data: Bytes,
+}
+
+/// The three storage commands the backend uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StoreMode {
+    /// Store unconditionally.
+    Set,
+    /// Store only if the key holds nothing.
+    Add,
+    /// Store only if the key holds something.
+    Replace,
+}
+
+impl StoreMode {
+    fn command(self) -> &'static str {
+        match self {
+            Self::Set => "set",
+            Self::Add => "add",
+            Self::Replace => "replace",
+        }
+    }
+}
+
+/// One open connection to a server.
+#[derive(Debug)]
+pub(super) struct Conn {
+    reader: BufReader<TcpStream>,
+    server: String,
+    line: Vec<u8>,
+}
+
+impl Conn {
+    /// Wraps a connected stream.
+    pub(super) fn new(stream: TcpStream, server: &str) -> Self {
+        Self {
+            reader: BufReader::with_capacity(16 * 1024, stream),
+            server: server.to_owned(),
+            line: Vec::with_capacity(128),
+        }
+    }
+
+    fn io(&self, op: &'static str, source: io::Error) -> ClientError {
+        ClientError::Io {
+            server: self.server.clone(),
+            op,
+            source,
+        }
+    }
+
+    fn unexpected(&self, reply: &[u8]) -> ClientError {
+        let reply = String::from_utf8_lossy(reply).into_owned();
+        let server = self.server.clone();
+        if reply == "ERROR"
+            || reply.starts_with("CLIENT_ERROR")
+            || reply.starts_with("SERVER_ERROR")
+        {
+            ClientError::Server { server, reply }
+        } else {
+            ClientError::Protocol { server, reply }
+        }
+    }
+
+    /// Whether an idle connection can be used again: nothing unread is
+    /// waiting and the server has not closed it (a restarted server closes
+    /// every old connection; catching that here saves the next command from
+    /// failing on it).
+    pub(super) fn is_reusable(&self) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(
+            self.reader.get_ref().try_read(&mut probe),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock
+        )
+    }
+
+    async fn send(&mut self, request: &[u8]) -> Result<(), ClientError> {
+        let stream = self.reader.get_mut();
+        match stream.write_all(request).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.io("write", e)),
+        }
+    }
+
+    /// Reads one reply line without its CR LF into `self.line`.
+    async fn read_line(&mut self) -> Result<(), ClientError> {
+        self.line.clear();
+        let read = (&mut self.reader)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut self.line)
+            .await;
+        match read {
+            Err(e) => Err(self.io("read", e)),
+            Ok(0) => Err(self.io(
+                "read",
+                io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"),
+            )),
+            Ok(_) => {
+                if self.line.ends_with(b"\r\n") {
+                    self.line.truncate(self.line.len() - 2);
+                    Ok(())
+                } else {
+                    let reply = self.line.clone();
+                    Err(self.unexpected(&reply))
+                }
+            }
+        }
+    }
+
+    /// `get k1 k2 …`: the items found, in the server's order.
+    pub(super) async fn get_multi(&mut self, keys: &[&str]) -> Result<Vec<Item>, ClientError> {
+        let mut request = Vec::with_capacity(8 + keys.iter().map(|k| k.len() + 1).sum::<usize>());
+        request.extend_from_slice(b"get");
+        for key in keys {
+            request.push(b' ');
+            request.extend_from_slice(key.as_bytes());
+        }
+        request.extend_from_slice(b"\r\n");
+        self.send(&request).await?;
+        let mut items = Vec::new();
+        loop {
+            self.read_line().await?;
+            if self.line == b"END" {
+                return Ok(items);
+            }
+            let Some((key, flags, len)) = parse_value_line(&self.line) else {
+                let reply = self.line.clone();
+                return Err(self.unexpected(&reply));
+            };
+            let data = self.read_data(len).await?;
+            items.push(Item { key, flags, data });
+        }
+    }
+
+    /// Reads a data block of `len` bytes and its CR LF.
+    async fn read_data(&mut self, len: usize) -> Result<Bytes, ClientError> {
+        // Grow with what arrives rather than trusting the announced length
+        // for one big allocation.
+        let mut data = BytesMut::with_capacity(len.min(1024 * 1024) + 2);
+        let mut limited = (&mut self.reader).take(len as u64 + 2);
+        loop {
+            match limited.read_buf(&mut data).await {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return Err(self.io("read", e)),
+            }
+        }
+        if data.len() != len + 2 {
+            return Err(self.io(
+                "read",
+                io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-value"),
+            ));
+        }
+        if !data.ends_with(b"\r\n") {
+            return Err(ClientError::Protocol {
+                server: self.server.clone(),
+                reply: "data block not followed by CR LF".to_owned(),
+            });
+        }
+        data.truncate(len);
+        Ok(data.freeze())
+    }
+
+    /// `set`/`add`/`replace`: whether the value was stored. `parts` are
+    /// written back to back as the value (so the envelope head and the
+    /// caller's bytes need no joining first).
+    pub(super) async fn store(
+        &mut self,
+        mode: StoreMode,
+        key: &str,
+        flags: u32,
+        exptime: i64,
+        parts: &[&[u8]],
+    ) -> Result<bool, ClientError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let header = format!("{} {key} {flags} {exptime} {len}\r\n", mode.command());
+        let mut request = Vec::with_capacity(header.len() + len + 2);
+        request.extend_from_slice(header.as_bytes());
+        for part in parts {
+            request.extend_from_slice(part);
+        }
+        request.extend_from_slice(b"\r\n");
+        self.send(&request).await?;
+        self.read_line().await?;
+        match self.line.as_slice() {
+            b"STORED" => Ok(true),
+            b"NOT_STORED" => Ok(false),
+            other => {
+                let reply = other.to_vec();
+                Err(self.unexpected(&reply))
+            }
+        }
+    }
+
+    /// `delete`: whether the key held a value.
+    pub(super) async fn delete(&mut self, key: &str) -> Result<bool, ClientError> {
+        self.send(format!("delete {key}\r\n").as_bytes()).await?;
+        self.read_line().await?;
+        match self.line.as_slice() {
+            b"DELETED" => Ok(true),
+            b"NOT_FOUND" => Ok(false),
+            other => {
+                let reply = other.to_vec();
+                Err(self.unexpected(&reply))
+            }
+        }
+    }
+
+    /// `incr`: the new value, `None` when the key holds nothing.
+    pub(super) async fn incr(&mut self, key: &str, delta: u64) -> Result<Option<u64>, ClientError> {
+        self.send(format!("incr {key} {delta}\r\n").as_bytes())
+            .await?;
+        self.read_line().await?;
+        if self.line == b"NOT_FOUND" {
+            return Ok(None);
+        }
+        match std::str::from_utf8(&self.line)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            Some(n) => Ok(Some(n)),
+            None => {
+                let reply = self.line.clone();
+                Err(self.unexpected(&reply))
+            }
+        }
+    }
+}
+
+/// Parses `VALUE <key> <flags> <bytes> [<cas>]`.
+fn parse_value_line(line: &[u8]) -> Option<(String, u32, usize)> {
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.split(' ');
+    if parts.next()? != "VALUE" {
+        return None;
+    }
+    let key = parts.next()?.to_owned();
+    let flags = parts.next()?.parse().ok()?;
+    let len = parts.next()?.parse().ok().filter(|&len| len <= MAX_VALUE)?;
+    Some((key, flags, len))
+}
+
+/// One server: its address, idle connections and connection budget.
+#[derive(Debug)]
+pub(super) struct Server {
+    addr: String,
+    idle: Mutex<Vec<Conn>>,
+    permits: Semaphore,
+    down_until: Mutex<Option<Instant>>,
+}
+
+/// A connection checked out of a [`Server`]'s pool. Dropping it closes the
+/// connection; [`Lease::release`] puts it back.
+#[derive(Debug)]
+pub(super) struct Lease<'a> {
+    server: &'a Server,
+    conn: Conn,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl Lease<'_> {
+    /// The connection.
+    pub(super) fn conn(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
+    /// Returns the connection to the pool after a clean exchange.
+    pub(super) fn release(self) {
+        let mut idle = self
+            .server
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        idle.push(self.conn);
+    }
+}
+
+/// Why a connection could not be had.
+#[derive(Debug)]
+pub(super) enum LeaseError {
+    /// The deadline passed (waiting for a free connection or connecting).
+    Timeout,
+    /// Connecting failed, or the server is marked down.
+    Client(ClientError),
+}
+
+impl Server {
+    /// A server with at most `pool_size` connections (at least one).
+    pub(super) fn new(addr: String, pool_size: usize) -> Self {
+        Self {
+            addr,
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(pool_size.max(1)),
+            down_until: Mutex::new(None),
+        }
+    }
+
+    /// The address as configured.
+    pub(super) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn mark_down(&self, backoff: Duration) {
+        if backoff.is_zero() {
+            return;
+        }
+        let mut down = self
+            .down_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *down = Instant::now().checked_add(backoff);
+    }
+
+    fn is_marked_down(&self) -> bool {
+        let down = self
+            .down_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        down.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Checks out a connection: an idle one that is still open, or a new
+    /// one. A failed connection attempt marks the server down for `backoff`,
+    /// during which this fails at once instead of trying again.
+    pub(super) async fn lease(
+        &self,
+        deadline: tokio::time::Instant,
+        backoff: Duration,
+    ) -> Result<Lease<'_>, LeaseError> {
+        if self.is_marked_down() {
+            return Err(LeaseError::Client(ClientError::MarkedDown {
+                server: self.addr.clone(),
+            }));
+        }
+        let permit = match timeout_at(deadline, self.permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_closed)) => {
+                // The semaphore is never closed; treat it like a dead server
+                // rather than panicking.
+                return Err(LeaseError::Client(ClientError::MarkedDown {
+                    server: self.addr.clone(),
+                }));
+            }
+            Err(_) => return Err(LeaseError::Timeout),
+        };
+        loop {
+            let conn = self
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop();
+            match conn {
+                Some(conn) if conn.is_reusable() => {
+                    return Ok(Lease {
+                        server: self,
+                        conn,
+                        _permit: permit,
+                    });
+                }
+                // Closed by the server (e.g. it restarted): drop and look on.
+                Some(_) => {}
+                None => break,
+            }
+        }
+        match timeout_at(deadline, TcpStream::connect(&self.addr)).await {
+            Ok(Ok(stream)) => {
+                // Requests are written whole; don't let Nagle hold them back.
+                let _ = stream.set_nodelay(true);
+                Ok(Lease {
+                    server: self,
+                    conn: Conn::new(stream, &self.addr),
+                    _permit: permit,
+                })
+            }
+            Ok(Err(source)) => {
+                self.mark_down(backoff);
+                Err(LeaseError::Client(ClientError::Io {
+                    server: self.addr.clone(),
+                    op: "connect",
+                    source,
+                }))
+            }
+            Err(_) => {
+                self.mark_down(backoff);
+                Err(LeaseError::Timeout)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_lines() {
+        assert_eq!(
+            parse_value_line(b"VALUE k 51905 12"),
+            Some(("k".to_owned(), 51905, 12))
+        );
+        assert_eq!(
+            parse_value_line(b"VALUE k 0 3 99"),
+            Some(("k".to_owned(), 0, 3))
+        );
+        assert_eq!(parse_value_line(b"VALUE k x 3"), None);
+        assert_eq!(parse_value_line(b"VALUE k 0"), None);
+        assert_eq!(parse_value_line(b"VALUES k 0 1"), None);
+        assert_eq!(parse_value_line(b"END"), None);
+        assert_eq!(parse_value_line(b"VALUE k 0 99999999999999999999"), None);
+        assert_eq!(parse_value_line(b"VALUE k 0 2000000000"), None);
+    }
+}

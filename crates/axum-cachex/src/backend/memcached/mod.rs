@@ -1,0 +1,709 @@
+//! The Memcached backend: several servers on a consistent-hash ring, a key
+//! prefix, and `clear`/`clear_path` through generation counters. The guide is
+//! on [`MemcachedBackend`], because this module is private and only its items
+//! are re-exported.
+
+mod client;
+mod keys;
+mod ring;
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use axum_cachex_core::{Backend, BackendError, Capabilities, StoredValue};
+use bytes::Bytes;
+use tokio::time::{Instant, timeout_at};
+
+use self::{
+    client::{ClientError, Conn, Lease, LeaseError, Server, StoreMode},
+    keys::{
+        ENVELOPE_FLAGS, KeyNames, PATH_ALL_STEP, decode_envelope, envelope_head, exptime,
+        fresh_counter, generation_key, parse_counter, path_counter_key, validate_prefix,
+    },
+    ring::HashRing,
+};
+
+/// The backend's name in errors and logs.
+const NAME: &str = "memcached";
+
+/// What [`MemcachedBackend`] says instead of listing or pattern-matching.
+const LISTING_HINT: &str = "Memcached cannot list keys; use the Redis backend \
+     for clear_pattern, keys and entries, or clear/clear_path here";
+
+/// Default key prefix of [`MemcachedConfig::prefix`].
+pub const DEFAULT_MEMCACHED_PREFIX: &str = "axum_cachex:";
+
+/// Default per-call timeout of [`MemcachedConfig::timeout`]: 250 ms.
+pub const DEFAULT_MEMCACHED_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Default connections per server of [`MemcachedConfig::pool_size`]: 8.
+pub const DEFAULT_MEMCACHED_POOL_SIZE: usize = 8;
+
+/// Default of [`MemcachedConfig::down_backoff`]: 1 s.
+pub const DEFAULT_MEMCACHED_DOWN_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Settings of a [`MemcachedBackend`]; every field has a default except the
+/// server list.
+///
+/// Build one with [`MemcachedBackend::builder`], or start from
+/// `MemcachedConfig::default()`, set the fields and call
+/// [`MemcachedBackend::from_config`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemcachedConfig {
+    /// The servers, as `host:port` (`[::1]:11211` for IPv6). Their order does
+    /// not matter for placement: a key's server depends on the addresses
+    /// only. Default: none (building fails until one is given).
+    pub servers: Vec<String>,
+    /// Prepended to every key this backend writes, so several applications
+    /// (or tests) can share servers. Printable ASCII without spaces, at most
+    /// 128 bytes. Default: `axum_cachex:` ([`DEFAULT_MEMCACHED_PREFIX`]).
+    pub prefix: String,
+    /// Time limit of each backend call, covering waiting for a pooled
+    /// connection, connecting, and every round trip of the call; past it the
+    /// call fails with [`BackendError::Timeout`]. Default: 250 ms
+    /// ([`DEFAULT_MEMCACHED_TIMEOUT`]).
+    pub timeout: Duration,
+    /// Most connections open to one server at a time; calls beyond it wait
+    /// (within the timeout) for a free one. Default: 8
+    /// ([`DEFAULT_MEMCACHED_POOL_SIZE`]).
+    pub pool_size: usize,
+    /// After a failed connection attempt, how long calls for that server fail
+    /// at once with [`BackendError::Connection`] instead of trying again, so
+    /// that an unreachable server costs one timeout per backoff rather than
+    /// one per request. Zero retries on every call. Default: 1 s
+    /// ([`DEFAULT_MEMCACHED_DOWN_BACKOFF`]).
+    pub down_backoff: Duration,
+}
+
+impl Default for MemcachedConfig {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            prefix: DEFAULT_MEMCACHED_PREFIX.to_owned(),
+            timeout: DEFAULT_MEMCACHED_TIMEOUT,
+            pool_size: DEFAULT_MEMCACHED_POOL_SIZE,
+            down_backoff: DEFAULT_MEMCACHED_DOWN_BACKOFF,
+        }
+    }
+}
+
+impl MemcachedConfig {
+    fn validate(&self) -> Result<(), BackendError> {
+        if self.servers.is_empty() {
+            return Err(BackendError::InvalidInput(
+                "memcached backend needs at least one server".to_owned(),
+            ));
+        }
+        for (i, server) in self.servers.iter().enumerate() {
+            let port = server
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            if !matches!(port, Some((host, Ok(_))) if !host.is_empty()) {
+                return Err(BackendError::InvalidInput(format!(
+                    "memcached server {server:?} is not host:port"
+                )));
+            }
+            if self.servers[..i].contains(server) {
+                return Err(BackendError::InvalidInput(format!(
+                    "memcached server {server:?} is listed twice"
+                )));
+            }
+        }
+        validate_prefix(&self.prefix).map_err(BackendError::InvalidInput)?;
+        if self.timeout.is_zero() {
+            return Err(BackendError::InvalidInput(
+                "memcached timeout must be greater than zero".to_owned(),
+            ));
+        }
+        if self.pool_size == 0 {
+            return Err(BackendError::InvalidInput(
+                "memcached pool size must be at least 1".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Builder of a [`MemcachedBackend`]; see [`MemcachedConfig`] for what each
+/// setting means and its default.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MemcachedBackendBuilder {
+    config: MemcachedConfig,
+}
+
+impl MemcachedBackendBuilder {
+    /// Adds one server (`host:port`).
+    pub fn server(mut self, addr: impl Into<String>) -> Self {
+        self.config.servers.push(addr.into());
+        self
+    }
+
+    /// Adds several servers (`host:port` each).
+    pub fn servers<I, S>(mut self, addrs: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config
+            .servers
+            .extend(addrs.into_iter().map(Into::into));
+        self
+    }
+
+    /// The key prefix. Default: `axum_cachex:`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.config.prefix = prefix.into();
+        self
+    }
+
+    /// The time limit of each call. Default: 250 ms.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = timeout;
+        self
+    }
+
+    /// Most connections per server. Default: 8.
+    pub fn pool_size(mut self, connections: usize) -> Self {
+        self.config.pool_size = connections;
+        self
+    }
+
+    /// How long a server that refused a connection is skipped. Default: 1 s.
+    pub fn down_backoff(mut self, backoff: Duration) -> Self {
+        self.config.down_backoff = backoff;
+        self
+    }
+
+    /// Builds the backend. Nothing is connected yet: connections open on
+    /// first use, so the servers need not be up.
+    ///
+    /// # Errors
+    ///
+    /// [`BackendError::InvalidInput`] when no server is given, an address is
+    /// not `host:port` or is listed twice, the prefix is not printable ASCII
+    /// without spaces or is longer than 128 bytes, the timeout is zero or the
+    /// pool size is zero.
+    pub fn build(self) -> Result<MemcachedBackend, BackendError> {
+        MemcachedBackend::from_config(self.config)
+    }
+}
+
+/// A shared cache on one or more Memcached servers.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum_cachex::backend::MemcachedBackend;
+///
+/// let backend = MemcachedBackend::builder()
+///     .servers(["127.0.0.1:11211", "127.0.0.1:11212"])
+///     .prefix("myapp:")
+///     .timeout(Duration::from_millis(100))
+///     .build()?;
+/// # let _ = backend;
+/// # Ok::<(), axum_cachex::backend::BackendError>(())
+/// ```
+///
+/// # Options and defaults
+///
+/// See [`MemcachedConfig`]: servers (required), prefix `axum_cachex:`,
+/// per-call timeout 250 ms, 8 connections per server, 1 s backoff after a
+/// failed connection. Building connects to nothing; each server's
+/// connections open on first use and a broken one is replaced on a later
+/// call, so a server may be down at start-up or restart at any time.
+///
+/// # Several servers
+///
+/// Keys are spread over the servers with consistent hashing: each server
+/// has 160 points on a ring (xxh3 of its address), and a key belongs to the
+/// first point after the xxh3 hash of the key. Losing or adding one server
+/// moves only the keys on its share of the ring. A key always goes to its
+/// own server, never to another one when that server is down: calls for the
+/// down server's keys fail with [`BackendError::Connection`] or
+/// [`BackendError::Timeout`] (both [`is_unavailable`]) while the other
+/// servers' keys keep working. The HTTP layer treats such failures as a
+/// cache miss (fail open). [`server_for_key`](Self::server_for_key) tells
+/// which server holds a key.
+///
+/// # Keys and values
+///
+/// Memcached keys are at most 250 bytes of printable ASCII without spaces.
+/// A key that fits is stored readably (`{prefix}{generations}:k:{key}`);
+/// any other (long, with spaces, control characters or non-ASCII) is stored
+/// under `…:h:{xxh3-128 of the key}`. Every value is stored as
+/// `[u16 key length][key][value]` with item flags `0xCAC1`, so a read checks
+/// the key it finds (a hash collision reads as a miss) and a person looking
+/// at the server sees whose value it is. Values are bytes, stored exactly.
+///
+/// # TTLs
+///
+/// Memcached counts whole seconds: a TTL is rounded up to whole seconds
+/// (1.2 s becomes 2 s) and capped at 30 days, because Memcached reads larger
+/// numbers as Unix timestamps. No TTL means no expiry (the item stays until
+/// evicted). The server's clock ticks once a second, so an item lives
+/// between its rounded TTL minus one second and its rounded TTL.
+///
+/// # Clearing with generation counters
+///
+/// Memcached cannot list or scan keys, so [`clear`](Backend::clear) and
+/// [`clear_path`](Backend::clear_path) do not delete: they make old entries
+/// unreachable, and Memcached's LRU reclaims them as it needs room.
+///
+/// - Each server holds a **namespace generation** counter (`{prefix}@g`)
+///   and, for each request path, a **path counter** (`{prefix}@p:{path}`).
+/// - The server-side key of an entry embeds the namespace generation and,
+///   for keys in the default cache-key format
+///   (`{method}|||{host}|||{path}|||{query}`), its path counter:
+///   `{prefix}{gen}.{pathgen}:k:{key}`. Other keys (sessions, state) embed
+///   only the namespace generation.
+/// - `clear` increments the namespace generation on every server.
+/// - `clear_path(path, true)` adds 2³² to the path counter on every server;
+///   entries with a query string embed only the counter's high half, entries
+///   without one the whole counter, so `clear_path(path, false)` adds 1 and
+///   reaches only the entries without a query.
+/// - A counter that is missing (first use, or evicted) is created with a
+///   random value, so entries written under an evicted counter never come
+///   back.
+///
+/// **Cost:** every call first reads the counters (one `get` of one or two
+/// keys on the key's server), then acts on the entry: two round trips
+/// instead of one, on the same connection. The counters are not cached
+/// locally, so a clear is seen at once by every instance.
+///
+/// **Counts:** the clears cannot tell how many entries they reached and
+/// return 0; [`capabilities`](Backend::capabilities) says so
+/// (`exact_counts: false`). A clear returns an error if any server could not
+/// be reached: that server's entries were not invalidated.
+///
+/// # Atomic operations
+///
+/// [`add`](Backend::add) and [`replace`](Backend::replace) are Memcached's
+/// `add` and `replace`. [`take`](Backend::take) is `get` followed by
+/// `delete`, and only the caller whose `delete` removed the item gets the
+/// value: of any number of concurrent takers at most one wins. (If a `set`
+/// lands between the two steps, the winner gets the value it read and the
+/// newer one is deleted.) [`delete`](Backend::delete) reports whether the
+/// item existed. [`delete_if_equals`](Backend::delete_if_equals) is not
+/// supported (Memcached's text protocol has no compare-and-delete): use the
+/// Redis backend for cross-instance locks.
+///
+/// # Limits
+///
+/// - No listing: [`keys`](Backend::keys), [`entries`](Backend::entries) and
+///   [`clear_pattern`](Backend::clear_pattern) return
+///   [`BackendError::Unsupported`] (`capabilities().list_keys` is false);
+///   use the Redis backend where they are needed.
+/// - Items are limited by the server's item size, 1 MiB by default
+///   (`memcached -I` raises it); a larger value fails with
+///   [`BackendError::Command`]. The HTTP layer's body limit should stay
+///   below it.
+/// - Memcached may evict any entry before its TTL when it runs out of
+///   memory: it is a cache, not a session database. Sessions stored here
+///   can vanish under memory pressure or a server restart.
+///
+/// # Client
+///
+/// The backend speaks Memcached's classic text protocol itself, over tokio
+/// TCP streams, with a small connection pool per server. It uses only
+/// commands every Memcached since 1.4 (and proxies such as mcrouter)
+/// understand. The `async-memcached` crate was evaluated: its classic
+/// protocol has no `replace`, and its meta-protocol path requires
+/// Memcached 1.6 while pulling in `nom`, `url` and `futures` for what is
+/// here a few hundred lines.
+///
+/// [`is_unavailable`]: BackendError::is_unavailable
+#[derive(Clone)]
+pub struct MemcachedBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    servers: Vec<Server>,
+    ring: HashRing,
+    prefix: String,
+    timeout: Duration,
+    down_backoff: Duration,
+}
+
+impl std::fmt::Debug for MemcachedBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemcachedBackend")
+            .field(
+                "servers",
+                &self
+                    .inner
+                    .servers
+                    .iter()
+                    .map(Server::addr)
+                    .collect::<Vec<_>>(),
+            )
+            .field("prefix", &self.inner.prefix)
+            .field("timeout", &self.inner.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemcachedBackend {
+    /// A backend on `servers` (`host:port` each) with every other setting at
+    /// its default. Connects to nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`BackendError::InvalidInput`] for an invalid server list, as listed
+    /// under [`MemcachedBackendBuilder::build`].
+    pub fn new<I, S>(servers: I) -> Result<Self, BackendError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::builder().servers(servers).build()
+    }
+
+    /// Starts configuring a backend.
+    pub fn builder() -> MemcachedBackendBuilder {
+        MemcachedBackendBuilder {
+            config: MemcachedConfig::default(),
+        }
+    }
+
+    /// Builds a backend from a config. Connects to nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`BackendError::InvalidInput`] for an invalid config, as listed under
+    /// [`MemcachedBackendBuilder::build`].
+    pub fn from_config(config: MemcachedConfig) -> Result<Self, BackendError> {
+        config.validate()?;
+        let ring = HashRing::new(&config.servers);
+        let servers = config
+            .servers
+            .into_iter()
+            .map(|addr| Server::new(addr, config.pool_size))
+            .collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                servers,
+                ring,
+                prefix: config.prefix,
+                timeout: config.timeout,
+                down_backoff: config.down_backoff,
+            }),
+        })
+    }
+
+    /// The address (as configured) of the server that holds `key`.
+    pub fn server_for_key(&self, key: &str) -> &str {
+        self.server(key).addr()
+    }
+
+    fn server(&self, key: &str) -> &Server {
+        let index = self.inner.ring.server_for(key.as_bytes()).unwrap_or(0);
+        // The ring indexes `servers`, which `validate` keeps non-empty.
+        &self.inner.servers[index.min(self.inner.servers.len() - 1)]
+    }
+
+    fn timeout_error(&self) -> BackendError {
+        BackendError::Timeout {
+            backend: NAME,
+            timeout: self.inner.timeout,
+        }
+    }
+
+    fn client_error(e: ClientError) -> BackendError {
+        if e.is_connection() {
+            BackendError::Connection {
+                backend: NAME,
+                source: Box::new(e),
+            }
+        } else {
+            BackendError::Command {
+                backend: NAME,
+                source: Box::new(e),
+            }
+        }
+    }
+
+    /// Checks out a connection to `server` and the deadline of this call.
+    async fn lease<'a>(&self, server: &'a Server) -> Result<(Lease<'a>, Instant), BackendError> {
+        let deadline = Instant::now() + self.inner.timeout;
+        match server.lease(deadline, self.inner.down_backoff).await {
+            Ok(lease) => Ok((lease, deadline)),
+            Err(LeaseError::Timeout) => Err(self.timeout_error()),
+            Err(LeaseError::Client(e)) => Err(Self::client_error(e)),
+        }
+    }
+
+    /// Ends a call: keeps the connection after a clean exchange, drops it
+    /// after anything else (its state is unknown), and maps the error.
+    fn finish<T>(
+        &self,
+        lease: Lease<'_>,
+        result: Result<Result<T, ClientError>, tokio::time::error::Elapsed>,
+    ) -> Result<T, BackendError> {
+        match result {
+            Ok(Ok(value)) => {
+                lease.release();
+                Ok(value)
+            }
+            Ok(Err(e)) => Err(Self::client_error(e)),
+            Err(_) => Err(self.timeout_error()),
+        }
+    }
+
+    /// Stores with `set`, `add` or `replace`.
+    async fn store(
+        &self,
+        mode: StoreMode,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, BackendError> {
+        let head = envelope_head(key).map_err(BackendError::InvalidInput)?;
+        let names = KeyNames::new(&self.inner.prefix, key);
+        let (mut lease, deadline) = self.lease(self.server(key)).await?;
+        let result = timeout_at(deadline, async {
+            let conn = lease.conn();
+            let real = resolve(conn, &names).await?;
+            conn.store(mode, &real, ENVELOPE_FLAGS, exptime(ttl), &[&head, value])
+                .await
+        })
+        .await;
+        self.finish(lease, result)
+    }
+
+    /// Adds `delta` to the counter `counter` on every server. A server
+    /// without the counter needs nothing: the next call there creates it
+    /// with a fresh random value, which invalidates all the same.
+    async fn bump_everywhere(&self, counter: &str, delta: u64) -> Result<u64, BackendError> {
+        let bumps = self.inner.servers.iter().map(|server| async move {
+            let (mut lease, deadline) = self.lease(server).await?;
+            let result = timeout_at(deadline, lease.conn().incr(counter, delta)).await;
+            self.finish(lease, result)
+        });
+        let results = futures_util::future::join_all(bumps).await;
+        // Report the first failure: that server's entries were not
+        // invalidated, and the caller should know.
+        for result in results {
+            result?;
+        }
+        Ok(0)
+    }
+}
+
+/// Reads (creating when missing) the counters of `names` and returns the
+/// entry's server-side key.
+async fn resolve(conn: &mut Conn, names: &KeyNames<'_>) -> Result<String, ClientError> {
+    let counters = names.counters();
+    let refs: Vec<&str> = counters.iter().map(String::as_str).collect();
+    let items = conn.get_multi(&refs).await?;
+    let mut values = Vec::with_capacity(counters.len());
+    for counter in &counters {
+        let found = items
+            .iter()
+            .find(|item| &item.key == counter)
+            .and_then(|item| parse_counter(&item.data));
+        values.push(match found {
+            Some(value) => value,
+            None => create_counter(conn, counter).await?,
+        });
+    }
+    Ok(names.entry_key(&values))
+}
+
+/// Creates a missing counter with a fresh value, or reads the one a
+/// concurrent caller created first.
+async fn create_counter(conn: &mut Conn, counter: &str) -> Result<u64, ClientError> {
+    let fresh = fresh_counter();
+    let text = fresh.to_string();
+    if conn
+        .store(StoreMode::Add, counter, 0, 0, &[text.as_bytes()])
+        .await?
+    {
+        return Ok(fresh);
+    }
+    let items = conn.get_multi(&[counter]).await?;
+    if let Some(value) = items.first().and_then(|item| parse_counter(&item.data)) {
+        return Ok(value);
+    }
+    // Present but not a number (written by something else), or evicted in
+    // between: overwrite it. A new value only invalidates.
+    conn.store(StoreMode::Set, counter, 0, 0, &[text.as_bytes()])
+        .await?;
+    Ok(fresh)
+}
+
+#[async_trait]
+impl Backend for MemcachedBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::unlisted()
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
+        let names = KeyNames::new(&self.inner.prefix, key);
+        let (mut lease, deadline) = self.lease(self.server(key)).await?;
+        let result = timeout_at(deadline, async {
+            let conn = lease.conn();
+            let real = resolve(conn, &names).await?;
+            let items = conn.get_multi(&[&real]).await?;
+            Ok(items
+                .into_iter()
+                .find(|item| item.key == real)
+                .and_then(|item| decode_envelope(key, item.flags, &item.data)))
+        })
+        .await;
+        self.finish(lease, result)
+    }
+
+    async fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<(), BackendError> {
+        if self.store(StoreMode::Set, key, &value, ttl).await? {
+            Ok(())
+        } else {
+            // `set` has no condition; NOT_STORED only comes from a server
+            // that refused the write.
+            Err(BackendError::Command {
+                backend: NAME,
+                source: format!("memcached did not store {key:?}").into(),
+            })
+        }
+    }
+
+    async fn add(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<bool, BackendError> {
+        self.store(StoreMode::Add, key, &value, ttl).await
+    }
+
+    async fn replace(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<bool, BackendError> {
+        self.store(StoreMode::Replace, key, &value, ttl).await
+    }
+
+    async fn take(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
+        let names = KeyNames::new(&self.inner.prefix, key);
+        let (mut lease, deadline) = self.lease(self.server(key)).await?;
+        let result = timeout_at(deadline, async {
+            let conn = lease.conn();
+            let real = resolve(conn, &names).await?;
+            let items = conn.get_multi(&[&real]).await?;
+            let Some(value) = items
+                .into_iter()
+                .find(|item| item.key == real)
+                .and_then(|item| decode_envelope(key, item.flags, &item.data))
+            else {
+                return Ok(None);
+            };
+            // Delete wins: of concurrent takers that all read the value,
+            // only the one whose delete removed it returns it.
+            Ok(conn.delete(&real).await?.then_some(value))
+        })
+        .await;
+        self.finish(lease, result)
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        let names = KeyNames::new(&self.inner.prefix, key);
+        let (mut lease, deadline) = self.lease(self.server(key)).await?;
+        let result = timeout_at(deadline, async {
+            let conn = lease.conn();
+            let real = resolve(conn, &names).await?;
+            conn.delete(&real).await
+        })
+        .await;
+        self.finish(lease, result)
+    }
+
+    /// Increments the namespace generation on every server; returns 0
+    /// (Memcached cannot count).
+    async fn clear(&self) -> Result<u64, BackendError> {
+        self.bump_everywhere(&generation_key(&self.inner.prefix), 1)
+            .await
+    }
+
+    /// Bumps the path counter on every server; returns 0 (Memcached cannot
+    /// count).
+    async fn clear_path(&self, path: &str, include_params: bool) -> Result<u64, BackendError> {
+        let delta = if include_params { PATH_ALL_STEP } else { 1 };
+        self.bump_everywhere(&path_counter_key(&self.inner.prefix, path), delta)
+            .await
+    }
+
+    async fn clear_pattern(&self, _pattern: &str) -> Result<u64, BackendError> {
+        Err(BackendError::Unsupported {
+            backend: NAME,
+            operation: "clear_pattern",
+            hint: LISTING_HINT,
+        })
+    }
+
+    async fn keys(&self) -> Result<Vec<String>, BackendError> {
+        Err(BackendError::Unsupported {
+            backend: NAME,
+            operation: "keys",
+            hint: LISTING_HINT,
+        })
+    }
+
+    async fn entries(&self) -> Result<Vec<StoredValue>, BackendError> {
+        Err(BackendError::Unsupported {
+            backend: NAME,
+            operation: "entries",
+            hint: LISTING_HINT,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_is_checked() {
+        let ok = || MemcachedBackend::builder().server("127.0.0.1:11211");
+        assert!(ok().build().is_ok());
+        assert!(ok().server("[::1]:11211").build().is_ok());
+        assert!(ok().server("memcached.internal:11211").build().is_ok());
+        let invalid = [
+            MemcachedBackend::builder(),
+            ok().server("127.0.0.1"),
+            ok().server(":11211"),
+            ok().server("127.0.0.1:port"),
+            ok().server("127.0.0.1:11211"),
+            ok().prefix("has space"),
+            ok().timeout(Duration::ZERO),
+            ok().pool_size(0),
+        ];
+        for builder in invalid {
+            assert!(
+                matches!(builder.clone().build(), Err(BackendError::InvalidInput(_))),
+                "{builder:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let c = MemcachedConfig::default();
+        assert_eq!(c.prefix, "axum_cachex:");
+        assert_eq!(c.timeout, Duration::from_millis(250));
+        assert_eq!(c.pool_size, 8);
+        assert_eq!(c.down_backoff, Duration::from_secs(1));
+        assert!(c.servers.is_empty());
+    }
+}
