@@ -1,14 +1,160 @@
-//! HTTP response caching for [axum](https://docs.rs/axum) and tower.
+//! HTTP response caching and session management for
+//! [axum](https://docs.rs/axum) and tower — a Rust port of the Python
+//! package `fastapi-cachex`, correct to the HTTP caching RFCs.
 //!
-//! (Crate documentation is completed in `docs.rs`-style below.)
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+//! Put a [`CacheLayer`] on a route and it
+//!
+//! - emits `Cache-Control` (all thirteen directives of the original's table),
+//! - computes a weak `ETag` from the body and answers `If-None-Match` /
+//!   `If-Modified-Since` with `304 Not Modified`,
+//! - stores the whole response (status, end-to-end headers, exact body) and
+//!   serves it while fresh **without running the handler**,
+//! - serves stale entries while one background refresh runs
+//!   (`stale-while-revalidate`) or when the handler fails
+//!   (`stale-if-error`),
+//! - runs the handler once for concurrent misses of one key (request
+//!   coalescing), optionally across app instances sharing Redis,
+//! - keeps one variant per `Vary` value,
+//! - reports what it did in a `Cache-Status` header (RFC 9211),
+//! - and keeps answering from the handler when the backend is down (fail
+//!   open).
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum::{Router, routing::get};
+//! use axum_cachex::{CacheLayer, Stale};
+//!
+//! let cache = CacheLayer::builder()
+//!     .ttl(Duration::from_secs(60))                  // max-age=60
+//!     .stale_ttl(Duration::from_secs(30))
+//!     .stale(Stale::Revalidate)                      // stale-while-revalidate=30
+//!     .public()
+//!     .build()
+//!     .expect("valid cache configuration");
+//!
+//! let app: Router = Router::new()
+//!     .route("/products", get(|| async { "expensive listing" }).layer(cache));
+//! ```
+//!
+//! With no backend configured the layer uses an in-memory store bounded to
+//! 64 MiB ([`backend::MemoryBackend`]). Redis and Memcached backends share
+//! one cache between app instances (features `redis`, `memcached`).
+//!
+//! # Request flow
+//!
+//! ```text
+//! request
+//!  ├─ not GET/HEAD ───────────────► handler ─► (unsafe method + 2xx/3xx: delete the GET entry)   Cache-Status: fwd=bypass; detail=method
+//!  ├─ no_store route ─────────────► handler, Cache-Control: no-store                             fwd=bypass; detail=no-store
+//!  ├─ Authorization, not public ──► handler, ETag + 304, nothing stored (RFC 9111 §3.5)           fwd=bypass; detail=authorization
+//!  ├─ no_cache / no ttl ──────────► handler every time, ETag + 304                                fwd=miss
+//!  └─ look the key up (backend call under a timeout; failure = miss, fail open)
+//!      ├─ variant for this request's Vary values?
+//!      ├─ fresh ─────────────────── 304 if If-None-Match/If-Modified-Since match, else 200     hit; ttl=N
+//!      ├─ stale, in SWR window ──── same, at once + one background refresh per key            hit; detail=stale-while-revalidate
+//!      └─ miss, or too stale
+//!          ├─ another request for the key is running its handler ─► wait, share its response  fwd=miss; collapsed
+//!          │     (not shareable / timeout ─► run the handler ourselves)
+//!          └─ leader [cross-instance lock, opt-in] ─► handler
+//!                ├─ 5xx or error inside the stale-if-error window ─► the stale entry          fwd=stale; fwd-status=500
+//!                ├─ not storable (status, Set-Cookie, no-store, private, Vary: *, too large)  fwd=miss; detail=…
+//!                └─ buffer body, ETag, Cache-Control, store, 304 or 200                       fwd=miss; stored
+//! ```
+//!
+//! `HEAD` requests are answered from the `GET` entry (headers, no body).
+//!
+//! # Options
+//!
+//! | builder method | emits / does |
+//! |---|---|
+//! | [`ttl`](CacheLayerBuilder::ttl) | `max-age=N`; stored responses are served while fresh |
+//! | [`s_maxage`](CacheLayerBuilder::s_maxage) | `s-maxage=N` |
+//! | [`stale_ttl`](CacheLayerBuilder::stale_ttl) + [`stale`](CacheLayerBuilder::stale) | `stale-while-revalidate=N` / `stale-if-error=N`, honoured server-side |
+//! | [`no_cache`](CacheLayerBuilder::no_cache) | `no-cache`; handler runs every time, 304 on a matching ETag |
+//! | [`no_store`](CacheLayerBuilder::no_store) | only `no-store`; nothing stored |
+//! | [`public`](CacheLayerBuilder::public) / [`private`](CacheLayerBuilder::private) | `public` / `private` |
+//! | [`immutable`](CacheLayerBuilder::immutable) | `immutable` |
+//! | [`must_revalidate`](CacheLayerBuilder::must_revalidate) / [`proxy_revalidate`](CacheLayerBuilder::proxy_revalidate) | `must-revalidate` / `proxy-revalidate` |
+//! | [`no_transform`](CacheLayerBuilder::no_transform) / [`must_understand`](CacheLayerBuilder::must_understand) | `no-transform` / `must-understand` |
+//! | [`key_builder`](CacheLayerBuilder::key_builder) | custom cache key |
+//! | [`cacheable_statuses`](CacheLayerBuilder::cacheable_statuses), [`max_body_size`](CacheLayerBuilder::max_body_size) | what may be stored |
+//! | [`backend`](CacheLayerBuilder::backend), [`backend_proxy`](CacheLayerBuilder::backend_proxy), [`backend_timeout`](CacheLayerBuilder::backend_timeout) | where entries live |
+//! | [`coalesce`](CacheLayerBuilder::coalesce), [`coalesce_timeout`](CacheLayerBuilder::coalesce_timeout), [`cross_instance_lock`](CacheLayerBuilder::cross_instance_lock), [`max_refreshes_in_flight`](CacheLayerBuilder::max_refreshes_in_flight) | stampede protection |
+//!
+//! Contradictory combinations (`public` + `private`, a stale window without
+//! a `ttl`, `no_store` with a `ttl`, …) make
+//! [`build`](CacheLayerBuilder::build) return a [`ConfigError`] that says
+//! what to change — at startup, never at request time.
+//!
+//! # What is stored, and what is not
+//!
+//! A stored entry keeps the status, the end-to-end headers (never
+//! `Set-Cookie`, never hop-by-hop headers), the exact body bytes, the ETag,
+//! when it was stored and its freshness and stale lifetimes, in a
+//! versioned binary format ([`EntrySet`]). An entry that does not decode is
+//! a miss, is deleted and is counted — never a panic or a 500.
+//!
+//! Not stored: responses whose status is not in
+//! [`cacheable_statuses`](CacheLayerBuilder::cacheable_statuses) (default
+//! 200, 203, 204, 300, 301, 308), responses with `Set-Cookie`, responses the
+//! handler marks `Cache-Control: no-store` or `private`, `Vary: *`, and
+//! bodies larger than [`max_body_size`](CacheLayerBuilder::max_body_size)
+//! (1 MiB), which stream through unbuffered. The handler's own headers on
+//! such responses are left as it made them.
+//!
+//! # Invalidation
+//!
+//! Every [`Backend`](backend::Backend) offers `clear`, `clear_path(path,
+//! include_params)`, `clear_pattern(glob)` and `delete(key)`, each returning
+//! how many entries went; [`CacheLayer::invalidate`] and
+//! [`CacheBackend::invalidate`] delete the entry of one request. Handlers
+//! get the backend with the [`CacheBackend`] extractor. A successful
+//! `POST`/`PUT`/`PATCH`/`DELETE` through a caching layer also deletes the
+//! `GET` entry of its URI (RFC 9111 §4.4).
+//!
+//! # Backends
+//!
+//! | backend | feature | shared | notes |
+//! |---|---|---|---|
+//! | [`MemoryBackend`](backend::MemoryBackend) | always | no | moka, bounded by bytes, LRU, per-entry TTL |
+//! | `RedisBackend` | `redis` | yes | redis-rs, reconnects, `SCAN` clears, per-path index |
+//! | `MemcachedBackend` | `memcached` | yes | consistent hashing, generation-counter clears, no listing |
+//!
+//! The layer resolves its backend per request: [`BackendProxy::global`]
+//! (zero configuration: memory) unless the builder was given one, and a
+//! backend set on a proxy after the layer was built is used from the next
+//! request on. A third party implements [`backend::Backend`] from the
+//! `axum-cachex-core` crate.
+//!
+//! # Failure behaviour
+//!
+//! Every backend call made by the layer runs under
+//! [`backend_timeout`](CacheLayerBuilder::backend_timeout) (250 ms). A
+//! failure or timeout is a cache miss: the handler answers, the failure is
+//! counted ([`StatsSnapshot`]) and logged with `tracing` at most once every
+//! 10 s, and caching resumes by itself when the backend is back.
+//!
+//! # Implementation details
+//!
+//! - A hit decodes the stored set (bodies and header values share the
+//!   fetched buffer, no copy), clones the header map and answers; the
+//!   response future is boxed once per request (see [`cache::ResponseFuture`]).
+//! - Coalescing uses a per-layer table of keys in flight (a mutex held only
+//!   to insert or remove a key); background refreshes lead flights too, so
+//!   there is at most one per key, and at most
+//!   [`max_refreshes_in_flight`](CacheLayerBuilder::max_refreshes_in_flight)
+//!   in all. A refresh runs in its own task on a copy of the request head,
+//!   not on the client's connection.
+//! - Freshness and `Age` come from the layer's [`Clock`]; tests use a
+//!   [`ManualClock`] instead of sleeping.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backend;
 pub mod cache;
 mod clock;
 mod proxy;
 
-pub use axum_cachex_core::{CacheEntry, CacheKey, DecodeError};
+pub use axum_cachex_core::{CacheEntry, CacheKey, DecodeError, EntrySet};
 pub use cache::{
     CacheBackend, CacheLayer, CacheLayerBuilder, ConfigError, DefaultKeyBuilder, KeyBuilder, Stale,
     StatsSnapshot,
