@@ -186,6 +186,12 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Lists the values of this namespace with their remaining lifetime.
     async fn entries(&self) -> Result<Vec<StoredValue>, BackendError>;
 
+    /// How many values the backend dropped to stay within its size bound,
+    /// when it keeps count (the memory backend does). Default: `None`.
+    fn eviction_count(&self) -> Option<u64> {
+        None
+    }
+
     /// Deletes a value only if it still equals `expected` (used to release
     /// distributed locks with a token). Returns whether it was deleted.
     ///

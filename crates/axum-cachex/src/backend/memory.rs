@@ -298,6 +298,10 @@ impl Backend for MemoryBackend {
             .collect())
     }
 
+    fn eviction_count(&self) -> Option<u64> {
+        Some(self.evictions())
+    }
+
     async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
         let now = Instant::now();
         let result = self

@@ -110,6 +110,7 @@ pub struct CacheLayerBuilder {
     pub(crate) lock_ttl: Option<Duration>,
     pub(crate) max_refreshes: usize,
     pub(crate) clock: Clock,
+    pub(crate) name: Option<String>,
 }
 
 impl fmt::Debug for CacheLayerBuilder {
@@ -148,6 +149,7 @@ impl Default for CacheLayerBuilder {
             lock_ttl: None,
             max_refreshes: DEFAULT_MAX_REFRESHES,
             clock: Clock::system(),
+            name: None,
         }
     }
 }
@@ -323,6 +325,13 @@ impl CacheLayerBuilder {
     /// stale hit is served without scheduling another refresh. Default: 64.
     pub fn max_refreshes_in_flight(mut self, max: usize) -> Self {
         self.max_refreshes = max;
+        self
+    }
+
+    /// Names the layer in monitoring reports and metrics. Default: the
+    /// route it first serves (axum's `MatchedPath`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
         self
     }
 

@@ -56,6 +56,11 @@ where
 {
     let (mut parts, body) = req.into_parts();
     let backend = shared.backend.resolve();
+    if shared.route.get().is_none() {
+        if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
+            let _ = shared.route.set(matched.as_str().to_owned());
+        }
+    }
 
     if parts.method != Method::GET && parts.method != Method::HEAD {
         return pass_unsafe(&shared, inner, backend, parts, body).await;

@@ -67,6 +67,13 @@ impl std::fmt::Debug for CacheLayer {
 }
 
 impl Shared {
+    pub(crate) fn route_label(&self) -> String {
+        self.route
+            .get()
+            .cloned()
+            .unwrap_or_else(|| "unnamed".to_owned())
+    }
+
     /// Whether responses are stored and served from the store: a ttl is
     /// set and the route is neither no-cache nor no-store.
     pub(crate) fn stores(&self) -> bool {
@@ -100,6 +107,8 @@ pub(crate) struct Shared {
     pub(crate) stats: CacheStats,
     pub(crate) failures: FailureLog,
     pub(crate) inflight: Coalescer,
+    /// Name for reports: from the builder, or the first matched route.
+    pub(crate) route: std::sync::OnceLock<String>,
 }
 
 impl CacheLayer {
@@ -130,10 +139,14 @@ impl CacheLayer {
             stats: CacheStats::default(),
             failures: FailureLog::default(),
             inflight: Coalescer::default(),
+            route: std::sync::OnceLock::new(),
         };
-        Self {
-            shared: Arc::new(shared),
+        if let Some(name) = b.name {
+            let _ = shared.route.set(name);
         }
+        let shared = Arc::new(shared);
+        super::registry::register(&shared);
+        Self { shared }
     }
 
     /// The `Cache-Control` value this layer emits.

@@ -17,6 +17,7 @@ mod flow;
 mod key;
 mod layer;
 mod lock;
+mod registry;
 mod response;
 mod service;
 mod stats;
@@ -30,5 +31,6 @@ pub use config::{
 pub use extract::CacheBackend;
 pub use key::{DefaultKeyBuilder, KeyBuilder};
 pub use layer::CacheLayer;
+pub use registry::{LayerReport, layer_reports};
 pub use service::{CacheService, ResponseFuture};
 pub use stats::StatsSnapshot;

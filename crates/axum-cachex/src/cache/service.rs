@@ -14,7 +14,9 @@ use http::{Request, Response};
 use http_body::Body as HttpBody;
 use tower_service::Service;
 
-use super::{flow, layer::Shared};
+use tracing::Instrument;
+
+use super::{flow, layer::Shared, status::CACHE_STATUS};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -59,8 +61,31 @@ where
         // clone takes its place for the next one (the usual tower pattern).
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
+        // One span per request, its `decision` field filled with what the
+        // layer did (the `Cache-Status` parameters).
+        let span = tracing::info_span!(
+            "axum_cachex",
+            method = %req.method(),
+            path = %req.uri().path(),
+            decision = tracing::field::Empty,
+        );
+        let shared = Arc::clone(&self.shared);
+        let flow = async move {
+            let result = flow::serve(shared, inner, req).await;
+            if let Ok(res) = &result {
+                if let Some(status) = res
+                    .headers()
+                    .get(CACHE_STATUS)
+                    .and_then(|v| v.to_str().ok())
+                {
+                    let decision = status.split_once("; ").map_or(status, |(_, d)| d);
+                    tracing::Span::current().record("decision", decision);
+                }
+            }
+            result
+        };
         ResponseFuture {
-            inner: Box::pin(flow::serve(Arc::clone(&self.shared), inner, req)),
+            inner: Box::pin(flow.instrument(span)),
         }
     }
 }
