@@ -16,6 +16,8 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 need_packages=()
 command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
 command -v memcached >/dev/null 2>&1 || need_packages+=(memcached)
+# The dashboard's browser test renders it in headless Chromium.
+command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
 if ((${#need_packages[@]})); then
     log "installing ${need_packages[*]} from Debian packages"
     SUDO=""
@@ -69,6 +71,7 @@ export AXUM_CACHEX_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export AXUM_CACHEX_MEMCACHED_SERVERS="127.0.0.1:$MC1_PORT,127.0.0.1:$MC2_PORT"
 export AXUM_CACHEX_REDIS_SERVER_BIN="$(command -v redis-server)"
 export AXUM_CACHEX_MEMCACHED_BIN="$(command -v memcached)"
+export AXUM_CACHEX_CHROMIUM="$(command -v chromium)"
 # Tests of a backend whose server is missing fail instead of skipping.
 export AXUM_CACHEX_REQUIRE_SERVERS=1
 log "redis on $AXUM_CACHEX_REDIS_URL, memcached on $AXUM_CACHEX_MEMCACHED_SERVERS"

@@ -152,6 +152,7 @@
 pub mod backend;
 pub mod cache;
 mod clock;
+pub mod monitoring;
 mod proxy;
 
 pub use axum_cachex_core::{CacheEntry, CacheKey, DecodeError, EntrySet};

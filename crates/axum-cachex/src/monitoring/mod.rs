@@ -1,0 +1,1 @@
+//! Monitoring routes, metrics and dashboard (work in progress).
