@@ -161,7 +161,9 @@ pub use cache::{
     StatsSnapshot,
 };
 pub use clock::{Clock, ManualClock};
+pub use app_cache::CacheManager;
 pub use proxy::BackendProxy;
+pub use state::StateManager;
 pub mod app_cache;
 #[cfg(feature = "session")]
 pub mod session;

@@ -103,25 +103,30 @@ where
     let lookup = lookup(&shared, &backend, &key).await;
     let now = shared.clock.now();
     let backend_up = !matches!(lookup, Lookup::Failed);
-    let (previous, entry) = match lookup {
-        Lookup::Found(set) => {
-            let entry = vary::select(&set, &parts.headers);
-            (Some(set), entry)
-        }
-        Lookup::Missing | Lookup::Failed => (None, None),
+    let mut previous = match lookup {
+        Lookup::Found(set) => Some(set),
+        Lookup::Missing | Lookup::Failed => None,
     };
-    let fwd = if entry.is_some() { "stale" } else { "miss" };
+    let selected = previous
+        .as_ref()
+        .and_then(|set| vary::select_index(set, &parts.headers));
+    let fwd = if selected.is_some() { "stale" } else { "miss" };
     let mut stale = None;
-    if let Some(entry) = entry {
+    if let (Some(set), Some(index)) = (previous.as_mut(), selected) {
+        let entry = &set.variants[index];
         let age = entry.age(now);
         if age < entry.fresh_for {
             bump(&shared.stats.hits);
+            // The hot path: the set is not needed any more, so the entry is
+            // moved out rather than cloned.
+            let entry = set.variants.swap_remove(index);
             let status = CacheStatus::hit(response::ttl_left(&entry, now));
             return Ok(answer_from_entry(&shared, entry, &cond, head, now, status));
         }
         if age < entry.fresh_for + entry.stale_while_revalidate {
             bump(&shared.stats.hits);
             bump(&shared.stats.stale_served);
+            let entry = entry.clone();
             let request = clone_request::<ReqBody>(&parts);
             spawn_refresh(&shared, &backend, inner, key, previous, request);
             let status = CacheStatus {
@@ -131,7 +136,7 @@ where
             return Ok(answer_from_entry(&shared, entry, &cond, head, now, status));
         }
         if age < entry.fresh_for + entry.stale_if_error {
-            stale = Some(entry);
+            stale = Some(entry.clone());
         }
     }
     bump(&shared.stats.misses);

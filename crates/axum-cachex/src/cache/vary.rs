@@ -74,17 +74,23 @@ fn normalise(member: &[u8]) -> Vec<u8> {
 
 /// Whether `entry` is the variant for a request with these headers.
 pub(crate) fn selects(entry: &CacheEntry, request_headers: &HeaderMap) -> bool {
+    if !entry.headers.contains_key(VARY) {
+        return entry.vary_key.is_empty();
+    }
     let names = vary_names(&entry.headers);
     entry.vary_key == vary_key(&names, request_headers)
 }
 
-/// Takes the variant matching the request out of the set, if any.
-pub(crate) fn select(set: &EntrySet, request_headers: &HeaderMap) -> Option<CacheEntry> {
+/// Index of the variant matching the request, newest first.
+pub(crate) fn select_index(set: &EntrySet, request_headers: &HeaderMap) -> Option<usize> {
     set.variants
         .iter()
-        .rev()
-        .find(|e| selects(e, request_headers))
-        .cloned()
+        .rposition(|e| selects(e, request_headers))
+}
+
+/// A copy of the variant matching the request, if any.
+pub(crate) fn select(set: &EntrySet, request_headers: &HeaderMap) -> Option<CacheEntry> {
+    select_index(set, request_headers).map(|i| set.variants[i].clone())
 }
 
 /// The set to store after `entry` was produced: the previous variants

@@ -1,0 +1,38 @@
+//! Errors of the application cache.
+
+use axum_cachex_core::BackendError;
+
+/// The error of a [`CacheManager`](super::CacheManager) operation.
+///
+/// [`get_or_set`](super::CacheManager::get_or_set) never returns it: there a
+/// backend failure is logged and the factory's value is returned all the
+/// same (fail open).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// The backend failed, or cannot do the operation at all (e.g.
+    /// `clear_pattern` on Memcached, which cannot list keys:
+    /// [`BackendError::Unsupported`]).
+    #[error("application cache backend failed")]
+    Backend {
+        /// The backend's error.
+        #[source]
+        source: BackendError,
+    },
+    /// The value could not be serialised to JSON (e.g. a map with non-string
+    /// keys).
+    #[error("could not serialise the value for cache key {key:?}")]
+    Serialize {
+        /// The key (without prefix).
+        key: String,
+        /// The serialiser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl From<BackendError> for CacheError {
+    fn from(source: BackendError) -> Self {
+        Self::Backend { source }
+    }
+}

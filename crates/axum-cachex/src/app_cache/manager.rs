@@ -1,0 +1,517 @@
+//! The application cache.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use axum_cachex_core::{Backend, BackendError, path_matches_glob};
+use bytes::Bytes;
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::time::Instant;
+
+use super::{CacheError, flight::Flights};
+use crate::state::random_token;
+
+/// Default key prefix of application cache entries: `cache:`.
+pub const DEFAULT_CACHE_PREFIX: &str = "cache:";
+
+/// Prefix put in front of the (prefixed) key of a cross-instance lock, so
+/// locks live outside the cache's own keys and `has`/`clear_pattern` never
+/// see them.
+const LOCK_PREFIX: &str = "lock:";
+
+/// Settings of the cross-instance lock of
+/// [`get_or_set`](CacheManager::get_or_set), enabled with
+/// [`CacheManagerBuilder::distributed_lock`].
+///
+/// On a miss the first instance to add the lock key (with a random token
+/// and [`lock_ttl`](Self::lock_ttl)) runs the factory; the others poll the
+/// value every [`poll_interval`](Self::poll_interval), trying to take over
+/// the lock when it is released without a value, for at most
+/// [`max_wait`](Self::max_wait), then compute the value themselves. The lock
+/// is released with [`Backend::delete_if_equals`] (only the holder's token
+/// deletes it); on backends without that operation (Memcached) it expires
+/// after `lock_ttl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct DistributedLock {
+    lock_ttl: Duration,
+    max_wait: Duration,
+    poll_interval: Duration,
+}
+
+impl Default for DistributedLock {
+    fn default() -> Self {
+        Self {
+            lock_ttl: Duration::from_secs(10),
+            max_wait: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(50),
+        }
+    }
+}
+
+impl DistributedLock {
+    /// The default settings: lock TTL 10 s, wait at most 5 s, poll every
+    /// 50 ms.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How long the lock lives if its holder never releases it (crash,
+    /// cancelled request). Should exceed the factory's usual run time.
+    /// Default: 10 s. Zero is raised to 1 ms.
+    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
+        self.lock_ttl = ttl.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a waiter polls before computing the value itself.
+    /// Default: 5 s.
+    pub fn max_wait(mut self, wait: Duration) -> Self {
+        self.max_wait = wait;
+        self
+    }
+
+    /// Pause between two polls of a waiter. Default: 50 ms. Zero is raised
+    /// to 1 ms, so a waiter never spins on the backend.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The lock's TTL.
+    pub fn get_lock_ttl(&self) -> Duration {
+        self.lock_ttl
+    }
+
+    /// The longest wait of a waiter.
+    pub fn get_max_wait(&self) -> Duration {
+        self.max_wait
+    }
+
+    /// The pause between polls.
+    pub fn get_poll_interval(&self) -> Duration {
+        self.poll_interval
+    }
+}
+
+/// A typed key-value cache for application data over any backend (SPEC S6).
+///
+/// Values of any serde type are stored as JSON under `{key_prefix}{key}`.
+/// Cloning is cheap; clones share the backend and the in-process
+/// coalescing of [`get_or_set`](Self::get_or_set).
+///
+/// See the [module documentation](super) for examples.
+#[derive(Clone)]
+pub struct CacheManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Arc<dyn Backend>,
+    key_prefix: String,
+    default_ttl: Option<Duration>,
+    lock: Option<DistributedLock>,
+    flights: Flights,
+}
+
+impl std::fmt::Debug for CacheManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheManager")
+            .field("backend", &self.inner.backend.name())
+            .field("key_prefix", &self.inner.key_prefix)
+            .field("default_ttl", &self.inner.default_ttl)
+            .field("distributed_lock", &self.inner.lock)
+            .finish()
+    }
+}
+
+/// Builder of a [`CacheManager`]; start with [`CacheManager::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct CacheManagerBuilder {
+    backend: Arc<dyn Backend>,
+    key_prefix: String,
+    default_ttl: Option<Duration>,
+    lock: Option<DistributedLock>,
+}
+
+impl CacheManagerBuilder {
+    /// The prefix of the entries' keys inside the backend's namespace.
+    /// Default: `cache:` ([`DEFAULT_CACHE_PREFIX`]).
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// The lifetime of entries written without an explicit one. Default:
+    /// none (kept until evicted or deleted).
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = Some(ttl);
+        self
+    }
+
+    /// Also coalesces [`get_or_set`](CacheManager::get_or_set) misses across
+    /// instances sharing the backend, with a lock in the backend. Meant for
+    /// Redis; see [`DistributedLock`]. Default: off (coalescing within the
+    /// process only).
+    pub fn distributed_lock(mut self, lock: DistributedLock) -> Self {
+        self.lock = Some(lock);
+        self
+    }
+
+    /// Builds the manager.
+    pub fn build(self) -> CacheManager {
+        CacheManager {
+            inner: Arc::new(Inner {
+                backend: self.backend,
+                key_prefix: self.key_prefix,
+                default_ttl: self.default_ttl,
+                lock: self.lock,
+                flights: Flights::default(),
+            }),
+        }
+    }
+}
+
+/// What a waiter for the cross-instance lock ended with.
+enum Waited<T> {
+    /// Another instance stored the value.
+    Value(T),
+    /// This caller holds the lock with this token.
+    Locked(String),
+    /// No lock (wait elapsed, or the backend cannot lock): compute anyway.
+    Unlocked,
+}
+
+impl CacheManager {
+    /// A manager with the default prefix (`cache:`), no default TTL and no
+    /// cross-instance lock.
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Self::builder(backend).build()
+    }
+
+    /// Starts configuring a manager over `backend`.
+    pub fn builder(backend: Arc<dyn Backend>) -> CacheManagerBuilder {
+        CacheManagerBuilder {
+            backend,
+            key_prefix: DEFAULT_CACHE_PREFIX.to_owned(),
+            default_ttl: None,
+            lock: None,
+        }
+    }
+
+    /// The backend the entries are stored in.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// The key prefix of the entries.
+    pub fn key_prefix(&self) -> &str {
+        &self.inner.key_prefix
+    }
+
+    /// The lifetime of entries written without an explicit one.
+    pub fn default_ttl(&self) -> Option<Duration> {
+        self.inner.default_ttl
+    }
+
+    /// Reads a value. A missing or expired entry, and one that does not
+    /// deserialise into `T` (written with another type or an older shape),
+    /// is `None`.
+    ///
+    /// # Errors
+    ///
+    /// [`CacheError::Backend`] when the backend fails.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, CacheError> {
+        let full = self.full_key(key);
+        Ok(self
+            .inner
+            .backend
+            .get(&full)
+            .await?
+            .and_then(|raw| decode(&full, &raw)))
+    }
+
+    /// Writes a value. `ttl: None` uses the default TTL (and without one,
+    /// keeps the value until evicted or deleted); a zero TTL stores nothing
+    /// and removes any previous value, because it would expire at once (and
+    /// Memcached reads a zero TTL as "never expire").
+    ///
+    /// # Errors
+    ///
+    /// [`CacheError::Serialize`] when `value` cannot be serialised,
+    /// [`CacheError::Backend`] when the backend fails.
+    pub async fn set<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<(), CacheError> {
+        let full = self.full_key(key);
+        let ttl = ttl.or(self.inner.default_ttl);
+        if ttl.is_some_and(|t| t.is_zero()) {
+            self.inner.backend.delete(&full).await?;
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(value).map_err(|source| CacheError::Serialize {
+            key: key.to_owned(),
+            source,
+        })?;
+        Ok(self
+            .inner
+            .backend
+            .set(&full, Bytes::from(bytes), ttl)
+            .await?)
+    }
+
+    /// Deletes a value. Returns whether one existed.
+    ///
+    /// # Errors
+    ///
+    /// [`CacheError::Backend`] when the backend fails.
+    pub async fn delete(&self, key: &str) -> Result<bool, CacheError> {
+        Ok(self.inner.backend.delete(&self.full_key(key)).await?)
+    }
+
+    /// Whether a live value exists under `key`, whatever its type.
+    ///
+    /// # Errors
+    ///
+    /// [`CacheError::Backend`] when the backend fails.
+    pub async fn has(&self, key: &str) -> Result<bool, CacheError> {
+        Ok(self.inner.backend.get(&self.full_key(key)).await?.is_some())
+    }
+
+    /// Deletes every entry whose key (without the prefix) matches a glob
+    /// (`*`, `?`, `[a-z]`, `\` escapes; see
+    /// [`path_matches_glob`](axum_cachex_core::path_matches_glob)). Returns
+    /// how many went.
+    ///
+    /// Lists the backend's namespace ([`Backend::keys`]), so it costs one
+    /// pass over every key of the backend plus one delete per match.
+    ///
+    /// # Errors
+    ///
+    /// [`CacheError::Backend`] when the backend fails, with
+    /// [`BackendError::Unsupported`] on backends that cannot list keys
+    /// (Memcached).
+    pub async fn clear_pattern(&self, pattern: &str) -> Result<u64, CacheError> {
+        let backend = &self.inner.backend;
+        let prefix = self.inner.key_prefix.as_str();
+        let mut removed = 0;
+        for key in backend.keys().await? {
+            let matches = key
+                .strip_prefix(prefix)
+                .is_some_and(|rest| path_matches_glob(pattern, rest));
+            if matches && backend.delete(&key).await? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Returns the cached value of `key`, or runs `factory`, stores its value
+    /// for `ttl` (`None`: the default TTL) and returns it.
+    ///
+    /// **Stampede protection**: concurrent misses of one key in this process
+    /// run the factory once; every caller gets its value, or the same error
+    /// as an `Arc<E>` (like moka's `try_get_with`). An error is never cached:
+    /// the next call runs the factory again. With
+    /// [`distributed_lock`](CacheManagerBuilder::distributed_lock), misses on
+    /// other instances wait for it too. If the caller running the factory is
+    /// cancelled, one of the waiters runs its own factory instead.
+    ///
+    /// Fail open: a backend that fails on the read is a miss and one that
+    /// fails on the write leaves the value uncached; both are logged
+    /// (`tracing::warn!`) and the factory's value is returned.
+    ///
+    /// # Errors
+    ///
+    /// Only the factory's error, shared by every caller that waited for it.
+    pub async fn get_or_set<T, E, F, Fut>(
+        &self,
+        key: &str,
+        factory: F,
+        ttl: Option<Duration>,
+    ) -> Result<T, Arc<E>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let full = self.full_key(key);
+        if let Some(value) = self.read::<T>(&full).await {
+            return Ok(value);
+        }
+        let flight = self.inner.flights.join::<Result<T, Arc<E>>>(full.clone());
+        match flight.cell() {
+            Some(cell) => cell
+                .get_or_init(|| self.load(&full, factory, ttl))
+                .await
+                .clone(),
+            // Not reachable (the cell is only taken on drop); computing
+            // without coalescing is still a correct answer.
+            None => self.load(&full, factory, ttl).await,
+        }
+    }
+
+    /// How many [`get_or_set`](Self::get_or_set) computations are in
+    /// progress in this process (each shared by every caller of its key).
+    pub fn flights_in_progress(&self) -> usize {
+        self.inner.flights.len()
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.inner.key_prefix)
+    }
+
+    /// The leader's work of a flight.
+    async fn load<T, E, F, Fut>(
+        &self,
+        full: &str,
+        factory: F,
+        ttl: Option<Duration>,
+    ) -> Result<T, Arc<E>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        // A flight that finished between our miss and our joining this one
+        // has stored the value already.
+        if let Some(value) = self.read::<T>(full).await {
+            return Ok(value);
+        }
+        let mut token = None;
+        if let Some(lock) = &self.inner.lock {
+            match self.lock_or_wait::<T>(full, lock).await {
+                Waited::Value(value) => return Ok(value),
+                Waited::Locked(t) => token = Some(t),
+                Waited::Unlocked => {}
+            }
+        }
+        let result = factory().await.map_err(Arc::new);
+        if let Ok(value) = &result {
+            self.store(full, value, ttl).await;
+        }
+        if let Some(token) = token {
+            self.unlock(full, &token).await;
+        }
+        result
+    }
+
+    /// Reads and decodes, failing open: a backend error is a miss.
+    async fn read<T: DeserializeOwned>(&self, full: &str) -> Option<T> {
+        match self.inner.backend.get(full).await {
+            Ok(raw) => raw.and_then(|raw| decode(full, &raw)),
+            Err(error) => {
+                tracing::warn!(key = full, %error, "application cache read failed; computing the value");
+                None
+            }
+        }
+    }
+
+    /// Stores a computed value, failing open.
+    async fn store<T: Serialize>(&self, full: &str, value: &T, ttl: Option<Duration>) {
+        let ttl = ttl.or(self.inner.default_ttl);
+        if ttl.is_some_and(|t| t.is_zero()) {
+            return;
+        }
+        let bytes = match serde_json::to_vec(value) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::warn!(key = full, %error, "could not serialise a computed value; not cached");
+                return;
+            }
+        };
+        if let Err(error) = self.inner.backend.set(full, Bytes::from(bytes), ttl).await {
+            tracing::warn!(key = full, %error, "application cache write failed; value not cached");
+        }
+    }
+
+    async fn lock_or_wait<T: DeserializeOwned>(
+        &self,
+        full: &str,
+        lock: &DistributedLock,
+    ) -> Waited<T> {
+        let backend = &self.inner.backend;
+        let lock_key = format!("{LOCK_PREFIX}{full}");
+        let token = match random_token(16) {
+            Ok(token) => token,
+            Err(error) => {
+                tracing::warn!(key = full, %error, "no random lock token; computing without the lock");
+                return Waited::Unlocked;
+            }
+        };
+        let deadline = Instant::now().checked_add(lock.max_wait);
+        loop {
+            match backend
+                .add(&lock_key, Bytes::from(token.clone()), Some(lock.lock_ttl))
+                .await
+            {
+                Ok(true) => {
+                    // The previous holder may have stored the value and
+                    // released the lock between our last read and the add.
+                    if let Some(value) = self.read::<T>(full).await {
+                        self.unlock(full, &token).await;
+                        return Waited::Value(value);
+                    }
+                    return Waited::Locked(token);
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(key = full, %error, "could not take the cache lock; computing without it");
+                    return Waited::Unlocked;
+                }
+            }
+            let now = Instant::now();
+            let pause = match deadline {
+                Some(deadline) if now >= deadline => {
+                    tracing::debug!(
+                        key = full,
+                        "waited long enough for the cache lock; computing"
+                    );
+                    return Waited::Unlocked;
+                }
+                Some(deadline) => lock.poll_interval.min(deadline - now),
+                None => lock.poll_interval,
+            };
+            tokio::time::sleep(pause).await;
+            if let Some(value) = self.read::<T>(full).await {
+                return Waited::Value(value);
+            }
+        }
+    }
+
+    async fn unlock(&self, full: &str, token: &str) {
+        let lock_key = format!("{LOCK_PREFIX}{full}");
+        match self
+            .inner
+            .backend
+            .delete_if_equals(&lock_key, token.as_bytes())
+            .await
+        {
+            Ok(_) => {}
+            Err(BackendError::Unsupported { .. }) => {
+                tracing::debug!(
+                    key = full,
+                    "backend cannot release locks; the lock expires by its TTL"
+                );
+            }
+            Err(error) => {
+                tracing::warn!(key = full, %error, "could not release the cache lock; it expires by its TTL");
+            }
+        }
+    }
+}
+
+/// Decodes a stored value; one that is not a `T` is a miss.
+fn decode<T: DeserializeOwned>(full: &str, raw: &[u8]) -> Option<T> {
+    match serde_json::from_slice(raw) {
+        Ok(value) => Some(value),
+        Err(error) => {
+            tracing::debug!(key = full, %error, "cached value does not decode into the requested type; miss");
+            None
+        }
+    }
+}
