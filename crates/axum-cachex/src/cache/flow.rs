@@ -176,6 +176,7 @@ where
         match lock::acquire(&shared, &backend, &key, &request_headers, lock_ttl).await {
             LockOutcome::Held(held) => held_lock = Some(held),
             LockOutcome::Computed(entry) => {
+                let entry = *entry;
                 // Another instance computed it: serve and share that.
                 leader.publish(Some(Arc::new(entry.clone())));
                 let now = shared.clock.now();

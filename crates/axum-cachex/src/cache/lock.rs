@@ -34,7 +34,7 @@ pub(crate) enum LockOutcome {
     /// We hold the lock: compute.
     Held(HeldLock),
     /// Another instance computed it meanwhile: serve this entry.
-    Computed(CacheEntry),
+    Computed(Box<CacheEntry>),
     /// No lock (backend failure, or the other instance did not finish in
     /// time): compute without it.
     Proceed,
@@ -85,7 +85,7 @@ pub(crate) async fn acquire(
             .and_then(|set| vary::select(&set, request_headers))
             .filter(|entry| entry.is_fresh(now))
         {
-            return LockOutcome::Computed(entry);
+            return LockOutcome::Computed(Box::new(entry));
         }
         // The other instance finished without storing (or failed): stop
         // waiting once its lock is gone.
@@ -99,14 +99,13 @@ pub(crate) async fn acquire(
 
 pub(crate) async fn release(shared: &Shared, backend: &Arc<dyn Backend>, held: HeldLock) {
     let call = backend.delete_if_equals(&held.key, &held.token);
-    match tokio::time::timeout(shared.backend_timeout, call).await {
-        Ok(Err(BackendError::Unsupported { .. })) => {
-            // Without compare-and-delete, a plain delete: at worst it drops
-            // a lock another instance took after ours expired, which only
-            // costs a duplicate computation.
-            let _ = tokio::time::timeout(shared.backend_timeout, backend.delete(&held.key)).await;
-        }
-        // Otherwise the lock expires by itself.
-        _ => {}
+    // On other failures the lock expires by itself.
+    if let Ok(Err(BackendError::Unsupported { .. })) =
+        tokio::time::timeout(shared.backend_timeout, call).await
+    {
+        // Without compare-and-delete, a plain delete: at worst it drops a
+        // lock another instance took after ours expired, which only costs a
+        // duplicate computation.
+        let _ = tokio::time::timeout(shared.backend_timeout, backend.delete(&held.key)).await;
     }
 }

@@ -564,7 +564,7 @@ pub async fn extractor_and_late_backend(be: B) {
         )
         .layer(layer);
     get_ok(&app, "/r").await;
-    let key = format!("GET|||example.com|||/r|||");
+    let key = "GET|||example.com|||/r|||".to_owned();
     assert!(
         be.get(&key).await.expect("get").is_some(),
         "stored in the late backend"

@@ -3,7 +3,7 @@
 //! without waiting" is proven by the test not hanging — no wall-clock
 //! assertions.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -296,7 +296,7 @@ pub async fn concurrent_cold_requests_run_handler_once(be: B) {
         .filter(|r| r.cache_status().contains("collapsed"))
         .count();
     assert_eq!(collapsed, 99);
-    assert!(first.body.len() > 0);
+    assert!(!first.body.is_empty());
 }
 
 pub async fn uncacheable_response_is_not_shared(be: B) {
@@ -524,7 +524,6 @@ pub async fn if_modified_since_and_precedence(be: B) {
         .expect("req");
     assert_eq!(send(&app, req).await.status, StatusCode::OK);
     assert_eq!(c.get(), 1);
-    let _: Option<Infallible> = None;
 }
 
 pub async fn cross_instance_lock_computes_once(be: B) {
