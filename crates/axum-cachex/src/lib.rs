@@ -149,19 +149,24 @@
 //!   [`ManualClock`] instead of sleeping.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod backend;
 pub mod cache;
 mod clock;
 pub mod monitoring;
 mod proxy;
 
+pub use app_cache::CacheManager;
 pub use axum_cachex_core::{CacheEntry, CacheKey, DecodeError, EntrySet};
 pub use cache::{
     CacheBackend, CacheLayer, CacheLayerBuilder, ConfigError, DefaultKeyBuilder, KeyBuilder, Stale,
     StatsSnapshot,
 };
 pub use clock::{Clock, ManualClock};
-pub use app_cache::CacheManager;
 pub use proxy::BackendProxy;
 pub use state::StateManager;
 pub mod app_cache;
