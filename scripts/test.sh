@@ -8,6 +8,7 @@
 # also on failure or Ctrl-C.
 #
 # Usage: scripts/test.sh [extra cargo test args]
+#        AXUM_CACHEX_SKIP_LINT=1 scripts/test.sh   # tests only (local iteration; CI lints)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,9 +77,13 @@ export AXUM_CACHEX_CHROMIUM="$(command -v chromium)"
 export AXUM_CACHEX_REQUIRE_SERVERS=1
 log "redis on $AXUM_CACHEX_REDIS_URL, memcached on $AXUM_CACHEX_MEMCACHED_SERVERS"
 
-log "cargo fmt --check"
-cargo fmt --all -- --check
-log "cargo clippy"
-cargo clippy --workspace --all-targets --all-features -- -D warnings
+if [ "${AXUM_CACHEX_SKIP_LINT:-0}" != 1 ]; then
+    log "cargo fmt --check"
+    cargo fmt --all -- --check
+    log "cargo clippy"
+    cargo clippy --workspace --all-targets --all-features -- -D warnings
+    log "cargo doc"
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --quiet
+fi
 log "cargo test"
 cargo test --workspace --all-features "$@"

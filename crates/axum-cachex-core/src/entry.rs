@@ -300,7 +300,11 @@ mod tests {
         };
         let decoded = EntrySet::decode(set.encode()).expect("decode");
         assert_eq!(decoded, set);
-        let multi: Vec<_> = decoded.variants[0].headers.get_all("x-multi").iter().collect();
+        let multi: Vec<_> = decoded.variants[0]
+            .headers
+            .get_all("x-multi")
+            .iter()
+            .collect();
         assert_eq!(multi, ["a", "b"]);
     }
 
@@ -339,7 +343,13 @@ mod tests {
         assert_eq!(e.storage_ttl(), Duration::from_secs(65));
         assert_eq!(e.age(e.stored_at - Duration::from_secs(1)), Duration::ZERO);
         let set = EntrySet::single(e.clone());
-        assert_eq!(set.storage_ttl(e.stored_at + Duration::from_secs(60)), Duration::from_secs(5));
-        assert_eq!(set.storage_ttl(e.stored_at + Duration::from_secs(99)), Duration::ZERO);
+        assert_eq!(
+            set.storage_ttl(e.stored_at + Duration::from_secs(60)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            set.storage_ttl(e.stored_at + Duration::from_secs(99)),
+            Duration::ZERO
+        );
     }
 }
