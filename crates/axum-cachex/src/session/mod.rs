@@ -1,1 +1,154 @@
-//! Server-side sessions (work in progress).
+//! Server-side sessions (feature `session`): API-first, stored in any
+//! [`Backend`](crate::backend::Backend) — memory, Redis or Memcached.
+//!
+//! - [`SessionConfig`]: every option, validated when built or deserialised.
+//! - [`SessionManager`]: create, load, save, regenerate, invalidate and
+//!   delete sessions; log a user out everywhere; sweep expired sessions.
+//! - [`SessionLayer`]: the tower middleware that reads the token (header,
+//!   `Authorization: Bearer`, or cookie), loads the session for the handler
+//!   and saves it afterwards.
+//! - Extractors: [`SessionHandle`] (required: 401 without a session;
+//!   `Option<SessionHandle>` for optional), [`SessionContext`] (log in,
+//!   start an anonymous session) and [`SessionManager`].
+//!
+//! ```
+//! use std::sync::Arc;
+//! use axum::{Router, routing::{get, post}};
+//! use axum_cachex::backend::MemoryBackend;
+//! use axum_cachex::session::{
+//!     SessionConfig, SessionContext, SessionHandle, SessionLayer, SessionManager, SessionUser,
+//! };
+//!
+//! async fn login(ctx: SessionContext) -> Result<String, String> {
+//!     // … verify credentials …
+//!     let session = ctx.login(SessionUser::new("42")).await.map_err(|e| e.to_string())?;
+//!     Ok(session.token().unwrap_or_default())
+//! }
+//!
+//! async fn me(session: SessionHandle) -> String {
+//!     session.user().map(|u| u.user_id).unwrap_or_default()
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = SessionConfig::builder(std::env::var("SESSION_SECRET")
+//!     .unwrap_or_else(|_| "dev-only-secret-of-at-least-32-chars".into()))
+//!     .build()?;
+//! let manager = SessionManager::new(Arc::new(MemoryBackend::new()), config);
+//! let app: Router = Router::new()
+//!     .route("/login", post(login))
+//!     .route("/me", get(me))
+//!     .layer(SessionLayer::new(manager));
+//! # Ok(()) }
+//! ```
+//!
+//! # Lifecycle
+//!
+//! A session expires `session_ttl` after creation. With
+//! `sliding_expiration`, a read that finds less than `session_ttl ×
+//! sliding_threshold` left moves the expiry to `now + session_ttl`; only
+//! that read writes to the store (other reads cost one `get`).
+//! `absolute_timeout`, if set, ends the session that long after its
+//! creation — or after the login that attached its user — however often it
+//! was renewed. The backend TTL of each record follows its expiry (at least
+//! 1 s), so the store forgets dead sessions by itself.
+//!
+//! Writes are race-safe: creation uses `add` (an existing id is never
+//! overwritten), saves use `replace` (a session deleted by a concurrent
+//! logout is never resurrected by a slow request finishing later), and
+//! regeneration creates the new record before deleting the old one and
+//! rolls back if the old one vanished meanwhile.
+//!
+//! # Security
+//!
+//! **Tokens.** Session ids are 256 random bits from the operating system's
+//! generator. The simple format is `{id}.{mac}.{issued_at}` with `mac` =
+//! lowercase hex HMAC-SHA256 over `{id}.{issued_at}` (the timestamp is
+//! authenticated too); verification checks the exact shape (three parts, 64
+//! lowercase hex digits each for id and MAC, a decimal timestamp) and then
+//! compares the decoded MAC in constant time. JWTs are signed with the
+//! configured HMAC algorithm, which is pinned (`alg: none` or any other
+//! algorithm is refused); `sid`, `iat` and `exp` are required, `iss` and
+//! `aud` are required and checked when configured, `iat` may not lie in the
+//! future and `exp` must not have passed, both beyond `jwt_leeway` (default
+//! 0, not `jsonwebtoken`'s 60 s) and by the manager's clock. A JWT renewal
+//! issues a new token whose `exp` follows the session's real expiry; the
+//! middleware returns it (header or cookie).
+//!
+//! **Keys.** Nothing is keyed with `secret_key` directly: separate keys are
+//! derived as HMAC-SHA256(secret, label) for the token MAC
+//! (`axum-cachex/session/token-mac`), the JWT key (two blocks,
+//! `…/jwt/1` and `…/jwt/2`, 64 bytes so that HS512 gets a full-length key)
+//! and the store keys (`…/store-key`). Rotating the secret therefore ends
+//! every session.
+//!
+//! **Store.** Records live under `{backend_key_prefix}{HMAC(store key,
+//! id)}`, so a dump of the store contains neither ids nor tokens and cannot
+//! be replayed. The per-user index (`{prefix}user:{HMAC(store key,
+//! user_id)}`) lists the hashes of a user's sessions so that
+//! [`SessionManager::delete_user_sessions`] needs no keyspace scan (which
+//! Memcached cannot do anyway); its updates are serialised by a short-lived
+//! lock record taken with `add`.
+//!
+//! **Binding.** With `ip_binding` / `user_agent_binding` a session is
+//! refused when the client IP / `User-Agent` differs from the one it was
+//! created with. The client IP is the socket address; `X-Forwarded-For` is
+//! believed only from configured `trusted_proxies`, read from the right
+//! skipping trusted hops, so a client cannot pick the address it is checked
+//! against. Binding is a detection aid, not authentication: mobile users
+//! change networks and browsers update their `User-Agent`, and both then
+//! lose their session; several users behind one NAT share an IP.
+//!
+//! **Login.** [`SessionManager::login`] (and [`SessionContext::login`])
+//! gives the session a new id when `regenerate_on_login` is on (the
+//! default), defeating session fixation.
+//!
+//! **Cookies.** The optional cookie transport sets `HttpOnly`, `Secure` and
+//! `SameSite=Lax` by default; logout sends a removal cookie with the same
+//! name, path, domain and flags. A token is never echoed in a response
+//! header to a client that sent it by cookie (that would hand it to page
+//! scripts).
+//!
+//! **Logging.** Tokens and session ids are never logged: logs (via
+//! `tracing`, mostly at `debug`) name a session by the first 12 hex digits
+//! of the SHA-256 of its id ([`SessionManager::log_id`]), and users by a
+//! prefix of their keyed hash. `Debug` of [`SessionConfig`] never prints the
+//! secret, and `Debug` of [`Session`] prints the same short tag instead of
+//! the id.
+//!
+//! **Timeouts.** `session_ttl` is idle time (with sliding renewal) or total
+//! time (without); `absolute_timeout` is the hard cap on a session's life
+//! from creation or login; `jwt_leeway` only tolerates clock skew between
+//! servers for the JWT time claims.
+//!
+//! # Backends
+//!
+//! Everything works the same on every backend, except
+//! [`SessionManager::clear_expired_sessions`]: it lists keys, which
+//! Memcached cannot do, so there it returns 0 — Memcached drops each record
+//! at its TTL (= the session's expiry) anyway.
+//!
+//! The `jsonwebtoken` crate is used with its pure-Rust `rust_crypto`
+//! backend. If another crate in your build enables its `aws_lc_rs` feature
+//! too, `jsonwebtoken` cannot pick a provider by itself: install one with
+//! `jsonwebtoken::crypto::CryptoProvider::install_default` at startup.
+
+mod config;
+mod error;
+mod extract;
+mod index;
+mod layer;
+mod manager;
+mod model;
+mod token;
+mod transport;
+
+pub use config::{
+    ConfigError, CookieConfig, DEFAULT_COOKIE_NAME, DEFAULT_HEADER_NAME, DEFAULT_KEY_PREFIX,
+    DEFAULT_SESSION_TTL, JwtAlgorithm, MIN_SECRET_LEN, SameSite, SessionConfig,
+    SessionConfigBuilder, TokenFormat, TokenSource, TrustedProxy,
+};
+pub use error::{SecurityError, SessionError, TokenError};
+pub use extract::{SessionContext, SessionHandle, SessionRejection};
+pub use layer::{SessionFuture, SessionLayer, SessionService};
+pub use manager::{LoadedSession, SessionManager};
+pub use model::{DEFAULT_FLASH_CATEGORY, FlashMessage, Session, SessionStatus, SessionUser};

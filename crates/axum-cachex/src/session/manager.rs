@@ -1,0 +1,765 @@
+//! [`SessionManager`]: session records in a [`Backend`].
+
+use std::{
+    fmt,
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use axum_cachex_core::Backend;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tracing::{debug, warn};
+
+use crate::Clock;
+
+use super::{
+    SecurityError, Session, SessionConfig, SessionError, SessionStatus, SessionUser, TokenFormat,
+    config::canonical,
+    token::{self, Tokens, log_id},
+};
+
+/// How long a session marked expired stays readable as "expired" (rather
+/// than "not found") before the backend drops it.
+const EXPIRED_RECORD_GRACE: Duration = Duration::from_secs(60);
+/// Attempts at a fresh id when `add` finds the key taken (with 256-bit ids
+/// this never happens; the loop exists so that a collision cannot
+/// overwrite another session).
+const CREATE_ATTEMPTS: usize = 3;
+/// Version of the stored record layout.
+const RECORD_VERSION: u8 = 1;
+
+/// A session read by [`SessionManager::load_session`], with the new token
+/// when the read renewed a JWT session.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LoadedSession {
+    /// The session.
+    pub session: Session,
+    /// With [`TokenFormat::Jwt`], a fresh token whose `exp` follows the
+    /// renewed expiry; the client must use it from now on (the middleware
+    /// sends it back). Always `None` for simple tokens, which carry no
+    /// expiry.
+    pub renewed_token: Option<String>,
+}
+
+/// The stored form: the session without its id (the key is a keyed hash of
+/// the id and the reader knows the id from the token, so a dump of the
+/// store reveals no id at all), plus bookkeeping that is not part of the
+/// session's own JSON.
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    v: u8,
+    s: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    u: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct RecordIn {
+    v: u8,
+    s: Value,
+    #[serde(default)]
+    u: Option<String>,
+}
+
+const ID_FIELD: &str = "session_id";
+
+/// Server-side sessions over any [`Backend`].
+///
+/// Cheap to clone (an `Arc`). See the [module docs](super) for the
+/// lifecycle, the security model and the store layout.
+///
+/// ```
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use axum_cachex::backend::MemoryBackend;
+/// use axum_cachex::session::{SessionConfig, SessionManager, SessionUser};
+///
+/// let config = SessionConfig::builder("a-secret-of-at-least-32-characters!!").build()?;
+/// let manager = SessionManager::new(Arc::new(MemoryBackend::new()), config);
+///
+/// let (session, token) = manager
+///     .create_session(SessionUser::new("42"), None, None, None)
+///     .await?;
+/// let again = manager.get_session(&token, None, None).await?;
+/// assert_eq!(again.id(), session.id());
+///
+/// manager.delete_session(session.id()).await?;
+/// assert!(manager.get_session(&token, None, None).await.is_err());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SessionManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Arc<dyn Backend>,
+    config: SessionConfig,
+    tokens: Tokens,
+    clock: Clock,
+}
+
+impl fmt::Debug for SessionManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionManager")
+            .field("backend", &self.inner.backend.name())
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl SessionManager {
+    /// A manager storing sessions in `backend`.
+    pub fn new(backend: Arc<dyn Backend>, config: SessionConfig) -> Self {
+        Self::with_parts(backend, config, Clock::system())
+    }
+
+    fn with_parts(backend: Arc<dyn Backend>, config: SessionConfig, clock: Clock) -> Self {
+        let tokens = Tokens::new(&config);
+        Self {
+            inner: Arc::new(Inner {
+                backend,
+                config,
+                tokens,
+                clock,
+            }),
+        }
+    }
+
+    /// The same manager reading time from `clock`; tests pass a
+    /// [`ManualClock`](crate::ManualClock)'s clock to expire sessions
+    /// without sleeping. (Backend TTLs still run on real time.)
+    #[must_use]
+    pub fn with_clock(self, clock: Clock) -> Self {
+        Self::with_parts(
+            Arc::clone(&self.inner.backend),
+            self.inner.config.clone(),
+            clock,
+        )
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.inner.config
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// Now, by the manager's clock, truncated to whole milliseconds: the
+    /// precision of stored timestamps, so that a session compares equal
+    /// before and after a round trip through the store.
+    pub fn now(&self) -> SystemTime {
+        let now = self.inner.clock.now();
+        match now.duration_since(UNIX_EPOCH) {
+            Ok(d) => now - Duration::from_nanos(u64::from(d.subsec_nanos() % 1_000_000)),
+            Err(_) => now,
+        }
+    }
+
+    /// The short one-way tag under which logs mention a session id: the
+    /// first 12 hex digits of its SHA-256.
+    pub fn log_id(session_id: &str) -> String {
+        log_id(session_id)
+    }
+
+    // ---- store layout ----------------------------------------------------
+
+    pub(crate) fn backend_ref(&self) -> &dyn Backend {
+        &*self.inner.backend
+    }
+
+    fn prefix(&self) -> &str {
+        self.inner.config.backend_key_prefix()
+    }
+
+    pub(crate) fn keys(&self) -> &token::Keys {
+        self.inner.tokens.keys()
+    }
+
+    /// `{prefix}{keyed hash of the id}`: the id itself never reaches the store.
+    fn key(&self, session_id: &str) -> String {
+        self.key_for_hash(&self.keys().session_hash(session_id))
+    }
+
+    pub(crate) fn key_for_hash(&self, hash: &str) -> String {
+        format!("{}{hash}", self.prefix())
+    }
+
+    pub(crate) fn user_key(&self, user_hash: &str) -> String {
+        format!("{}user:{user_hash}", self.prefix())
+    }
+
+    pub(crate) fn user_lock_key(&self, user_hash: &str) -> String {
+        format!("{}user:{user_hash}:lock", self.prefix())
+    }
+
+    fn encode(&self, s: &Session) -> Result<Bytes, SessionError> {
+        let mut body = serde_json::to_value(s).map_err(SessionError::Corrupt)?;
+        if let Value::Object(map) = &mut body {
+            map.remove(ID_FIELD);
+        }
+        let rec = RecordOut {
+            v: RECORD_VERSION,
+            s: body,
+            u: s.indexed_user.as_deref(),
+        };
+        serde_json::to_vec(&rec)
+            .map(Bytes::from)
+            .map_err(SessionError::Corrupt)
+    }
+
+    /// Decodes a record; `id` is the session id when known (from the
+    /// token), otherwise the session's id is left empty (sweeps and index
+    /// pruning look only at status and expiry).
+    pub(crate) fn decode(&self, bytes: &[u8], id: Option<&str>) -> Result<Session, SessionError> {
+        let rec: RecordIn = serde_json::from_slice(bytes).map_err(SessionError::Corrupt)?;
+        if rec.v != RECORD_VERSION {
+            return Err(SessionError::Corrupt(serde::de::Error::custom(
+                "unsupported session record version",
+            )));
+        }
+        let mut body = rec.s;
+        let Value::Object(map) = &mut body else {
+            return Err(SessionError::Corrupt(serde::de::Error::custom(
+                "session record is not an object",
+            )));
+        };
+        map.insert(
+            ID_FIELD.to_owned(),
+            Value::String(id.unwrap_or_default().to_owned()),
+        );
+        let mut s: Session = serde_json::from_value(body).map_err(SessionError::Corrupt)?;
+        s.indexed_user = rec.u;
+        Ok(s)
+    }
+
+    // ---- time rules -------------------------------------------------------
+
+    /// The absolute deadline of a session, if `absolute_timeout` is set.
+    fn deadline(&self, s: &Session) -> Option<SystemTime> {
+        self.inner
+            .config
+            .absolute_timeout()
+            .and_then(|t| s.created_at().checked_add(t))
+    }
+
+    /// `now + session_ttl`, never past the absolute deadline.
+    fn capped_expiry(&self, s: &Session, now: SystemTime) -> Option<SystemTime> {
+        let sliding = now.checked_add(self.inner.config.session_ttl());
+        match (sliding, self.deadline(s)) {
+            (Some(e), Some(d)) => Some(e.min(d)),
+            (e, None) => e,
+            (None, d) => d,
+        }
+    }
+
+    /// Whether the session is past its expiry or absolute deadline.
+    fn is_over(&self, s: &Session, now: SystemTime) -> bool {
+        s.is_expired_at(now) || self.deadline(s).is_some_and(|d| now >= d)
+    }
+
+    /// Backend TTL: the time to `expires_at`, rounded up to whole seconds
+    /// (Memcached's unit), at least 1 s.
+    fn ttl(&self, s: &Session, now: SystemTime) -> Duration {
+        let left = match s.expires_at() {
+            Some(e) => e.duration_since(now).unwrap_or(Duration::ZERO),
+            None => self.inner.config.session_ttl(),
+        };
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        Duration::from_secs(secs.max(1))
+    }
+
+    fn should_renew(&self, s: &Session, now: SystemTime) -> bool {
+        let config = &self.inner.config;
+        if !config.sliding_expiration() {
+            return false;
+        }
+        let Some(expires) = s.expires_at() else {
+            return false;
+        };
+        let left = expires.duration_since(now).unwrap_or(Duration::ZERO);
+        let threshold = config.session_ttl().mul_f64(config.sliding_threshold());
+        // Renew only below the threshold, and only when it gains something:
+        // at the absolute deadline the capped expiry equals the current one.
+        left < threshold && self.capped_expiry(s, now).is_some_and(|e| e > expires)
+    }
+
+    // ---- tokens -------------------------------------------------------------
+
+    /// A token for `session`: simple tokens are re-signed with the current
+    /// time; JWTs get `exp` = the session's expiry.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Signing`] if the JWT cannot be encoded.
+    pub fn issue_token(&self, session: &Session) -> Result<String, SessionError> {
+        self.inner.tokens.issue(
+            session.id(),
+            self.now(),
+            session.expires_at(),
+            self.inner.config.session_ttl(),
+        )
+    }
+
+    /// Verifies a token and returns the session id it names, without
+    /// touching the store.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Token`] for a malformed token or rejected claims,
+    /// [`SessionError::Security`] for a bad signature or algorithm.
+    pub fn verify_token(&self, token: &str) -> Result<String, SessionError> {
+        self.inner.tokens.verify(token, self.now())
+    }
+
+    // ---- operations -------------------------------------------------------
+
+    /// Creates a session for `user` and returns it with its token.
+    ///
+    /// `ip` and `user_agent` are recorded for `ip_binding` /
+    /// `user_agent_binding`. The record is written with `add`, so an
+    /// existing session is never overwritten, and listed in the user's index.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Backend`], [`SessionError::Busy`] (user index locked),
+    /// [`SessionError::Random`], [`SessionError::Signing`].
+    pub async fn create_session(
+        &self,
+        user: SessionUser,
+        ip: Option<IpAddr>,
+        user_agent: Option<&str>,
+        data: Option<Map<String, Value>>,
+    ) -> Result<(Session, String), SessionError> {
+        self.create(Some(user), ip, user_agent, data).await
+    }
+
+    /// Creates a session without a user (a cart, a CSRF token, a login
+    /// flow in progress). Attach a user later with [`login`](Self::login).
+    ///
+    /// # Errors
+    ///
+    /// As [`create_session`](Self::create_session).
+    pub async fn create_anonymous_session(
+        &self,
+        ip: Option<IpAddr>,
+        user_agent: Option<&str>,
+        data: Option<Map<String, Value>>,
+    ) -> Result<(Session, String), SessionError> {
+        self.create(None, ip, user_agent, data).await
+    }
+
+    async fn create(
+        &self,
+        user: Option<SessionUser>,
+        ip: Option<IpAddr>,
+        user_agent: Option<&str>,
+        data: Option<Map<String, Value>>,
+    ) -> Result<(Session, String), SessionError> {
+        let now = self.now();
+        let mut s = Session::new_at(
+            user,
+            now,
+            None,
+            ip.map(canonical),
+            user_agent.map(str::to_owned),
+            data.unwrap_or_default(),
+        )?;
+        s.set_expires_at(self.capped_expiry(&s, now));
+        self.insert_new(&mut s, now).await?;
+        let token = self.issue_token(&s)?;
+        debug!(session = %log_id(s.id()), user = s.is_authenticated(), "session created");
+        Ok((s, token))
+    }
+
+    /// Writes a session under a key that must not exist yet, then lists it
+    /// in its user's index. On an index failure the record is removed again,
+    /// so that no session escapes [`delete_user_sessions`](Self::delete_user_sessions).
+    async fn insert_new(&self, s: &mut Session, now: SystemTime) -> Result<(), SessionError> {
+        let user_hash = s.user().map(|u| self.keys().user_hash(&u.user_id));
+        s.indexed_user = user_hash.clone();
+        let mut attempt = 0;
+        let key = loop {
+            let key = self.key(s.id());
+            if self
+                .inner
+                .backend
+                .add(&key, self.encode(s)?, Some(self.ttl(s, now)))
+                .await?
+            {
+                break key;
+            }
+            attempt += 1;
+            if attempt >= CREATE_ATTEMPTS {
+                warn!("session id collided {attempt} times; the random generator is suspect");
+                return Err(SessionError::Busy);
+            }
+            s.set_id(token::new_session_id()?);
+        };
+        if let Some(uh) = user_hash {
+            let hash = self.keys().session_hash(s.id());
+            if let Err(e) = self.index_upsert(&uh, &hash, s.expires_at()).await {
+                if let Err(del) = self.inner.backend.delete(&key).await {
+                    warn!(session = %log_id(s.id()), error = %del, "could not roll back an unindexed session");
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the session a token names; see [`load_session`](Self::load_session).
+    /// With JWT tokens, prefer `load_session`: it also returns the renewed
+    /// token, without which the client is cut off at the old `exp`.
+    ///
+    /// # Errors
+    ///
+    /// As [`load_session`](Self::load_session).
+    pub async fn get_session(
+        &self,
+        token: &str,
+        ip: Option<IpAddr>,
+        user_agent: Option<&str>,
+    ) -> Result<Session, SessionError> {
+        self.load_session(token, ip, user_agent)
+            .await
+            .map(|l| l.session)
+    }
+
+    /// Verifies `token`, reads its session and checks it.
+    ///
+    /// A read writes to the store only when the sliding renewal fires (less
+    /// than `session_ttl × sliding_threshold` left); the expiry then moves to
+    /// `now + session_ttl`, never past `absolute_timeout`. `last_accessed` is
+    /// set on the returned session and persisted with the next write.
+    ///
+    /// # Errors
+    ///
+    /// - [`SessionError::Token`]: malformed token, JWT expired or with wrong
+    ///   claims;
+    /// - [`SessionError::Security`]: bad signature or algorithm, IP or
+    ///   `User-Agent` mismatch (with the bindings on);
+    /// - [`SessionError::NotFound`]: no such session (also when it was
+    ///   deleted while this read renewed it);
+    /// - [`SessionError::Invalid`]: the session was invalidated;
+    /// - [`SessionError::Expired`]: past its expiry or absolute timeout (it
+    ///   is marked expired in the store);
+    /// - [`SessionError::Corrupt`], [`SessionError::Backend`].
+    pub async fn load_session(
+        &self,
+        token: &str,
+        ip: Option<IpAddr>,
+        user_agent: Option<&str>,
+    ) -> Result<LoadedSession, SessionError> {
+        let now = self.now();
+        let id = self.inner.tokens.verify(token, now)?;
+        let key = self.key(&id);
+        let Some(bytes) = self.inner.backend.get(&key).await? else {
+            debug!(session = %log_id(&id), "session not found");
+            return Err(SessionError::NotFound);
+        };
+        let mut s = self.decode(&bytes, Some(&id))?;
+        match s.status() {
+            SessionStatus::Active => {}
+            SessionStatus::Expired => return Err(SessionError::Expired),
+            status => return Err(SessionError::Invalid { status }),
+        }
+        if self.is_over(&s, now) {
+            s.set_status(SessionStatus::Expired);
+            // `replace`, so a session deleted meanwhile stays deleted.
+            let _ = self
+                .inner
+                .backend
+                .replace(&key, self.encode(&s)?, Some(EXPIRED_RECORD_GRACE))
+                .await?;
+            debug!(session = %log_id(&id), "session expired");
+            return Err(SessionError::Expired);
+        }
+        let config = &self.inner.config;
+        if config.ip_binding() && s.ip_address() != ip.map(canonical) {
+            debug!(session = %log_id(&id), "client IP does not match the session");
+            return Err(SecurityError::IpMismatch.into());
+        }
+        if config.user_agent_binding() && s.user_agent() != user_agent {
+            debug!(session = %log_id(&id), "user agent does not match the session");
+            return Err(SecurityError::UserAgentMismatch.into());
+        }
+        s.touch(now);
+        let mut renewed_token = None;
+        if self.should_renew(&s, now) {
+            s.set_expires_at(self.capped_expiry(&s, now));
+            if !self
+                .inner
+                .backend
+                .replace(&key, self.encode(&s)?, Some(self.ttl(&s, now)))
+                .await?
+            {
+                // Deleted (logout) between our read and this write.
+                return Err(SessionError::NotFound);
+            }
+            debug!(session = %log_id(&id), "session renewed");
+            if let Some(uh) = s.indexed_user.clone() {
+                let hash = self.keys().session_hash(s.id());
+                if let Err(e) = self.index_upsert(&uh, &hash, s.expires_at()).await {
+                    // The index keeps a margin of one TTL past its newest
+                    // entry, so one missed refresh loses nothing.
+                    warn!(session = %log_id(&id), error = %e, "could not refresh the user index");
+                }
+            }
+            if self.inner.tokens.format() == TokenFormat::Jwt {
+                renewed_token = Some(self.issue_token(&s)?);
+            }
+        }
+        Ok(LoadedSession {
+            session: s,
+            renewed_token,
+        })
+    }
+
+    /// Saves a changed session.
+    ///
+    /// The write is update-only (`replace`): a session deleted meanwhile
+    /// (logout elsewhere) is not resurrected; the call then fails with
+    /// [`SessionError::NotFound`]. An active session does not overwrite a
+    /// stored one that was invalidated or marked expired meanwhile
+    /// ([`SessionError::Invalid`]). After [`Session::regenerate_id`] the
+    /// record moves to the new id (see
+    /// [`regenerate_session_id`](Self::regenerate_session_id)). A changed
+    /// user is moved between the per-user indexes.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::NotFound`], [`SessionError::Invalid`],
+    /// [`SessionError::Backend`], [`SessionError::Busy`].
+    pub async fn update_session(&self, session: &mut Session) -> Result<(), SessionError> {
+        let now = self.now();
+        session.touch(now);
+        if let Some(old_id) = session.replaced_id.clone() {
+            self.move_record(session, &old_id, now).await?;
+            session.replaced_id = None;
+            return Ok(());
+        }
+        let key = self.key(session.id());
+        // A session ended elsewhere must stay ended. Deletion is race-free
+        // (`replace` below fails on a missing key); for a record invalidated
+        // or expired meanwhile this read narrows the window to one round trip
+        // (the backend contract has no compare-and-swap).
+        let Some(current) = self.inner.backend.get(&key).await? else {
+            return Err(SessionError::NotFound);
+        };
+        if session.status() == SessionStatus::Active
+            && let Ok(stored) = self.decode(&current, None)
+            && stored.status() != SessionStatus::Active
+        {
+            return Err(SessionError::Invalid {
+                status: stored.status(),
+            });
+        }
+        self.sync_user_index(session).await?;
+        if !self
+            .inner
+            .backend
+            .replace(&key, self.encode(session)?, Some(self.ttl(session, now)))
+            .await?
+        {
+            debug!(session = %log_id(session.id()), "save of a deleted session refused");
+            return Err(SessionError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// Keeps the per-user index in step when the application changed the
+    /// session's user directly.
+    async fn sync_user_index(&self, s: &mut Session) -> Result<(), SessionError> {
+        let now_hash = s.user().map(|u| self.keys().user_hash(&u.user_id));
+        if now_hash == s.indexed_user {
+            return Ok(());
+        }
+        let hash = self.keys().session_hash(s.id());
+        if let Some(uh) = &now_hash {
+            self.index_upsert(uh, &hash, s.expires_at()).await?;
+        }
+        if let Some(old) = s.indexed_user.take() {
+            self.index_remove(&old, &hash).await?;
+        }
+        s.indexed_user = now_hash;
+        Ok(())
+    }
+
+    /// Moves a session's record from `old_id` to its current id: the new
+    /// record is created first, the old one deleted only after that; if the
+    /// old one had vanished meanwhile (a concurrent logout), the new one is
+    /// removed again and the call fails.
+    async fn move_record(
+        &self,
+        s: &mut Session,
+        old_id: &str,
+        now: SystemTime,
+    ) -> Result<(), SessionError> {
+        let old_key = self.key(old_id);
+        let Some(current) = self.inner.backend.get(&old_key).await? else {
+            return Err(SessionError::NotFound);
+        };
+        if let Ok(stored) = self.decode(&current, None)
+            && stored.status() != SessionStatus::Active
+        {
+            return Err(SessionError::Invalid {
+                status: stored.status(),
+            });
+        }
+        self.insert_new(s, now).await?;
+        if !self.inner.backend.delete(&old_key).await? {
+            let new_key = self.key(s.id());
+            let _ = self.inner.backend.delete(&new_key).await?;
+            debug!(session = %log_id(old_id), "session deleted during regeneration");
+            return Err(SessionError::NotFound);
+        }
+        debug!(old = %log_id(old_id), new = %log_id(s.id()), "session id regenerated");
+        Ok(())
+    }
+
+    /// Gives the session a new id and returns its new token; the old id and
+    /// token stop working. Use after any privilege change.
+    ///
+    /// # Errors
+    ///
+    /// As [`update_session`](Self::update_session), plus
+    /// [`SessionError::Random`] and [`SessionError::Signing`].
+    pub async fn regenerate_session_id(
+        &self,
+        session: &mut Session,
+    ) -> Result<String, SessionError> {
+        session.regenerate_id()?;
+        self.update_session(session).await?;
+        self.issue_token(session)
+    }
+
+    /// Attaches `user` to an existing (typically anonymous) session and
+    /// returns the token to use from now on.
+    ///
+    /// The login restarts the session's clock: `created_at` (the base of
+    /// `absolute_timeout`) and the expiry start from now. With
+    /// `regenerate_on_login` (the default) the session also gets a new id,
+    /// so that an id planted before the login (session fixation) is
+    /// worthless after it.
+    ///
+    /// # Errors
+    ///
+    /// As [`regenerate_session_id`](Self::regenerate_session_id).
+    pub async fn login(
+        &self,
+        session: &mut Session,
+        user: SessionUser,
+    ) -> Result<String, SessionError> {
+        let now = self.now();
+        session.set_user(Some(user));
+        session.set_created_at(now);
+        session.set_expires_at(self.capped_expiry(session, now));
+        if self.inner.config.regenerate_on_login() {
+            session.regenerate_id()?;
+        }
+        self.update_session(session).await?;
+        self.issue_token(session)
+    }
+
+    /// Deletes a session. Returns whether it existed.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Backend`].
+    pub async fn delete_session(&self, session_id: &str) -> Result<bool, SessionError> {
+        if !token::is_session_id(session_id) {
+            return Ok(false);
+        }
+        let existed = self.inner.backend.delete(&self.key(session_id)).await?;
+        debug!(session = %log_id(session_id), existed, "session deleted");
+        Ok(existed)
+    }
+
+    /// Marks a session invalidated (kept until its expiry, refused on every
+    /// read). Returns whether it existed.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Backend`], [`SessionError::Corrupt`].
+    pub async fn invalidate_session(&self, session_id: &str) -> Result<bool, SessionError> {
+        if !token::is_session_id(session_id) {
+            return Ok(false);
+        }
+        let key = self.key(session_id);
+        let Some(bytes) = self.inner.backend.get(&key).await? else {
+            return Ok(false);
+        };
+        let mut s = self.decode(&bytes, Some(session_id))?;
+        s.invalidate();
+        let now = self.now();
+        let done = self
+            .inner
+            .backend
+            .replace(&key, self.encode(&s)?, Some(self.ttl(&s, now)))
+            .await?;
+        debug!(session = %log_id(session_id), done, "session invalidated");
+        Ok(done)
+    }
+
+    /// Deletes every session of a user ("log out everywhere") and returns
+    /// how many were deleted.
+    ///
+    /// Uses the per-user index, not a scan of the keyspace, so it works the
+    /// same on Memcached and costs O(sessions of the user).
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Backend`], [`SessionError::Busy`].
+    pub async fn delete_user_sessions(&self, user_id: &str) -> Result<u64, SessionError> {
+        let uh = self.keys().user_hash(user_id);
+        let n = self.index_drain(&uh).await?;
+        debug!(user = %token::short(&uh), deleted = n, "user sessions deleted");
+        Ok(n)
+    }
+
+    /// Deletes the sessions that are expired (by the manager's clock or the
+    /// absolute timeout), invalidated, or unreadable, and returns how many.
+    ///
+    /// On backends that cannot list keys (Memcached) this returns 0 without
+    /// doing anything: there the backend TTL, which follows each session's
+    /// expiry, removes them.
+    ///
+    /// # Errors
+    ///
+    /// [`SessionError::Backend`].
+    pub async fn clear_expired_sessions(&self) -> Result<u64, SessionError> {
+        let backend = &self.inner.backend;
+        if !backend.capabilities().list_keys {
+            return Ok(0);
+        }
+        let now = self.now();
+        let mut removed = 0;
+        for entry in backend.entries().await? {
+            let Some(hash) = entry.key.strip_prefix(self.prefix()) else {
+                continue;
+            };
+            if !token::is_session_id(hash) {
+                continue; // a user index or lock, or another prefix's key
+            }
+            if let Ok(s) = self.decode(&entry.value, None)
+                && s.status() == SessionStatus::Active
+                && !self.is_over(&s, now)
+            {
+                continue;
+            }
+            if backend.delete(&entry.key).await? {
+                removed += 1;
+            }
+        }
+        debug!(removed, "expired sessions cleared");
+        Ok(removed)
+    }
+}
