@@ -588,7 +588,7 @@ async fn refresh<S, ReqBody, ResBody>(
     backend: Arc<dyn Backend>,
     mut inner: S,
     key: String,
-    previous: Option<EntrySet>,
+    mut previous: Option<EntrySet>,
     mut request: Request<ReqBody>,
     leader: Leader,
 ) where
@@ -597,6 +597,22 @@ async fn refresh<S, ReqBody, ResBody>(
     ResBody::Error: Into<BoxError>,
 {
     let request_headers = request.headers().clone();
+    // The stale read that scheduled this refresh may predate a refresh
+    // that finished since: look again, so one stale window costs one
+    // handler run, not one per request that raced the store.
+    match lookup(&shared, &backend, &key).await {
+        Lookup::Found(set) => {
+            let now = shared.clock.now();
+            let refreshed = vary::select_index(&set, &request_headers)
+                .is_some_and(|i| set.variants[i].is_fresh(now));
+            if refreshed {
+                return;
+            }
+            previous = Some(set);
+        }
+        Lookup::Missing => previous = None,
+        Lookup::Failed => {}
+    }
     request
         .extensions_mut()
         .insert(CacheHandle::new(&shared, &backend));

@@ -1,1 +1,144 @@
-//! Factory of Redis backends for the suites (owned by the Redis work).
+//! Redis test support: the factory for the conformance suite, a raw
+//! connection for inspecting what the backend wrote, and private
+//! redis-server processes for outage tests.
+
+use std::{
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use axum_cachex::backend::{Backend, RedisBackend, RedisConfig};
+
+/// A fresh backend on the suite's server, in its own namespace; `None` when
+/// no server is configured (and none is required).
+pub async fn redis() -> Option<Arc<dyn Backend>> {
+    let backend = redis_backend(super::redis_url()?, "redis");
+    Some(Arc::new(backend))
+}
+
+/// A concrete backend on `url` in a namespace no other test uses.
+pub fn redis_backend(url: String, name: &str) -> RedisBackend {
+    config(url, name).build().expect("build redis backend")
+}
+
+/// The default test configuration: `url` and a unique prefix.
+pub fn config(url: String, name: &str) -> RedisConfig {
+    RedisConfig::from_url(url).key_prefix(super::unique_prefix(name))
+}
+
+/// A plain redis-rs connection to `url`, for looking behind the backend.
+pub async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection")
+}
+
+/// The redis-server binary that outage tests start themselves.
+pub fn redis_server_bin() -> Option<String> {
+    super::server_env("AXUM_CACHEX_REDIS_SERVER_BIN", "a private redis-server")
+}
+
+/// A port on loopback that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A redis-server of the test's own, on loopback, without persistence,
+/// killed when dropped.
+pub struct RedisProcess {
+    bin: String,
+    pub port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisProcess {
+    /// Starts a server on a free port and waits until it accepts
+    /// connections. `extra` are additional `redis-server` arguments.
+    pub fn start(bin: String, extra: &[&str]) -> Self {
+        Self::start_on(bin, free_port(), extra)
+    }
+
+    /// Starts a server on `port`.
+    pub fn start_on(bin: String, port: u16, extra: &[&str]) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("axum-cachex-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut process = Self {
+            bin,
+            port,
+            dir,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            child: None,
+        };
+        process.restart();
+        process
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to the clients).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// (Re)starts the server on the same port and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let port = self.port.to_string();
+        let dir = self.dir.to_string_lossy().into_owned();
+        let child = Command::new(&self.bin)
+            .args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &dir,
+                "--daemonize",
+                "no",
+            ])
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        // Bounded wait for the listening socket (a readiness poll, not a
+        // time limit on the code under test).
+        for _ in 0..200 {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
