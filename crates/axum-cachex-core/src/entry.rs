@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 /// Version byte written after the magic. An entry of any other version
@@ -10,6 +10,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 pub const ENTRY_FORMAT_VERSION: u8 = 1;
 
 const MAGIC: &[u8; 4] = b"ACXE";
+
+/// Spare header slots reserved when decoding; see `read_from`.
+const EXTRA_HEADER_ROOM: usize = 6;
 
 /// A cached HTTP response: everything needed to answer a request byte for
 /// byte as the handler did, plus its freshness bookkeeping.
@@ -124,10 +127,13 @@ impl CacheEntry {
         let vary_len = r.u16()? as usize;
         let vary_key = r.take(vary_len)?;
         let count = r.u16()? as usize;
-        let mut headers = HeaderMap::with_capacity(count);
+        // Room for the headers a cache adds when it answers (ETag,
+        // Cache-Control, Age, Cache-Status, Content-Length) so that adding
+        // them does not grow the map.
+        let mut headers = HeaderMap::with_capacity(count + EXTRA_HEADER_ROOM);
         for _ in 0..count {
             let name_len = r.u16()? as usize;
-            let name = HeaderName::from_bytes(&r.take(name_len)?)
+            let name = HeaderName::from_bytes(r.bytes(name_len)?)
                 .map_err(|_| DecodeError::InvalidHeader)?;
             let value_len = r.u32()? as usize;
             let value = HeaderValue::from_maybe_shared(r.take(value_len)?)
@@ -202,8 +208,8 @@ impl EntrySet {
     /// A [`DecodeError`] for anything that is not a complete, valid set of
     /// the current version. Callers treat that as a miss.
     pub fn decode(bytes: Bytes) -> Result<Self, DecodeError> {
-        let mut r = Reader { buf: bytes };
-        if r.take(4)?.as_ref() != MAGIC {
+        let mut r = Reader::new(bytes);
+        if r.bytes(4)? != MAGIC {
             return Err(DecodeError::BadMagic);
         }
         let version = r.u8()?;
@@ -215,8 +221,8 @@ impl EntrySet {
         for _ in 0..count {
             variants.push(CacheEntry::read_from(&mut r)?);
         }
-        if !r.buf.is_empty() {
-            return Err(DecodeError::TrailingBytes(r.buf.len()));
+        if r.remaining() != 0 {
+            return Err(DecodeError::TrailingBytes(r.remaining()));
         }
         Ok(Self { variants })
     }
@@ -238,29 +244,58 @@ fn duration_millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Bounds-checked reader: every read returns `Truncated` instead of panicking.
+/// Bounds-checked reader: every read returns `Truncated` instead of
+/// panicking. Numbers are read from the slice in place; only fields kept in
+/// the entry take a (reference-counted, zero-copy) slice of the buffer.
 struct Reader {
     buf: Bytes,
+    pos: usize,
 }
 
 impl Reader {
-    fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
-        if self.buf.len() < n {
+    fn new(buf: Bytes) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+        if self.remaining() < n {
             return Err(DecodeError::Truncated);
         }
-        Ok(self.buf.split_to(n))
+        let start = self.pos;
+        self.pos += n;
+        Ok(&self.buf[start..start + n])
     }
+
+    fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
+        if self.remaining() < n {
+            return Err(DecodeError::Truncated);
+        }
+        let start = self.pos;
+        self.pos += n;
+        Ok(self.buf.slice(start..start + n))
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.bytes(N)?);
+        Ok(out)
+    }
+
     fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?.get_u8())
+        Ok(self.array::<1>()?[0])
     }
     fn u16(&mut self) -> Result<u16, DecodeError> {
-        Ok(self.take(2)?.get_u16())
+        Ok(u16::from_be_bytes(self.array()?))
     }
     fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(self.take(4)?.get_u32())
+        Ok(u32::from_be_bytes(self.array()?))
     }
     fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(self.take(8)?.get_u64())
+        Ok(u64::from_be_bytes(self.array()?))
     }
 }
 

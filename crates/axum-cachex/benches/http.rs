@@ -4,7 +4,10 @@
 //! Each scenario drives one route with `BENCH_CONNECTIONS` (default 64)
 //! keep-alive HTTP/1.1 connections for `BENCH_SECS` (default 3) seconds and
 //! reports requests per second, p50 and p99 latency, and the ratio against
-//! its baseline measured in the same run:
+//! its baseline measured in the same run. Baseline and candidate alternate
+//! for `BENCH_ROUNDS` (default 3) rounds and the medians are reported, so
+//! that the noise of a small machine (client and server share its cores)
+//! hits both alike:
 //!
 //! - `static` routes return fixed bytes with no cache layer (the baseline);
 //! - `cached` routes return the same bytes through a `CacheLayer` whose

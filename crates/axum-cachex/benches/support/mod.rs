@@ -198,6 +198,47 @@ fn row(name: &str, m: &Measured, baseline: Option<&Measured>) {
     );
 }
 
+/// Runs `baseline` and `candidate` in alternating rounds (so drift on a
+/// busy machine hits both alike); returns the median round of each and the
+/// median of the per-round ratios.
+async fn pair(
+    addr: SocketAddr,
+    baseline: &'static str,
+    candidate: &'static str,
+    connections: usize,
+    secs: u64,
+    rounds: usize,
+) -> (Measured, Measured, f64) {
+    let mut base = Vec::new();
+    let mut cand = Vec::new();
+    let mut ratios = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let b = load(addr, baseline, connections, secs).await;
+        let c = load(addr, candidate, connections, secs).await;
+        ratios.push(c.rps / b.rps.max(1e-9));
+        base.push(b);
+        cand.push(c);
+    }
+    let median = |mut v: Vec<Measured>| {
+        v.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+        v.swap_remove(v.len() / 2)
+    };
+    ratios.sort_by(f64::total_cmp);
+    let ratio = ratios[ratios.len() / 2];
+    (median(base), median(cand), ratio)
+}
+
+fn row_ratio(name: &str, m: &Measured, ratio: f64) {
+    println!(
+        "{name:<28} {:>10.0} req/s  p50 {:>8.3} ms  p99 {:>8.3} ms  {:>6.2}x  ({} requests)",
+        m.rps,
+        m.p50.as_secs_f64() * 1e3,
+        m.p99.as_secs_f64() * 1e3,
+        ratio,
+        m.requests
+    );
+}
+
 async fn network_backends() -> Vec<(&'static str, Arc<dyn Backend>)> {
     #[allow(unused_mut)]
     let mut out: Vec<(&'static str, Arc<dyn Backend>)> = Vec::new();
@@ -248,23 +289,28 @@ pub(crate) async fn run() {
     for p in &paths {
         let _ = load_once(addr, p).await;
     }
-    let s1 = load(addr, "/static-1k", connections, secs).await;
+    let rounds = env_num("BENCH_ROUNDS", 3) as usize;
+    println!(
+        "each pair runs {rounds} alternating rounds; the row shows the median round (by req/s), the ratio is the median of the per-round ratios"
+    );
+    let (s1, c1, r1) = pair(addr, "/static-1k", "/cached-1k", connections, secs, rounds).await;
     row("static 1 KiB (baseline)", &s1, None);
-    let c1 = load(addr, "/cached-1k", connections, secs).await;
-    row("cached 1 KiB, memory", &c1, Some(&s1));
+    row_ratio("cached 1 KiB, memory", &c1, r1);
+    let (_, h1, rh) = pair(addr, "/static-1k", "/static-1k-headers", connections, secs, rounds).await;
+    row_ratio("static 1 KiB + hit headers", &h1, rh);
+    let (_, _, rch) = pair(addr, "/static-1k-headers", "/cached-1k", connections, secs, rounds).await;
+    println!("{:<28} {:>6.2}x  cached 1 KiB vs static with the same headers", "", rch);
     for (name, path) in backends.iter().map(|(n, _)| n).zip(extra.iter()) {
-        let m = load(addr, path, connections, secs).await;
-        row(&format!("cached 1 KiB, {name}"), &m, Some(&s1));
+        let (_, m, r) = pair(addr, "/static-1k", path, connections, secs, rounds).await;
+        row_ratio(&format!("cached 1 KiB, {name}"), &m, r);
         println!("{:<28} {:>6.2}x of memory", "", m.rps / c1.rps.max(1e-9));
     }
-    let s10 = load(addr, "/static-10k", connections, secs).await;
+    let (s10, c10, r10) = pair(addr, "/static-10k", "/cached-10k", connections, secs, rounds).await;
     row("static 10 KiB (baseline)", &s10, None);
-    let c10 = load(addr, "/cached-10k", connections, secs).await;
-    row("cached 10 KiB, memory", &c10, Some(&s10));
-    let su = load(addr, "/slow-uncached", connections, secs).await;
+    row_ratio("cached 10 KiB, memory", &c10, r10);
+    let (su, sc, rs) = pair(addr, "/slow-uncached", "/slow-cached", connections, secs, rounds).await;
     row("5 ms handler, uncached", &su, None);
-    let sc = load(addr, "/slow-cached", connections, secs).await;
-    row("5 ms handler, cached", &sc, Some(&su));
+    row_ratio("5 ms handler, cached", &sc, rs);
     if env_num("BENCH_STAMPEDE", 1) != 0 {
         stampede().await;
     }

@@ -1,7 +1,5 @@
 //! Cache keys: the default format and custom key builders.
 
-use std::fmt::Write;
-
 use axum_cachex_core::KEY_SEPARATOR;
 use http::{header::HOST, request::Parts};
 
@@ -57,12 +55,17 @@ impl KeyBuilder for DefaultKeyBuilder {
             .unwrap_or("unknown");
         let path = parts.uri.path();
         let query = parts.uri.query().unwrap_or("");
-        let sep = KEY_SEPARATOR;
+        let method = parts.method.as_str();
+        // Plain pushes rather than `format!`: this runs on every request.
         let mut key = String::with_capacity(
-            parts.method.as_str().len() + host.len() + path.len() + query.len() + 9,
+            method.len() + host.len() + path.len() + query.len() + 3 * KEY_SEPARATOR.len(),
         );
-        // Writing to a String cannot fail.
-        let _ = write!(key, "{}{sep}{host}{sep}{path}{sep}{query}", parts.method);
+        for (i, part) in [method, host, path, query].into_iter().enumerate() {
+            if i > 0 {
+                key.push_str(KEY_SEPARATOR);
+            }
+            key.push_str(part);
+        }
         key
     }
 }

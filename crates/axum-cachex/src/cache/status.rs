@@ -1,7 +1,5 @@
 //! The `Cache-Status` response header (RFC 9211).
 
-use std::fmt::Write;
-
 use http::{HeaderName, HeaderValue};
 
 /// `cache-status`, as registered by RFC 9211.
@@ -59,17 +57,19 @@ impl CacheStatus {
     }
 
     pub(crate) fn header_value(&self) -> HeaderValue {
-        let mut s = String::with_capacity(48);
+        // Plain pushes rather than `write!`: this runs on every response.
+        let mut s = String::with_capacity(64);
         s.push_str(CACHE_NAME);
-        // Writing to a String cannot fail.
         if self.hit {
             s.push_str("; hit");
         }
         if let Some(fwd) = self.fwd {
-            let _ = write!(s, "; fwd={fwd}");
+            s.push_str("; fwd=");
+            s.push_str(fwd);
         }
         if let Some(code) = self.fwd_status {
-            let _ = write!(s, "; fwd-status={code}");
+            s.push_str("; fwd-status=");
+            push_int(&mut s, i64::from(code));
         }
         if self.stored {
             s.push_str("; stored");
@@ -78,12 +78,36 @@ impl CacheStatus {
             s.push_str("; collapsed");
         }
         if let Some(ttl) = self.ttl {
-            let _ = write!(s, "; ttl={ttl}");
+            s.push_str("; ttl=");
+            push_int(&mut s, ttl);
         }
         if let Some(detail) = self.detail {
-            let _ = write!(s, "; detail={detail}");
+            s.push_str("; detail=");
+            s.push_str(detail);
         }
-        HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static(CACHE_NAME))
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(s))
+            .unwrap_or_else(|_| HeaderValue::from_static(CACHE_NAME))
+    }
+}
+
+/// Appends the decimal form of `n` without going through `fmt`.
+fn push_int(s: &mut String, n: i64) {
+    if n < 0 {
+        s.push('-');
+    }
+    let mut digits = [0u8; 20];
+    let mut len = 0;
+    let mut rest = n.unsigned_abs();
+    loop {
+        digits[len] = b'0' + (rest % 10) as u8;
+        len += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for &d in digits[..len].iter().rev() {
+        s.push(d as char);
     }
 }
 
@@ -111,6 +135,8 @@ mod tests {
             ..CacheStatus::forward("stale")
         }
         .with_detail("stale-if-error");
+        assert_eq!(CacheStatus::hit(-1234).header_value(), "axum-cachex; hit; ttl=-1234");
+        assert_eq!(CacheStatus::hit(0).header_value(), "axum-cachex; hit; ttl=0");
         assert_eq!(
             stale.header_value(),
             "axum-cachex; fwd=stale; fwd-status=500; detail=stale-if-error"
