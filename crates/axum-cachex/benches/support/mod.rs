@@ -296,19 +296,54 @@ pub(crate) async fn run() {
     let (s1, c1, r1) = pair(addr, "/static-1k", "/cached-1k", connections, secs, rounds).await;
     row("static 1 KiB (baseline)", &s1, None);
     row_ratio("cached 1 KiB, memory", &c1, r1);
-    let (_, h1, rh) = pair(addr, "/static-1k", "/static-1k-headers", connections, secs, rounds).await;
+    let (_, h1, rh) = pair(
+        addr,
+        "/static-1k",
+        "/static-1k-headers",
+        connections,
+        secs,
+        rounds,
+    )
+    .await;
     row_ratio("static 1 KiB + hit headers", &h1, rh);
-    let (_, _, rch) = pair(addr, "/static-1k-headers", "/cached-1k", connections, secs, rounds).await;
-    println!("{:<28} {:>6.2}x  cached 1 KiB vs static with the same headers", "", rch);
+    let (_, _, rch) = pair(
+        addr,
+        "/static-1k-headers",
+        "/cached-1k",
+        connections,
+        secs,
+        rounds,
+    )
+    .await;
+    println!(
+        "{:<28} {:>6.2}x  cached 1 KiB vs static with the same headers",
+        "", rch
+    );
     for (name, path) in backends.iter().map(|(n, _)| n).zip(extra.iter()) {
         let (_, m, r) = pair(addr, "/static-1k", path, connections, secs, rounds).await;
         row_ratio(&format!("cached 1 KiB, {name}"), &m, r);
         println!("{:<28} {:>6.2}x of memory", "", m.rps / c1.rps.max(1e-9));
     }
-    let (s10, c10, r10) = pair(addr, "/static-10k", "/cached-10k", connections, secs, rounds).await;
+    let (s10, c10, r10) = pair(
+        addr,
+        "/static-10k",
+        "/cached-10k",
+        connections,
+        secs,
+        rounds,
+    )
+    .await;
     row("static 10 KiB (baseline)", &s10, None);
     row_ratio("cached 10 KiB, memory", &c10, r10);
-    let (su, sc, rs) = pair(addr, "/slow-uncached", "/slow-cached", connections, secs, rounds).await;
+    let (su, sc, rs) = pair(
+        addr,
+        "/slow-uncached",
+        "/slow-cached",
+        connections,
+        secs,
+        rounds,
+    )
+    .await;
     row("5 ms handler, uncached", &su, None);
     row_ratio("5 ms handler, cached", &sc, rs);
     if env_num("BENCH_STAMPEDE", 1) != 0 {

@@ -1,0 +1,91 @@
+//! Run: `cargo bench --bench inprocess` — the cost of a cache hit inside the
+//! process, without sockets: a static route and a cached route returning
+//! the same bytes, each driven through `Router::oneshot` on one thread.
+//! Prints time per request and the ratio; asserts nothing.
+//!
+//! Wall-clock figures on a shared machine are noisy; for a repeatable
+//! figure count instructions instead, e.g.
+//! `valgrind --tool=callgrind target/release/deps/inprocess-* /cached`
+//! (arguments select routes, `N` the number of requests).
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{Router, body::Body, routing::get};
+use axum_cachex::{CacheLayer, backend::MemoryBackend};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+fn app() -> Router {
+    let body = Bytes::from(vec![b'a'; 1024]);
+    let layer = CacheLayer::builder()
+        .ttl(Duration::from_secs(3600))
+        .backend(Arc::new(MemoryBackend::new()))
+        .build()
+        .expect("valid layer");
+    let (b1, b2) = (body.clone(), body);
+    Router::new()
+        .route("/static", get(move || std::future::ready(b1.clone())))
+        .route(
+            "/cached",
+            get(move || std::future::ready(b2.clone())).layer(layer),
+        )
+}
+
+async fn per_request(app: &Router, path: &str, n: u32) -> Duration {
+    let start = Instant::now();
+    for _ in 0..n {
+        let req = Request::get(path)
+            .header("host", "bench")
+            .body(Body::empty())
+            .expect("request");
+        let Ok(res) = app.clone().oneshot(req).await;
+        let _ = res.into_body().collect().await;
+    }
+    start.elapsed() / n
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let n: u32 = std::env::var("N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a.starts_with('/'))
+        .collect();
+    rt.block_on(async {
+        let app = app();
+        if !args.is_empty() {
+            for path in &args {
+                println!("{path}: {:?} per request", per_request(&app, path, n).await);
+            }
+            return;
+        }
+        // Warm up, then alternate to share out the noise.
+        per_request(&app, "/cached", 1000).await;
+        let (mut s, mut c) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            s.push(per_request(&app, "/static", n).await);
+            c.push(per_request(&app, "/cached", n).await);
+        }
+        s.sort();
+        c.sort();
+        let (s, c) = (s[1], c[1]);
+        println!("static route: {s:?} per request");
+        println!("cached route (hit): {c:?} per request");
+        println!(
+            "the layer adds {:?} per hit; cached/static time ratio {:.2}",
+            c.saturating_sub(s),
+            c.as_secs_f64() / s.as_secs_f64()
+        );
+    });
+}

@@ -1,0 +1,237 @@
+//! Fail-open at the HTTP level: with a real Redis or Memcached server
+//! stopped mid-test, cached routes keep answering 200 from the handler, and
+//! once the server is back, responses are cached again — without
+//! rebuilding the layer, the backend or the app.
+#![cfg(any(feature = "redis", feature = "memcached"))]
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{Router, routing::get};
+use axum_cachex::{CacheLayer, backend::Backend};
+use common::http::{Counter, Reply, get_ok};
+use http::StatusCode;
+
+/// A route `/p/{n}` counting its handler runs, cached for a minute.
+fn app(backend: Arc<dyn Backend>, counter: &Counter) -> (Router, CacheLayer) {
+    let layer = CacheLayer::builder()
+        .backend(backend)
+        .ttl(Duration::from_secs(60))
+        .build()
+        .expect("layer");
+    let c = counter.clone();
+    let router = Router::new().route(
+        "/p/{n}",
+        get(move || {
+            let c = c.clone();
+            async move { format!("run {}", c.hit()) }
+        })
+        .layer(layer.clone()),
+    );
+    (router, layer)
+}
+
+fn is_hit(r: &Reply) -> bool {
+    r.cache_status().starts_with("axum-cachex; hit")
+}
+
+/// Polls until a request is stored and the next one is a hit (bounded).
+async fn cached_again(app: &Router, uri: &str) {
+    for _ in 0..200 {
+        let first = get_ok(app, uri).await;
+        assert_eq!(first.status, StatusCode::OK);
+        if is_hit(&first) || first.cache_status().contains("stored") {
+            let second = get_ok(app, uri).await;
+            if is_hit(&second) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{uri} never got cached again after the server came back");
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_serves_from_the_handler_and_recovers() {
+    use common::backend_redis::{RedisProcess, redis_backend, redis_server_bin};
+
+    let Some(bin) = redis_server_bin() else {
+        return;
+    };
+    let mut server = RedisProcess::start(bin, &[]);
+    let backend: Arc<dyn Backend> = Arc::new(redis_backend(server.url(), "outage"));
+    let c = Counter::default();
+    let (app, layer) = app(backend, &c);
+
+    assert!(get_ok(&app, "/p/1").await.cache_status().contains("stored"));
+    assert!(is_hit(&get_ok(&app, "/p/1").await));
+    assert_eq!(c.get(), 1);
+
+    server.kill();
+    for i in 0..5 {
+        let r = get_ok(&app, "/p/1").await;
+        assert_eq!(r.status, StatusCode::OK, "request {i} during the outage");
+        assert!(!is_hit(&r));
+        assert!(!r.cache_status().contains("stored"));
+    }
+    assert_eq!(
+        c.get(),
+        6,
+        "every request during the outage ran the handler"
+    );
+    let stats = layer.stats();
+    assert!(
+        stats.backend_errors + stats.backend_timeouts >= 5,
+        "{stats:?}"
+    );
+
+    server.restart();
+    cached_again(&app, "/p/1").await;
+}
+
+#[cfg(feature = "memcached")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memcached_losing_one_server_keeps_the_others_entries() {
+    use axum_cachex::backend::MemcachedBackend;
+    use memcached_process::OwnServer;
+
+    let bin = match std::env::var("AXUM_CACHEX_MEMCACHED_BIN") {
+        Ok(bin) if !bin.is_empty() => bin,
+        _ if common::servers_required() => panic!("AXUM_CACHEX_MEMCACHED_BIN is not set"),
+        _ => return,
+    };
+    let mut a = OwnServer::start(&bin).await;
+    let b = OwnServer::start(&bin).await;
+    let backend = MemcachedBackend::builder()
+        .servers([a.addr(), b.addr()])
+        .prefix(common::unique_prefix("outage"))
+        .build()
+        .expect("backend");
+    let owner = |n: usize| {
+        backend
+            .server_for_key(&format!("GET|||example.com|||/p/{n}|||"))
+            .to_owned()
+    };
+    let on_a: Vec<usize> = (0..40).filter(|&n| owner(n) == a.addr()).collect();
+    let on_b: Vec<usize> = (0..40).filter(|&n| owner(n) == b.addr()).collect();
+    assert!(
+        !on_a.is_empty() && !on_b.is_empty(),
+        "both servers hold keys"
+    );
+    let c = Counter::default();
+    let (app, _layer) = app(Arc::new(backend.clone()), &c);
+    for n in 0..40 {
+        get_ok(&app, &format!("/p/{n}")).await;
+    }
+    assert_eq!(c.get(), 40);
+
+    a.kill();
+    for &n in &on_b {
+        let r = get_ok(&app, &format!("/p/{n}")).await;
+        assert!(
+            is_hit(&r),
+            "/p/{n} lives on the surviving server: {}",
+            r.cache_status()
+        );
+    }
+    assert_eq!(c.get(), 40, "the surviving server's entries were served");
+    let before = c.get();
+    for &n in &on_a {
+        let r = get_ok(&app, &format!("/p/{n}")).await;
+        assert_eq!(r.status, StatusCode::OK, "fail open for /p/{n}");
+        assert!(!is_hit(&r));
+    }
+    assert_eq!(c.get(), before + on_a.len());
+
+    a.restart().await;
+    cached_again(&app, &format!("/p/{}", on_a[0])).await;
+}
+
+#[cfg(feature = "memcached")]
+mod memcached_process {
+    use std::{
+        process::{Child, Command, Stdio},
+        time::Duration,
+    };
+
+    /// A memcached process of this test's own; killed when dropped.
+    pub(crate) struct OwnServer {
+        bin: String,
+        child: Child,
+        port: u16,
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port")
+    }
+
+    fn spawn(bin: &str, port: u16) -> Child {
+        Command::new(bin)
+            .args([
+                "-l",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "0",
+                "-u",
+                "root",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start memcached")
+    }
+
+    impl OwnServer {
+        pub(crate) async fn start(bin: &str) -> Self {
+            let port = free_port();
+            let server = Self {
+                bin: bin.to_owned(),
+                child: spawn(bin, port),
+                port,
+            };
+            server.wait_ready().await;
+            server
+        }
+
+        async fn wait_ready(&self) {
+            for _ in 0..200 {
+                if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("memcached on port {} did not start", self.port);
+        }
+
+        pub(crate) fn addr(&self) -> String {
+            format!("127.0.0.1:{}", self.port)
+        }
+
+        pub(crate) fn kill(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+
+        pub(crate) async fn restart(&mut self) {
+            self.kill();
+            self.child = spawn(&self.bin, self.port);
+            self.wait_ready().await;
+        }
+    }
+
+    impl Drop for OwnServer {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+}
