@@ -172,7 +172,7 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     async fn clear(&self) -> Result<u64, BackendError>;
 
     /// Deletes the cached responses of one path (keys in the default
-    /// [`CacheKey`] format). With `include_params` every query variant goes
+    /// [`CacheKey`](crate::CacheKey) format). With `include_params` every query variant goes
     /// too; without it only the entries with an empty query.
     async fn clear_path(&self, path: &str, include_params: bool) -> Result<u64, BackendError>;
 
