@@ -45,25 +45,38 @@ async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
     panic!("{what}: condition never held");
 }
 
-/// A route whose handler runs after the first one wait for a gate permit.
-fn gated_router(layer: CacheLayer, counter: &Counter, gate: &Arc<Semaphore>) -> Router {
+/// A route at `path` whose handler counts its runs and, for the runs where
+/// `waits(n)` holds, blocks until the test adds a permit to `gate`; then
+/// answers `make(n)`.
+fn gated<R: IntoResponse + 'static>(
+    path: &str,
+    layer: CacheLayer,
+    counter: &Counter,
+    gate: &Arc<Semaphore>,
+    waits: fn(usize) -> bool,
+    make: fn(usize) -> R,
+) -> Router {
     let c = counter.clone();
     let gate = Arc::clone(gate);
     Router::new().route(
-        "/r",
+        path,
         route_get(move || {
-            let c = c.clone();
+            let n = c.hit();
             let gate = Arc::clone(&gate);
             async move {
-                let n = c.hit();
-                if n > 1 {
+                if waits(n) {
                     let _permit = gate.acquire().await.expect("gate");
                 }
-                format!("v{n}")
+                make(n)
             }
         })
         .layer(layer),
     )
+}
+
+/// `/r` answering `v{n}`, every run after the first waiting for the gate.
+fn gated_router(layer: CacheLayer, counter: &Counter, gate: &Arc<Semaphore>) -> Router {
+    gated("/r", layer, counter, gate, |n| n > 1, |n| format!("v{n}"))
 }
 
 pub async fn stale_while_revalidate_serves_at_once_and_refreshes_once(be: B) {
@@ -252,23 +265,18 @@ pub async fn concurrent_cold_requests_run_handler_once(be: B) {
     let stats = layer.clone();
     let c = Counter::default();
     let gate = Arc::new(Semaphore::new(0));
-    let cc = c.clone();
-    let g = Arc::clone(&gate);
-    let app = Router::new().route(
+    let app = gated(
         "/cold",
-        route_get(move || {
-            let cc = cc.clone();
-            let g = Arc::clone(&g);
-            async move {
-                let n = cc.hit();
-                let _permit = g.acquire().await.expect("gate");
-                (
-                    [(header::HeaderName::from_static("x-run"), n.to_string())],
-                    format!("computed {n}"),
-                )
-            }
-        })
-        .layer(layer),
+        layer,
+        &c,
+        &gate,
+        |_| true,
+        |n| {
+            (
+                [(header::HeaderName::from_static("x-run"), n.to_string())],
+                format!("computed {n}"),
+            )
+        },
     );
     let mut tasks = Vec::new();
     for _ in 0..100 {
@@ -308,23 +316,18 @@ pub async fn uncacheable_response_is_not_shared(be: B) {
     let stats = layer.clone();
     let c = Counter::default();
     let gate = Arc::new(Semaphore::new(0));
-    let cc = c.clone();
-    let g = Arc::clone(&gate);
-    let app = Router::new().route(
+    let app = gated(
         "/me",
-        route_get(move || {
-            let cc = cc.clone();
-            let g = Arc::clone(&g);
-            async move {
-                let n = cc.hit();
-                let _permit = g.acquire().await.expect("gate");
-                (
-                    [(header::SET_COOKIE, format!("session={n}"))],
-                    format!("private {n}"),
-                )
-            }
-        })
-        .layer(layer),
+        layer,
+        &c,
+        &gate,
+        |_| true,
+        |n| {
+            (
+                [(header::SET_COOKIE, format!("session={n}"))],
+                format!("private {n}"),
+            )
+        },
     );
     let mut tasks = Vec::new();
     for _ in 0..5 {
@@ -360,24 +363,8 @@ pub async fn waiter_gives_up_after_timeout(be: B) {
         .expect("layer");
     let c = Counter::default();
     let gate = Arc::new(Semaphore::new(0));
-    let cc = c.clone();
-    let g = Arc::clone(&gate);
-    let app = Router::new().route(
-        "/r",
-        route_get(move || {
-            let cc = cc.clone();
-            let g = Arc::clone(&g);
-            async move {
-                let n = cc.hit();
-                if n == 1 {
-                    // The leader is stuck until the test ends.
-                    let _permit = g.acquire().await.expect("gate");
-                }
-                format!("v{n}")
-            }
-        })
-        .layer(layer),
-    );
+    // The leader (run 1) is stuck until the test ends.
+    let app = gated("/r", layer, &c, &gate, |n| n == 1, |n| format!("v{n}"));
     let leader = {
         let app = app.clone();
         tokio::spawn(async move { get_ok(&app, "/r").await })
@@ -540,20 +527,13 @@ pub async fn cross_instance_lock_computes_once(be: B) {
     let c = Counter::default();
     let gate = Arc::new(Semaphore::new(0));
     let make = |layer: CacheLayer| {
-        let cc = c.clone();
-        let g = Arc::clone(&gate);
-        Router::new().route(
+        gated(
             "/shared",
-            route_get(move || {
-                let cc = cc.clone();
-                let g = Arc::clone(&g);
-                async move {
-                    let n = cc.hit();
-                    let _permit = g.acquire().await.expect("gate");
-                    format!("computed {n}")
-                }
-            })
-            .layer(layer),
+            layer,
+            &c,
+            &gate,
+            |_| true,
+            |n| format!("computed {n}"),
         )
     };
     let a = make(instance());
