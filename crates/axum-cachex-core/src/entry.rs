@@ -130,7 +130,10 @@ impl CacheEntry {
         // Room for the headers a cache adds when it answers (ETag,
         // Cache-Control, Age, Cache-Status, Content-Length) so that adding
         // them does not grow the map.
-        let mut headers = HeaderMap::with_capacity(count + EXTRA_HEADER_ROOM);
+        // Bounded: a corrupt count must not make `HeaderMap` panic on a
+        // capacity beyond its maximum.
+        let mut headers = HeaderMap::try_with_capacity((count + EXTRA_HEADER_ROOM).min(1024))
+            .map_err(|_| DecodeError::InvalidHeader)?;
         for _ in 0..count {
             let name_len = r.u16()? as usize;
             let name = HeaderName::from_bytes(r.bytes(name_len)?)
@@ -138,7 +141,9 @@ impl CacheEntry {
             let value_len = r.u32()? as usize;
             let value = HeaderValue::from_maybe_shared(r.take(value_len)?)
                 .map_err(|_| DecodeError::InvalidHeader)?;
-            headers.append(name, value);
+            headers
+                .try_append(name, value)
+                .map_err(|_| DecodeError::InvalidHeader)?;
         }
         let body_len = usize::try_from(r.u64()?).map_err(|_| DecodeError::Truncated)?;
         let body = r.take(body_len)?;
@@ -368,6 +373,42 @@ mod tests {
             EntrySet::decode(Bytes::from_static(b"hello world")),
             Err(DecodeError::BadMagic)
         );
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // More distinct headers than `HeaderMap` can hold (32 768).
+        let mut huge = BytesMut::new();
+        huge.put_slice(MAGIC);
+        huge.put_u8(ENTRY_FORMAT_VERSION);
+        huge.put_u16(1);
+        huge.put_u16(200);
+        huge.put_slice(&[0u8; 32]);
+        huge.put_u16(0); // etag
+        huge.put_u16(0); // vary key
+        huge.put_u16(u16::MAX);
+        for i in 0..u16::MAX {
+            let name = format!("h{i}");
+            huge.put_u16(name.len() as u16);
+            huge.put_slice(name.as_bytes());
+            huge.put_u32(0);
+        }
+        huge.put_u64(0);
+        assert!(EntrySet::decode(huge.freeze()).is_err());
+        // Pseudo-random garbage after a valid prefix.
+        let valid = EntrySet::single(sample()).encode();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..2000 {
+            let mut bytes = BytesMut::from(&valid[..]);
+            for _ in 0..(round % 7 + 1) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let at = (seed as usize) % bytes.len();
+                bytes[at] = (seed >> 32) as u8;
+            }
+            let _ = EntrySet::decode(bytes.freeze());
+        }
     }
 
     #[test]
