@@ -136,6 +136,17 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Reads a value. An expired value is never returned.
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError>;
 
+    /// Reads a value without awaiting, for stores that answer from process
+    /// memory: `Some(result)` is what [`get`](Backend::get) would return,
+    /// `None` means "ask `get`". The HTTP layer tries it first on every
+    /// request, which spares in-process stores the boxed future and the
+    /// timeout of an async call. The default returns `None`; network
+    /// backends keep it.
+    fn get_now(&self, key: &str) -> Option<Result<Option<Bytes>, BackendError>> {
+        let _ = key;
+        None
+    }
+
     /// Writes a value, replacing any previous one. `ttl: None` keeps it until
     /// evicted or deleted.
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>)

@@ -162,6 +162,15 @@ impl MemoryBackend {
         }
     }
 
+    /// A live value, read without waiting.
+    fn read(&self, key: &str) -> Option<Bytes> {
+        let now = Instant::now();
+        self.cache
+            .get(key)
+            .filter(|s| s.is_live(now))
+            .map(|s| s.value)
+    }
+
     /// Removes every live entry whose key satisfies `pred`; returns the count.
     fn remove_where(&self, pred: impl Fn(&str) -> bool) -> u64 {
         let now = Instant::now();
@@ -185,12 +194,11 @@ impl Backend for MemoryBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
-        let now = Instant::now();
-        Ok(self
-            .cache
-            .get(key)
-            .filter(|s| s.is_live(now))
-            .map(|s| s.value))
+        Ok(self.read(key))
+    }
+
+    fn get_now(&self, key: &str) -> Option<Result<Option<Bytes>, BackendError>> {
+        Some(Ok(self.read(key)))
     }
 
     async fn set(

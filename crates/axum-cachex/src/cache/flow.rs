@@ -294,7 +294,17 @@ enum Lookup {
 }
 
 async fn lookup(shared: &Shared, backend: &Arc<dyn Backend>, key: &str) -> Lookup {
-    let Some(bytes) = with_timeout(shared, &**backend, "get", backend.get(key)).await else {
+    let found = match backend.get_now(key) {
+        // In-process stores answer at once: no boxed future, no timer.
+        Some(Ok(found)) => Some(found),
+        Some(Err(error)) => {
+            bump(&shared.stats.backend_errors);
+            shared.failures.record(backend.name(), "get", &error);
+            None
+        }
+        None => with_timeout(shared, &**backend, "get", backend.get(key)).await,
+    };
+    let Some(bytes) = found else {
         return Lookup::Failed;
     };
     let Some(bytes) = bytes else {

@@ -135,8 +135,14 @@ mod tests {
             ..CacheStatus::forward("stale")
         }
         .with_detail("stale-if-error");
-        assert_eq!(CacheStatus::hit(-1234).header_value(), "axum-cachex; hit; ttl=-1234");
-        assert_eq!(CacheStatus::hit(0).header_value(), "axum-cachex; hit; ttl=0");
+        assert_eq!(
+            CacheStatus::hit(-1234).header_value(),
+            "axum-cachex; hit; ttl=-1234"
+        );
+        assert_eq!(
+            CacheStatus::hit(0).header_value(),
+            "axum-cachex; hit; ttl=0"
+        );
         assert_eq!(
             stale.header_value(),
             "axum-cachex; fwd=stale; fwd-status=500; detail=stale-if-error"
