@@ -136,9 +136,11 @@
 //!
 //! # Implementation details
 //!
-//! - A hit decodes the stored set (bodies and header values share the
-//!   fetched buffer, no copy), clones the header map and answers; the
-//!   response future is boxed once per request (see [`cache::ResponseFuture`]).
+//! - A hit reads the store (the memory backend answers synchronously through
+//!   `Backend::get_now`, network backends are awaited under the timeout),
+//!   decodes the stored set (bodies and header values share the fetched
+//!   buffer, no copy) and answers; the response future is boxed once per
+//!   request (see [`cache::ResponseFuture`]).
 //! - Coalescing uses a per-layer table of keys in flight (a mutex held only
 //!   to insert or remove a key); background refreshes lead flights too, so
 //!   there is at most one per key, and at most
