@@ -144,7 +144,8 @@ where
     // HEAD neither leads nor waits: its handler run produces no body to
     // share, and the GET requests must not wait on it.
     let leader = if shared.coalesce && !head {
-        match shared.inflight.join(&key) {
+        let flight_key = vary::flight_key(&key, previous.as_ref(), &parts.headers);
+        match shared.inflight.join(&flight_key) {
             Flight::Leader(leader) => Some(leader),
             Flight::Waiter(slot) => {
                 bump(&shared.stats.coalesced_waits);
@@ -581,7 +582,8 @@ fn spawn_refresh<S, ReqBody, ResBody>(
     let Ok(permit) = Arc::clone(&shared.refresh_slots).try_acquire_owned() else {
         return;
     };
-    let Some(leader) = shared.inflight.try_lead(&key) else {
+    let flight_key = vary::flight_key(&key, previous.as_ref(), request.headers());
+    let Some(leader) = shared.inflight.try_lead(&flight_key) else {
         return;
     };
     bump(&shared.stats.revalidations);

@@ -93,6 +93,27 @@ pub(crate) fn select(set: &EntrySet, request_headers: &HeaderMap) -> Option<Cach
     select_index(set, request_headers).map(|i| set.variants[i].clone())
 }
 
+/// The coalescing key of a request: the cache key, plus the request's
+/// selecting values when the stored variants say which headers the response
+/// varies on. Requests for different variants then run in parallel instead
+/// of waiting for a leader whose response they could not use. (On a cold
+/// key the `Vary` names are unknown; waiters check the leader's variant.)
+pub(crate) fn flight_key<'a>(
+    key: &'a str,
+    previous: Option<&EntrySet>,
+    request_headers: &HeaderMap,
+) -> std::borrow::Cow<'a, str> {
+    let names = previous
+        .and_then(|set| set.variants.last())
+        .map(|entry| vary_names(&entry.headers))
+        .unwrap_or_default();
+    if names.is_empty() {
+        return std::borrow::Cow::Borrowed(key);
+    }
+    let selecting = vary_key(&names, request_headers);
+    std::borrow::Cow::Owned(format!("{key}\n{}", String::from_utf8_lossy(&selecting)))
+}
+
 /// The set to store after `entry` was produced: the previous variants
 /// minus the one it replaces and those past their stale windows, capped at
 /// [`MAX_VARIANTS`].

@@ -107,6 +107,7 @@ macro_rules! conformance_suite {
             stale::vary_keeps_variants_apart,
             stale::if_modified_since_and_precedence,
             stale::cross_instance_lock_computes_once,
+            stale::different_variants_do_not_wait_for_each_other,
         );
     };
     (@emit $factory:path; $($module:ident :: $test:ident),* $(,)?) => {

@@ -570,3 +570,57 @@ pub async fn cross_instance_lock_computes_once(be: B) {
     })
     .await;
 }
+
+pub async fn different_variants_do_not_wait_for_each_other(be: B) {
+    let layer = CacheLayer::builder()
+        .backend(Arc::clone(&be))
+        .ttl(secs(60))
+        .build()
+        .expect("layer");
+    let stats = layer.clone();
+    let c = Counter::default();
+    let gate = Arc::new(Semaphore::new(0));
+    let cc = c.clone();
+    let g = Arc::clone(&gate);
+    let app = Router::new().route(
+        "/v",
+        route_get(move |headers: HeaderMap| {
+            let n = cc.hit();
+            let g = Arc::clone(&g);
+            async move {
+                let lang = headers
+                    .get("accept-language")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-")
+                    .to_owned();
+                // The first run stores the variant set; later "de" runs block.
+                if n > 1 && lang == "de" {
+                    let _permit = g.acquire().await.expect("gate");
+                }
+                ([(header::VARY, "Accept-Language")], format!("{lang} #{n}"))
+            }
+        })
+        .layer(layer),
+    );
+    let lang = |l: &'static str| {
+        Request::get("/v")
+            .header("host", "example.com")
+            .header("accept-language", l)
+            .body(Body::empty())
+            .expect("req")
+    };
+    // The set now says the route varies on Accept-Language.
+    assert_eq!(send(&app, lang("en")).await.body, "en #1");
+    let de = {
+        let app = app.clone();
+        tokio::spawn(async move { send(&app, lang("de")).await })
+    };
+    eventually("the de leader is in the handler", async || c.get() == 2).await;
+    // A French request is another variant: it must not wait for "de".
+    let fr = no_hang("fr beside a blocked de", send(&app, lang("fr"))).await;
+    assert_eq!(fr.body, "fr #3");
+    assert_eq!(stats.stats().coalesced_waits, 0);
+    gate.add_permits(1);
+    assert_eq!(no_hang("de", de).await.expect("de").body, "de #2");
+    assert_eq!(send(&app, lang("en")).await.body, "en #1", "variants kept");
+}
