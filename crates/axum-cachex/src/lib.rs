@@ -159,6 +159,7 @@ pub struct ReadmeDoctests;
 pub mod backend;
 pub mod cache;
 mod clock;
+mod manager_stats;
 pub mod monitoring;
 mod proxy;
 
@@ -169,6 +170,7 @@ pub use cache::{
     StatsSnapshot,
 };
 pub use clock::{Clock, ManualClock};
+pub use manager_stats::{ManagerStats, manager_stats};
 pub use proxy::BackendProxy;
 pub use state::StateManager;
 pub mod app_cache;

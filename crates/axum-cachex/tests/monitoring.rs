@@ -419,7 +419,14 @@ async fn check_scenario(backend: Arc<dyn Backend>, tag: &str) {
     let stats = monitor_json(&app, "/stats").await;
     assert_eq!(
         field_names(&stats),
-        sorted(&["backend", "evictions", "hit_ratio", "total", "routes"])
+        sorted(&[
+            "backend",
+            "evictions",
+            "hit_ratio",
+            "total",
+            "routes",
+            "managers"
+        ])
     );
     assert_eq!(stats["backend"], backend.name());
     assert_eq!(
@@ -798,6 +805,11 @@ async fn prometheus_output_parses_and_matches_the_json() {
         if name == "backend_evictions" {
             assert_eq!(sample.labels.get("backend"), Some("memory"));
             evictions = Some(value as u64);
+            continue;
+        }
+        if name == "manager_events" {
+            // The managers' counters: covered by tests/manager_metrics.rs.
+            assert!(sample.labels.get("manager").is_some() && sample.labels.get("event").is_some());
             continue;
         }
         let route = sample.labels.get("route").expect("route label").to_owned();

@@ -223,12 +223,14 @@ impl CacheManager {
     /// [`CacheError::Backend`] when the backend fails.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, CacheError> {
         let full = self.full_key(key);
-        Ok(self
+        let value = self
             .inner
             .backend
             .get(&full)
             .await?
-            .and_then(|raw| decode(&full, &raw)))
+            .and_then(|raw| decode(&full, &raw));
+        count_read(value.is_some());
+        Ok(value)
     }
 
     /// Writes a value. `ttl: None` uses the default TTL (and without one,
@@ -340,7 +342,9 @@ impl CacheManager {
         Fut: Future<Output = Result<T, E>>,
     {
         let full = self.full_key(key);
-        if let Some(value) = self.read::<T>(&full).await {
+        let found = self.read::<T>(&full).await;
+        count_read(found.is_some());
+        if let Some(value) = found {
             return Ok(value);
         }
         let flight = self.inner.flights.join::<Result<T, Arc<E>>>(full.clone());
@@ -390,7 +394,12 @@ impl CacheManager {
                 Waited::Unlocked => {}
             }
         }
+        let stats = crate::manager_stats::counters();
+        crate::manager_stats::add(&stats.app_cache_factory_runs, 1);
         let result = factory().await.map_err(Arc::new);
+        if result.is_err() {
+            crate::manager_stats::add(&stats.app_cache_factory_errors, 1);
+        }
         if let Ok(value) = &result {
             self.store(full, value, ttl).await;
         }
@@ -514,4 +523,15 @@ fn decode<T: DeserializeOwned>(full: &str, raw: &[u8]) -> Option<T> {
             None
         }
     }
+}
+
+/// Counts a read for the monitoring routes.
+fn count_read(hit: bool) {
+    let stats = crate::manager_stats::counters();
+    let counter = if hit {
+        &stats.app_cache_hits
+    } else {
+        &stats.app_cache_misses
+    };
+    crate::manager_stats::add(counter, 1);
 }

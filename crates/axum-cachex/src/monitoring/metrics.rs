@@ -130,6 +130,8 @@ pub(crate) struct StatsBody {
     hit_ratio: f64,
     total: Counters,
     routes: Vec<RouteStats>,
+    /// Counters of the session, OAuth state and application cache managers.
+    managers: crate::ManagerStats,
 }
 
 pub(crate) fn stats_body(backend: &dyn Backend, routes: Vec<RouteStats>) -> StatsBody {
@@ -140,6 +142,7 @@ pub(crate) fn stats_body(backend: &dyn Backend, routes: Vec<RouteStats>) -> Stat
         hit_ratio: hit_ratio(&total),
         total,
         routes,
+        managers: crate::manager_stats(),
     }
 }
 
@@ -231,9 +234,39 @@ pub(crate) fn prometheus_text(
             family,
         );
     }
+    // The managers' counters: one family, labelled by manager and event
+    // (`sessions_created` → manager="sessions", event="created").
+    let managers: Family<Labels, Counter> = Family::default();
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(crate::manager_stats()) {
+        for (name, value) in fields {
+            let (manager, event) = split_manager_counter(&name);
+            managers
+                .get_or_create(&vec![
+                    ("manager".to_owned(), manager.to_owned()),
+                    ("event".to_owned(), event.to_owned()),
+                ])
+                .inc_by(value.as_u64().unwrap_or(0));
+        }
+    }
+    registry.register(
+        "manager_events",
+        "Events of the session, OAuth state and application cache managers",
+        managers,
+    );
     let mut text = String::new();
     prometheus_text::encode(&mut text, &registry)?;
     Ok(text)
+}
+
+/// `app_cache_hits` → (`app_cache`, `hits`), `states_created` → (`states`,
+/// `created`).
+fn split_manager_counter(name: &str) -> (&str, &str) {
+    for manager in ["app_cache", "states", "sessions"] {
+        if let Some(event) = name.strip_prefix(manager).and_then(|r| r.strip_prefix('_')) {
+            return (manager, event);
+        }
+    }
+    ("other", name)
 }
 
 #[cfg(test)]

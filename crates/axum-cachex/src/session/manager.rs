@@ -376,6 +376,8 @@ impl SessionManager {
         self.insert_new(&mut s, now).await?;
         let token = self.issue_token(&s)?;
         debug!(session = %log_id(s.id()), user = s.is_authenticated(), "session created");
+        let stats = crate::manager_stats::counters();
+        crate::manager_stats::add(&stats.sessions_created, 1);
         Ok((s, token))
     }
 
@@ -458,6 +460,24 @@ impl SessionManager {
         ip: Option<IpAddr>,
         user_agent: Option<&str>,
     ) -> Result<LoadedSession, SessionError> {
+        let result = self.load_checked(token, ip, user_agent).await;
+        let stats = crate::manager_stats::counters();
+        match &result {
+            Ok(_) => crate::manager_stats::add(&stats.sessions_loaded, 1),
+            Err(e) if e.is_client_error() => {
+                crate::manager_stats::add(&stats.sessions_rejected, 1);
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn load_checked(
+        &self,
+        token: &str,
+        ip: Option<IpAddr>,
+        user_agent: Option<&str>,
+    ) -> Result<LoadedSession, SessionError> {
         let now = self.now();
         let id = self.inner.tokens.verify(token, now)?;
         let key = self.key(&id);
@@ -505,6 +525,7 @@ impl SessionManager {
                 return Err(SessionError::NotFound);
             }
             debug!(session = %log_id(&id), "session renewed");
+            crate::manager_stats::add(&crate::manager_stats::counters().sessions_renewed, 1);
             if let Some(uh) = s.indexed_user.clone() {
                 let hash = self.keys().session_hash(s.id());
                 if let Err(e) = self.index_upsert(&uh, &hash, s.expires_at()).await {
@@ -680,6 +701,9 @@ impl SessionManager {
         }
         let existed = self.inner.backend.delete(&self.key(session_id)).await?;
         debug!(session = %log_id(session_id), existed, "session deleted");
+        if existed {
+            crate::manager_stats::add(&crate::manager_stats::counters().sessions_deleted, 1);
+        }
         Ok(existed)
     }
 
@@ -722,6 +746,7 @@ impl SessionManager {
         let uh = self.keys().user_hash(user_id);
         let n = self.index_drain(&uh).await?;
         debug!(user = %token::short(&uh), deleted = n, "user sessions deleted");
+        crate::manager_stats::add(&crate::manager_stats::counters().sessions_deleted, n);
         Ok(n)
     }
 

@@ -153,7 +153,7 @@ impl StateManager {
         ttl: Option<Duration>,
         metadata: Option<Value>,
     ) -> Result<String, StateError> {
-        self.create(ttl, metadata, None).await
+        counted_create(self.create(ttl, metadata, None).await)
     }
 
     /// Like [`create_state`](Self::create_state), and binds the state to a
@@ -174,7 +174,7 @@ impl StateManager {
         ttl: Option<Duration>,
         metadata: Option<Value>,
     ) -> Result<String, StateError> {
-        self.create(ttl, metadata, Some(binding)).await
+        counted_create(self.create(ttl, metadata, Some(binding)).await)
     }
 
     /// Consumes an unbound state: returns its data and removes it, atomically
@@ -190,7 +190,7 @@ impl StateManager {
     /// [`StateError::Expired`], [`StateError::Corrupt`],
     /// [`StateError::Backend`].
     pub async fn consume_state(&self, state: &str) -> Result<StateData, StateError> {
-        self.consume(state, None).await
+        counted_consume(self.consume(state, None).await)
     }
 
     /// Consumes a state created by
@@ -209,7 +209,7 @@ impl StateManager {
         state: &str,
         binding: &str,
     ) -> Result<StateData, StateError> {
-        self.consume(state, Some(binding)).await
+        counted_consume(self.consume(state, Some(binding)).await)
     }
 
     /// Whether [`consume_state`](Self::consume_state) would accept the state
@@ -385,4 +385,22 @@ fn check_binding(data: &StateData, binding: Option<&str>) -> Result<(), StateErr
     } else {
         Err(StateError::invalid(InvalidStateReason::BindingMismatch))
     }
+}
+
+fn counted_create(result: Result<String, StateError>) -> Result<String, StateError> {
+    if result.is_ok() {
+        let stats = crate::manager_stats::counters();
+        crate::manager_stats::add(&stats.states_created, 1);
+    }
+    result
+}
+
+fn counted_consume(result: Result<StateData, StateError>) -> Result<StateData, StateError> {
+    let stats = crate::manager_stats::counters();
+    match &result {
+        Ok(_) => crate::manager_stats::add(&stats.states_consumed, 1),
+        Err(e) if e.is_rejection() => crate::manager_stats::add(&stats.states_rejected, 1),
+        Err(_) => {}
+    }
+    result
 }
