@@ -40,6 +40,24 @@
 //! 64 MiB ([`backend::MemoryBackend`]). Redis and Memcached backends share
 //! one cache between app instances (features `redis`, `memcached`).
 //!
+//! # Cargo features
+//!
+//! | feature | adds |
+//! |---|---|
+//! | *(none)* | the cache layer, the memory backend, the OAuth [`StateManager`], the [`CacheManager`], monitoring |
+//! | `redis` | `backend::RedisBackend` (redis-rs, tokio) |
+//! | `redis-tls` | `rediss://` URLs, custom CAs and client certificates (rustls) |
+//! | `memcached` | `backend::MemcachedBackend` |
+//! | `session` | [`session`](crate#sessions): server-side sessions, tokens, JWT, cookies |
+//!
+//! # Sessions
+//!
+//! With the `session` feature, the `session` module stores sessions in any
+//! backend: signed tokens or JWT, read from a header, `Authorization:
+//! Bearer` or a cookie, with sliding and absolute expiry, flash messages,
+//! IP/User-Agent binding and "log out everywhere". See its module docs for
+//! the security model.
+//!
 //! # Request flow
 //!
 //! ```text
