@@ -66,9 +66,10 @@
 //! Every operation works on every backend except
 //! [`clear_pattern`](CacheManager::clear_pattern), which lists keys and so
 //! returns [`BackendError::Unsupported`](crate::backend::BackendError::Unsupported)
-//! on Memcached. The cross-instance lock needs
+//! on Memcached. The cross-instance lock is released with
 //! [`Backend::delete_if_equals`](crate::backend::Backend::delete_if_equals)
-//! to release early (Redis, memory); on Memcached it expires after its TTL.
+//! (every built-in backend has it); on a backend without it the lock
+//! expires after its TTL.
 //!
 //! # In handlers
 //!

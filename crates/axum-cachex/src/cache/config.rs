@@ -312,8 +312,8 @@ impl CacheLayerBuilder {
     /// backend (Redis), only one of them computes a cold key; the others
     /// poll the backend for its result for up to `lock_ttl`, then compute
     /// it themselves. `lock_ttl` should exceed the handler's usual run
-    /// time. Uses `add` and `delete_if_equals`; on a backend without the
-    /// latter (Memcached) the lock is released with a plain delete. Off by
+    /// time. Uses `add` and `delete_if_equals`; on a third-party backend
+    /// without the latter the lock is released with a plain delete. Off by
     /// default: within one instance, [`coalesce`](Self::coalesce) already
     /// runs the handler once.
     pub fn cross_instance_lock(mut self, lock_ttl: Duration) -> Self {

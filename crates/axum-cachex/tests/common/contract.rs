@@ -121,6 +121,43 @@ pub async fn concurrent_take_has_one_winner(be: B) {
     assert_eq!(winners, 1);
 }
 
+pub async fn delete_if_equals_only_deletes_the_expected_value(be: B) {
+    be.set("lock", b("token-a"), TTL).await.expect("set");
+    assert!(
+        !be.delete_if_equals("lock", b"token-b")
+            .await
+            .expect("compare")
+    );
+    assert_eq!(be.get("lock").await.expect("get"), Some(b("token-a")));
+    assert!(
+        be.delete_if_equals("lock", b"token-a")
+            .await
+            .expect("compare")
+    );
+    assert_eq!(be.get("lock").await.expect("get"), None);
+    assert!(
+        !be.delete_if_equals("lock", b"token-a")
+            .await
+            .expect("compare")
+    );
+    // Of concurrent releases of one token, exactly one deletes.
+    be.set("lock", b("token-c"), TTL).await.expect("set");
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let be = Arc::clone(&be);
+        tasks.push(tokio::spawn(async move {
+            be.delete_if_equals("lock", b"token-c").await
+        }));
+    }
+    let mut deleted = 0;
+    for t in tasks {
+        if t.await.expect("join").expect("compare") {
+            deleted += 1;
+        }
+    }
+    assert_eq!(deleted, 1);
+}
+
 pub async fn delete_reports_existence(be: B) {
     be.set("d", b("v"), TTL).await.expect("set");
     assert!(be.delete("d").await.expect("delete"));

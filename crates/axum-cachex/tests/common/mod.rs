@@ -76,6 +76,7 @@ macro_rules! conformance_suite {
             contract::take_is_single_use,
             contract::concurrent_take_has_one_winner,
             contract::delete_reports_existence,
+            contract::delete_if_equals_only_deletes_the_expected_value,
             contract::clear_counts_and_empties_namespace,
             contract::clear_path_exact_and_with_params,
             contract::clear_pattern_globs_paths,

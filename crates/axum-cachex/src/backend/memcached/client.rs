@@ -277,6 +277,42 @@ impl Conn {
         }
     }
 
+    /// `gets k`: the item and its CAS unique, `None` when absent.
+    pub(super) async fn gets(&mut self, key: &str) -> Result<Option<(Item, u64)>, ClientError> {
+        self.send(format!("gets {key}\r\n").as_bytes()).await?;
+        self.read_line().await?;
+        if self.line == b"END" {
+            return Ok(None);
+        }
+        let Some((key, flags, len, cas)) = parse_gets_line(&self.line) else {
+            let reply = self.line.clone();
+            return Err(self.unexpected(&reply));
+        };
+        let data = self.read_data(len).await?;
+        self.read_line().await?;
+        if self.line != b"END" {
+            let reply = self.line.clone();
+            return Err(self.unexpected(&reply));
+        }
+        Ok(Some((Item { key, flags, data }, cas)))
+    }
+
+    /// Meta delete guarded by a CAS unique (`md <key> C<cas>`, Memcached
+    /// 1.6+): whether this call deleted the item. `false` when it changed
+    /// (`EX`) or vanished (`NF`) since it was read.
+    pub(super) async fn delete_cas(&mut self, key: &str, cas: u64) -> Result<bool, ClientError> {
+        self.send(format!("md {key} C{cas}\r\n").as_bytes()).await?;
+        self.read_line().await?;
+        match self.line.as_slice() {
+            b"HD" => Ok(true),
+            b"EX" | b"NF" => Ok(false),
+            other => {
+                let reply = other.to_vec();
+                Err(self.unexpected(&reply))
+            }
+        }
+    }
+
     /// `incr`: the new value, `None` when the key holds nothing.
     pub(super) async fn incr(&mut self, key: &str, delta: u64) -> Result<Option<u64>, ClientError> {
         self.send(format!("incr {key} {delta}\r\n").as_bytes())
@@ -309,6 +345,14 @@ fn parse_value_line(line: &[u8]) -> Option<(String, u32, usize)> {
     let flags = parts.next()?.parse().ok()?;
     let len = parts.next()?.parse().ok().filter(|&len| len <= MAX_VALUE)?;
     Some((key, flags, len))
+}
+
+/// `VALUE <key> <flags> <bytes> <cas>`, the reply line of `gets`.
+fn parse_gets_line(line: &[u8]) -> Option<(String, u32, usize, u64)> {
+    let text = std::str::from_utf8(line).ok()?;
+    let (head, cas) = text.rsplit_once(' ')?;
+    let (key, flags, len) = parse_value_line(head.as_bytes())?;
+    Some((key, flags, len, cas.parse().ok()?))
 }
 
 /// One server: its address, idle connections and connection budget.

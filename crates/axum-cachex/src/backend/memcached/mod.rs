@@ -284,9 +284,10 @@ impl MemcachedBackendBuilder {
 /// value: of any number of concurrent takers at most one wins. (If a `set`
 /// lands between the two steps, the winner gets the value it read and the
 /// newer one is deleted.) [`delete`](Backend::delete) reports whether the
-/// item existed. [`delete_if_equals`](Backend::delete_if_equals) is not
-/// supported (Memcached's text protocol has no compare-and-delete): use the
-/// Redis backend for cross-instance locks.
+/// item existed. [`delete_if_equals`](Backend::delete_if_equals) reads the
+/// item with `gets` and deletes it with a meta delete guarded by its CAS
+/// unique (`md <key> C<cas>`, Memcached 1.6 or later), so lock releases are
+/// exact here too.
 ///
 /// # Limits
 ///
@@ -624,6 +625,28 @@ impl Backend for MemcachedBackend {
             let conn = lease.conn();
             let real = resolve(conn, &names).await?;
             conn.delete(&real).await
+        })
+        .await;
+        self.finish(lease, result)
+    }
+
+    /// `gets` then a meta delete guarded by the item's CAS unique
+    /// (`md <key> C<cas>`, Memcached 1.6+), so a value replaced between the
+    /// read and the delete (a lock another instance took after ours
+    /// expired) is left alone.
+    async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
+        let names = KeyNames::new(&self.inner.prefix, key);
+        let (mut lease, deadline) = self.lease(self.server(key)).await?;
+        let result = timeout_at(deadline, async {
+            let conn = lease.conn();
+            let real = resolve(conn, &names).await?;
+            let Some((item, cas)) = conn.gets(&real).await? else {
+                return Ok(false);
+            };
+            match decode_envelope(key, item.flags, &item.data) {
+                Some(value) if value.as_ref() == expected => conn.delete_cas(&real, cas).await,
+                _ => Ok(false),
+            }
         })
         .await;
         self.finish(lease, result)
