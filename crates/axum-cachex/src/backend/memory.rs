@@ -1,6 +1,7 @@
 //! The in-process backend: bounded by bytes, per-entry TTL, built on moka.
 
 use std::{
+    borrow::Cow,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -66,17 +67,25 @@ impl Expiry<String, Stored> for PerEntryTtl {
 ///   always admits it.
 ///
 /// Each instance is its own namespace: `clear` empties this instance only.
+/// To share one byte bound between several namespaces (say, responses and
+/// sessions) while clearing them apart, derive them with
+/// [`namespace`](MemoryBackend::namespace):
 ///
 /// ```
 /// use axum_cachex::backend::MemoryBackend;
 ///
-/// let backend = MemoryBackend::builder().max_capacity(16 * 1024 * 1024).build();
-/// # let _ = backend;
+/// let root = MemoryBackend::builder().max_capacity(16 * 1024 * 1024).build();
+/// let responses = root.namespace("http:");
+/// let sessions = root.namespace("session:");
+/// # let _ = (responses, sessions);
 /// ```
 #[derive(Clone)]
 pub struct MemoryBackend {
     cache: Cache<String, Stored>,
     evictions: Arc<AtomicU64>,
+    /// Prepended to every key; empty for a root instance, which therefore
+    /// sees the keys of all its namespaces.
+    prefix: Arc<str>,
 }
 
 impl std::fmt::Debug for MemoryBackend {
@@ -99,6 +108,7 @@ impl Default for MemoryBackend {
 #[must_use]
 pub struct MemoryBackendBuilder {
     max_capacity: u64,
+    prefix: String,
 }
 
 impl MemoryBackendBuilder {
@@ -106,6 +116,14 @@ impl MemoryBackendBuilder {
     /// ([`DEFAULT_MAX_CAPACITY`]).
     pub fn max_capacity(mut self, bytes: u64) -> Self {
         self.max_capacity = bytes;
+        self
+    }
+
+    /// A key prefix. Default: none, since an instance is a namespace of its
+    /// own; see [`MemoryBackend::namespace`] for several namespaces in one
+    /// bound.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
         self
     }
 
@@ -126,7 +144,11 @@ impl MemoryBackendBuilder {
                 }
             })
             .build();
-        MemoryBackend { cache, evictions }
+        MemoryBackend {
+            cache,
+            evictions,
+            prefix: Arc::from(self.prefix.as_str()),
+        }
     }
 }
 
@@ -140,6 +162,19 @@ impl MemoryBackend {
     pub fn builder() -> MemoryBackendBuilder {
         MemoryBackendBuilder {
             max_capacity: DEFAULT_MAX_CAPACITY,
+            prefix: String::new(),
+        }
+    }
+
+    /// A backend over the same store and byte bound whose keys live under
+    /// `prefix` (appended to this one's): its `clear`, `keys` and the other
+    /// namespace-wide operations see only its own keys. Namespaces should
+    /// not be prefixes of one another.
+    pub fn namespace(&self, prefix: impl AsRef<str>) -> MemoryBackend {
+        MemoryBackend {
+            cache: self.cache.clone(),
+            evictions: Arc::clone(&self.evictions),
+            prefix: Arc::from(format!("{}{}", self.prefix, prefix.as_ref())),
         }
     }
 
@@ -162,11 +197,26 @@ impl MemoryBackend {
         }
     }
 
+    /// The stored key of a logical key (no allocation without a prefix:
+    /// the hit path of the default instance).
+    fn full<'k>(&self, key: &'k str) -> Cow<'k, str> {
+        if self.prefix.is_empty() {
+            Cow::Borrowed(key)
+        } else {
+            Cow::Owned(format!("{}{key}", self.prefix))
+        }
+    }
+
+    /// The logical key of a stored key of this namespace.
+    fn logical<'k>(&self, stored: &'k str) -> Option<&'k str> {
+        stored.strip_prefix(&*self.prefix)
+    }
+
     /// A live value, read without waiting.
     fn read(&self, key: &str) -> Option<Bytes> {
         let now = Instant::now();
         self.cache
-            .get(key)
+            .get(&*self.full(key))
             .filter(|s| s.is_live(now))
             .map(|s| s.value)
     }
@@ -177,7 +227,7 @@ impl MemoryBackend {
         let keys: Vec<Arc<String>> = self
             .cache
             .iter()
-            .filter(|(k, _)| pred(k))
+            .filter(|(k, _)| self.logical(k).is_some_and(&pred))
             .map(|(k, _)| k)
             .collect();
         keys.iter()
@@ -207,7 +257,8 @@ impl Backend for MemoryBackend {
         value: Bytes,
         ttl: Option<Duration>,
     ) -> Result<(), BackendError> {
-        self.cache.insert(key.to_owned(), Self::stored(value, ttl));
+        self.cache
+            .insert(self.full(key).into_owned(), Self::stored(value, ttl));
         Ok(())
     }
 
@@ -220,7 +271,7 @@ impl Backend for MemoryBackend {
         let now = Instant::now();
         let result = self
             .cache
-            .entry(key.to_owned())
+            .entry(self.full(key).into_owned())
             .and_compute_with(|existing| match existing {
                 Some(e) if e.value().is_live(now) => Op::Nop,
                 _ => Op::Put(Self::stored(value, ttl)),
@@ -241,7 +292,7 @@ impl Backend for MemoryBackend {
         let now = Instant::now();
         let result = self
             .cache
-            .entry(key.to_owned())
+            .entry(self.full(key).into_owned())
             .and_compute_with(|existing| match existing {
                 Some(e) if e.value().is_live(now) => Op::Put(Self::stored(value, ttl)),
                 _ => Op::Nop,
@@ -256,14 +307,17 @@ impl Backend for MemoryBackend {
         let now = Instant::now();
         Ok(self
             .cache
-            .remove(key)
+            .remove(&*self.full(key))
             .filter(|s| s.is_live(now))
             .map(|s| s.value))
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
         let now = Instant::now();
-        Ok(self.cache.remove(key).is_some_and(|s| s.is_live(now)))
+        Ok(self
+            .cache
+            .remove(&*self.full(key))
+            .is_some_and(|s| s.is_live(now)))
     }
 
     async fn clear(&self) -> Result<u64, BackendError> {
@@ -288,7 +342,7 @@ impl Backend for MemoryBackend {
             .cache
             .iter()
             .filter(|(_, v)| v.is_live(now))
-            .map(|(k, _)| k.as_ref().clone())
+            .filter_map(|(k, _)| self.logical(&k).map(str::to_owned))
             .collect())
     }
 
@@ -298,10 +352,12 @@ impl Backend for MemoryBackend {
             .cache
             .iter()
             .filter(|(_, v)| v.is_live(now))
-            .map(|(k, v)| StoredValue {
-                key: k.as_ref().clone(),
-                value: v.value.clone(),
-                ttl_remaining: v.expires_at.map(|at| at.saturating_duration_since(now)),
+            .filter_map(|(k, v)| {
+                Some(StoredValue {
+                    key: self.logical(&k)?.to_owned(),
+                    value: v.value.clone(),
+                    ttl_remaining: v.expires_at.map(|at| at.saturating_duration_since(now)),
+                })
             })
             .collect())
     }
@@ -314,7 +370,7 @@ impl Backend for MemoryBackend {
         let now = Instant::now();
         let result = self
             .cache
-            .entry(key.to_owned())
+            .entry(self.full(key).into_owned())
             .and_compute_with(|existing| match existing {
                 Some(e) if e.value().is_live(now) && e.value().value == expected => Op::Remove,
                 _ => Op::Nop,
