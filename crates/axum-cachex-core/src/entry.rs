@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 /// Version byte written after the magic. An entry of any other version
 /// decodes to [`DecodeError::UnsupportedVersion`] and is treated as a miss.
-pub const ENTRY_FORMAT_VERSION: u8 = 1;
+pub const ENTRY_FORMAT_VERSION: u8 = 2;
 
 const MAGIC: &[u8; 4] = b"ACXE";
 
@@ -52,6 +52,9 @@ pub enum DecodeError {
     /// Written by another version of the format.
     #[error("cache entry format version {0} is not supported (expected {ENTRY_FORMAT_VERSION})")]
     UnsupportedVersion(u8),
+    /// The record kind is unknown.
+    #[error("cache record kind {0} is unknown")]
+    UnknownKind(u8),
     /// The bytes end before the entry does.
     #[error("cache entry is truncated")]
     Truncated,
@@ -81,6 +84,11 @@ impl CacheEntry {
     /// stale window.
     pub fn storage_ttl(&self) -> Duration {
         self.fresh_for + self.stale_while_revalidate.max(self.stale_if_error)
+    }
+
+    /// How much of [`storage_ttl`](Self::storage_ttl) is left at `now`.
+    pub fn storage_ttl_left(&self, now: SystemTime) -> Duration {
+        self.storage_ttl().saturating_sub(self.age(now))
     }
 
     fn write_to(&self, out: &mut BytesMut) {
@@ -161,46 +169,61 @@ impl CacheEntry {
     }
 }
 
-/// Every stored variant of one cache key: one entry for a response without
-/// `Vary`, one per distinct set of request header values otherwise.
+/// What the HTTP layer stores under one cache key.
 ///
-/// This is the value the HTTP layer writes to a backend, in a versioned,
-/// binary-safe format: any header value and body byte round-trips, and bytes
-/// of another version decode to an error (a miss), never a panic.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EntrySet {
-    /// The variants, oldest first.
-    pub variants: Vec<CacheEntry>,
+/// A response without `Vary` is stored whole under its key. A response
+/// with `Vary` is stored under a key of its own per variant (see
+/// [`CacheKey::variant`](crate::CacheKey)), and the base key holds a
+/// [`VariantIndex`] naming the selecting headers. Storing each variant on
+/// its own means a miss writes one response, never the whole set, and
+/// concurrent stores of different variants cannot overwrite each other.
+///
+/// The encoding is versioned and binary-safe: any header value and body
+/// byte round-trips, and bytes of another version decode to an error (a
+/// miss), never a panic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheRecord {
+    /// A stored response.
+    Response(CacheEntry),
+    /// The base key of a response that varies: where its variants live.
+    Variants(VariantIndex),
 }
 
-impl EntrySet {
-    /// A set of one entry.
-    pub fn single(entry: CacheEntry) -> Self {
-        Self {
-            variants: vec![entry],
-        }
-    }
+/// The record under the base key of a response with `Vary`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VariantIndex {
+    /// The header names the response varies on: lowercased, sorted,
+    /// deduplicated.
+    pub names: Vec<String>,
+    /// A random number that is part of every variant key. Deleting the
+    /// index and creating a new one (a new epoch) makes every variant
+    /// stored before unreachable, so an invalidation of the base key
+    /// reaches all variants.
+    pub epoch: u64,
+}
 
-    /// How long a store should keep the set at `now`: until its last
-    /// variant leaves its longest stale window (zero when all have).
-    pub fn storage_ttl(&self, now: SystemTime) -> Duration {
-        self.variants
-            .iter()
-            .map(|e| e.storage_ttl().saturating_sub(e.age(now)))
-            .max()
-            .unwrap_or_default()
-    }
+const KIND_RESPONSE: u8 = 1;
+const KIND_VARIANTS: u8 = 2;
 
-    /// Encodes the set (the format of [`ENTRY_FORMAT_VERSION`]).
+impl CacheRecord {
+    /// Encodes the record (the format of [`ENTRY_FORMAT_VERSION`]).
     pub fn encode(&self) -> Bytes {
-        let hint: usize = self.variants.iter().map(CacheEntry::encoded_len_hint).sum();
+        let hint = match self {
+            Self::Response(entry) => entry.encoded_len_hint(),
+            Self::Variants(index) => 16 + index.names.iter().map(|n| n.len() + 2).sum::<usize>(),
+        };
         let mut out = BytesMut::with_capacity(8 + hint);
         out.put_slice(MAGIC);
         out.put_u8(ENTRY_FORMAT_VERSION);
-        let count = self.variants.len().min(u16::MAX as usize);
-        out.put_u16(count as u16);
-        for entry in self.variants.iter().take(count) {
-            entry.write_to(&mut out);
+        match self {
+            Self::Response(entry) => {
+                out.put_u8(KIND_RESPONSE);
+                entry.write_to(&mut out);
+            }
+            Self::Variants(index) => {
+                out.put_u8(KIND_VARIANTS);
+                index.write_to(&mut out);
+            }
         }
         out.freeze()
     }
@@ -208,10 +231,14 @@ impl EntrySet {
     /// Decodes bytes written by [`encode`](Self::encode). Bodies and header
     /// values share the input buffer (no copy).
     ///
+    /// Decoding checks the format only. The bytes come from a store that
+    /// others may write to: the HTTP layer filters the decoded headers and
+    /// status again before it serves anything.
+    ///
     /// # Errors
     ///
-    /// A [`DecodeError`] for anything that is not a complete, valid set of
-    /// the current version. Callers treat that as a miss.
+    /// A [`DecodeError`] for anything that is not a complete, valid record
+    /// of the current version. Callers treat that as a miss.
     pub fn decode(bytes: Bytes) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         if r.bytes(4)? != MAGIC {
@@ -221,15 +248,45 @@ impl EntrySet {
         if version != ENTRY_FORMAT_VERSION {
             return Err(DecodeError::UnsupportedVersion(version));
         }
-        let count = r.u16()? as usize;
-        let mut variants = Vec::with_capacity(count.min(64));
-        for _ in 0..count {
-            variants.push(CacheEntry::read_from(&mut r)?);
-        }
+        let record = match r.u8()? {
+            KIND_RESPONSE => Self::Response(CacheEntry::read_from(&mut r)?),
+            KIND_VARIANTS => Self::Variants(VariantIndex::read_from(&mut r)?),
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
         if r.remaining() != 0 {
             return Err(DecodeError::TrailingBytes(r.remaining()));
         }
-        Ok(Self { variants })
+        Ok(record)
+    }
+}
+
+/// Most header names a [`VariantIndex`] holds.
+const MAX_VARY_NAMES: usize = 64;
+
+impl VariantIndex {
+    fn write_to(&self, out: &mut BytesMut) {
+        out.put_u64(self.epoch);
+        let count = self.names.len().min(MAX_VARY_NAMES);
+        out.put_u16(count as u16);
+        for name in self.names.iter().take(count) {
+            put_bytes16(out, name.as_bytes());
+        }
+    }
+
+    fn read_from(r: &mut Reader) -> Result<Self, DecodeError> {
+        let epoch = r.u64()?;
+        let count = r.u16()? as usize;
+        if count > MAX_VARY_NAMES {
+            return Err(DecodeError::InvalidHeader);
+        }
+        let mut names = Vec::with_capacity(count);
+        for _ in 0..count {
+            let len = r.u16()? as usize;
+            let name =
+                HeaderName::from_bytes(r.bytes(len)?).map_err(|_| DecodeError::InvalidHeader)?;
+            names.push(name.as_str().to_owned());
+        }
+        Ok(Self { names, epoch })
     }
 }
 
@@ -329,48 +386,59 @@ mod tests {
         }
     }
 
+    fn encode(entry: CacheEntry) -> Bytes {
+        CacheRecord::Response(entry).encode()
+    }
+
     #[test]
     fn round_trips_binary_bodies_and_repeated_headers() {
-        let entry = sample();
-        let mut other = sample();
-        other.vary_key = Bytes::from_static(b"accept-language=fr\n");
-        other.body = Bytes::from_static(b"\xffbonjour");
-        let set = EntrySet {
-            variants: vec![entry.clone(), other],
+        let mut entry = sample();
+        entry.vary_key = Bytes::from_static(b"accept-language=fr\n");
+        entry.body = Bytes::from_static(b"\xffbonjour");
+        let record = CacheRecord::Response(entry);
+        let decoded = CacheRecord::decode(record.encode()).expect("decode");
+        assert_eq!(decoded, record);
+        let CacheRecord::Response(decoded) = decoded else {
+            panic!("a response");
         };
-        let decoded = EntrySet::decode(set.encode()).expect("decode");
-        assert_eq!(decoded, set);
-        let multi: Vec<_> = decoded.variants[0]
-            .headers
-            .get_all("x-multi")
-            .iter()
-            .collect();
+        let multi: Vec<_> = decoded.headers.get_all("x-multi").iter().collect();
         assert_eq!(multi, ["a", "b"]);
+        let index = CacheRecord::Variants(VariantIndex {
+            names: vec!["accept-language".into(), "cookie".into()],
+            epoch: 0xdead_beef,
+        });
+        assert_eq!(CacheRecord::decode(index.encode()).expect("decode"), index);
     }
 
     #[test]
     fn rejects_every_truncation_and_corruption() {
-        let bytes = EntrySet::single(sample()).encode();
+        let bytes = encode(sample());
         for cut in 0..bytes.len() {
             assert!(
-                EntrySet::decode(bytes.slice(..cut)).is_err(),
+                CacheRecord::decode(bytes.slice(..cut)).is_err(),
                 "cut at {cut}"
             );
         }
         let mut extra = BytesMut::from(&bytes[..]);
         extra.put_u8(0);
         assert_eq!(
-            EntrySet::decode(extra.freeze()),
+            CacheRecord::decode(extra.freeze()),
             Err(DecodeError::TrailingBytes(1))
         );
         let mut wrong_version = BytesMut::from(&bytes[..]);
-        wrong_version[4] = 99;
+        wrong_version[4] = 1;
         assert_eq!(
-            EntrySet::decode(wrong_version.freeze()),
-            Err(DecodeError::UnsupportedVersion(99))
+            CacheRecord::decode(wrong_version.freeze()),
+            Err(DecodeError::UnsupportedVersion(1))
+        );
+        let mut wrong_kind = BytesMut::from(&bytes[..]);
+        wrong_kind[5] = 9;
+        assert_eq!(
+            CacheRecord::decode(wrong_kind.freeze()),
+            Err(DecodeError::UnknownKind(9))
         );
         assert_eq!(
-            EntrySet::decode(Bytes::from_static(b"hello world")),
+            CacheRecord::decode(Bytes::from_static(b"hello world")),
             Err(DecodeError::BadMagic)
         );
     }
@@ -381,7 +449,7 @@ mod tests {
         let mut huge = BytesMut::new();
         huge.put_slice(MAGIC);
         huge.put_u8(ENTRY_FORMAT_VERSION);
-        huge.put_u16(1);
+        huge.put_u8(KIND_RESPONSE);
         huge.put_u16(200);
         huge.put_slice(&[0u8; 32]);
         huge.put_u16(0); // etag
@@ -394,9 +462,9 @@ mod tests {
             huge.put_u32(0);
         }
         huge.put_u64(0);
-        assert!(EntrySet::decode(huge.freeze()).is_err());
+        assert!(CacheRecord::decode(huge.freeze()).is_err());
         // Pseudo-random garbage after a valid prefix.
-        let valid = EntrySet::single(sample()).encode();
+        let valid = encode(sample());
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         for round in 0..2000 {
             let mut bytes = BytesMut::from(&valid[..]);
@@ -407,7 +475,7 @@ mod tests {
                 let at = (seed as usize) % bytes.len();
                 bytes[at] = (seed >> 32) as u8;
             }
-            let _ = EntrySet::decode(bytes.freeze());
+            let _ = CacheRecord::decode(bytes.freeze());
         }
     }
 
@@ -418,13 +486,12 @@ mod tests {
         assert!(!e.is_fresh(e.stored_at + Duration::from_secs(60)));
         assert_eq!(e.storage_ttl(), Duration::from_secs(65));
         assert_eq!(e.age(e.stored_at - Duration::from_secs(1)), Duration::ZERO);
-        let set = EntrySet::single(e.clone());
         assert_eq!(
-            set.storage_ttl(e.stored_at + Duration::from_secs(60)),
+            e.storage_ttl_left(e.stored_at + Duration::from_secs(60)),
             Duration::from_secs(5)
         );
         assert_eq!(
-            set.storage_ttl(e.stored_at + Duration::from_secs(99)),
+            e.storage_ttl_left(e.stored_at + Duration::from_secs(99)),
             Duration::ZERO
         );
     }

@@ -1,10 +1,22 @@
+use std::borrow::Cow;
+
 /// Separator between the parts of the default cache key.
 ///
-/// Three pipes, because hosts contain `:` and paths contain `/`.
+/// The parts are escaped (see [`CacheKey::encode`]) so that no part can
+/// contain it: the key of one request can never equal the key of another.
 pub const KEY_SEPARATOR: &str = "|||";
 
+/// The prefix of the variant part of a key (see [`CacheKey::variant`]).
+const VARIANT_PREFIX: &str = "~";
+
 /// The parts of a cache key in the default format
-/// `{method}|||{host}|||{path}|||{query}`.
+/// `{method}|||{host}|||{path}|||{query}`, optionally followed by
+/// `|||~{variant}` for one stored variant of a response with `Vary`.
+///
+/// Method, path and query are stored escaped: `%` as `%25` and `|` as
+/// `%7C`, so that the separator never occurs inside a part and the format
+/// is injective. The host is validated and lowercased by the HTTP layer
+/// before it gets here.
 ///
 /// Backends parse keys with it to implement
 /// [`Backend::clear_path`](crate::Backend::clear_path) and
@@ -13,36 +25,81 @@ pub const KEY_SEPARATOR: &str = "|||";
 /// those two operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheKey<'a> {
-    /// The request method, e.g. `GET`.
+    /// The request method, e.g. `GET` (escaped).
     pub method: &'a str,
-    /// The `Host` header, or `unknown`.
+    /// The normalised host (`host[:port]`, lowercase), empty when the
+    /// request named none.
     pub host: &'a str,
-    /// The request path.
+    /// The request path (escaped).
     pub path: &'a str,
-    /// The raw query string, empty when none.
+    /// The raw query string (escaped), empty when none.
     pub query: &'a str,
+    /// Which stored variant of a response with `Vary` this key holds;
+    /// empty for the base key.
+    pub variant: &'a str,
 }
 
 impl<'a> CacheKey<'a> {
     /// Parses a key in the default format; `None` for any other shape.
     pub fn parse(key: &'a str) -> Option<Self> {
-        let mut parts = key.splitn(4, KEY_SEPARATOR);
+        let mut parts = key.split(KEY_SEPARATOR);
         let method = parts.next()?;
         let host = parts.next()?;
         let path = parts.next()?;
         let query = parts.next()?;
+        let variant = match parts.next() {
+            None => "",
+            Some(v) => v.strip_prefix(VARIANT_PREFIX)?,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
         Some(Self {
             method,
             host,
             path,
             query,
+            variant,
         })
     }
 
-    /// Whether this key belongs to `path`: the exact path, and with
-    /// `include_params` false only the entry without a query string.
+    /// The key of a request: each part escaped, joined by
+    /// [`KEY_SEPARATOR`]. `host` must already be normalised.
+    pub fn encode(method: &str, host: &str, path: &str, query: &str) -> String {
+        let (method, path, query) = (escape(method), escape(path), escape(query));
+        let mut key = String::with_capacity(
+            method.len() + host.len() + path.len() + query.len() + 3 * KEY_SEPARATOR.len(),
+        );
+        for (i, part) in [&*method, host, &*path, &*query].into_iter().enumerate() {
+            if i > 0 {
+                key.push_str(KEY_SEPARATOR);
+            }
+            key.push_str(part);
+        }
+        key
+    }
+
+    /// The key of one variant of the response stored under `base`.
+    /// `variant` must not contain the separator (the HTTP layer uses hex).
+    pub fn variant_key(base: &str, variant: &str) -> String {
+        let mut key = String::with_capacity(base.len() + 4 + variant.len());
+        key.push_str(base);
+        key.push_str(KEY_SEPARATOR);
+        key.push_str(VARIANT_PREFIX);
+        key.push_str(variant);
+        key
+    }
+
+    /// The request path, unescaped.
+    pub fn decoded_path(&self) -> Cow<'a, str> {
+        unescape(self.path)
+    }
+
+    /// Whether this key belongs to `path` (as the request sent it,
+    /// unescaped): the exact path, and with `include_params` false only the
+    /// entry without a query string.
     pub fn is_for_path(&self, path: &str, include_params: bool) -> bool {
-        self.path == path && (include_params || self.query.is_empty())
+        self.path == escape(path) && (include_params || self.query.is_empty())
     }
 }
 
@@ -53,8 +110,37 @@ impl std::fmt::Display for CacheKey<'_> {
             f,
             "{}{s}{}{s}{}{s}{}",
             self.method, self.host, self.path, self.query
-        )
+        )?;
+        if !self.variant.is_empty() {
+            write!(f, "{s}{VARIANT_PREFIX}{}", self.variant)?;
+        }
+        Ok(())
     }
+}
+
+/// `%` → `%25`, `|` → `%7C`; borrowed when there is nothing to escape
+/// (the common case).
+fn escape(part: &str) -> Cow<'_, str> {
+    if !part.contains(['%', '|']) {
+        return Cow::Borrowed(part);
+    }
+    let mut out = String::with_capacity(part.len() + 8);
+    for c in part.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '|' => out.push_str("%7C"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The inverse of [`escape`].
+fn unescape(part: &str) -> Cow<'_, str> {
+    if !part.contains('%') {
+        return Cow::Borrowed(part);
+    }
+    Cow::Owned(part.replace("%7C", "|").replace("%25", "%"))
 }
 
 /// Matches a request path against a glob pattern: `*` matches any run of
@@ -162,6 +248,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn encoding_is_injective() {
+        // `|` in a part can never shift the boundaries between parts.
+        let a = CacheKey::encode("GET", "h", "/a|||b", "");
+        let b = CacheKey::encode("GET", "h", "/a", "b");
+        assert_ne!(a, b);
+        assert_ne!(
+            CacheKey::encode("GET", "h", "/a%7Cb", ""),
+            CacheKey::encode("GET", "h", "/a|b", "")
+        );
+        let k = CacheKey::encode("GET", "h", "/a|b%", "q=|");
+        let parsed = CacheKey::parse(&k).expect("parse");
+        assert_eq!(parsed.decoded_path(), "/a|b%");
+        assert!(parsed.is_for_path("/a|b%", true));
+        assert!(!parsed.is_for_path("/a|b%", false));
+        let v = CacheKey::variant_key(&k, "00ff");
+        let parsed = CacheKey::parse(&v).expect("variant parses");
+        assert_eq!(parsed.variant, "00ff");
+        assert_eq!(parsed.to_string(), v);
+        assert!(CacheKey::parse(&format!("{v}|||x")).is_none());
+    }
+
+    #[test]
     fn parses_default_keys() {
         let k = CacheKey::parse("GET|||example.com:8080|||/users/1|||a=1&b=2").expect("parse");
         assert_eq!(k.method, "GET");
@@ -170,9 +278,8 @@ mod tests {
         assert_eq!(k.query, "a=1&b=2");
         assert_eq!(k.to_string(), "GET|||example.com:8080|||/users/1|||a=1&b=2");
         assert!(CacheKey::parse("session:abc").is_none());
-        // A query containing the separator stays in the query part.
-        let k = CacheKey::parse("GET|||h|||/p|||x=|||").expect("parse");
-        assert_eq!(k.query, "x=|||");
+        // Five parts need the variant marker.
+        assert!(CacheKey::parse("GET|||h|||/p|||x=|||").is_none());
     }
 
     #[test]

@@ -28,5 +28,5 @@ mod entry;
 mod key;
 
 pub use backend::{Backend, BackendError, Capabilities, StoredValue};
-pub use entry::{CacheEntry, DecodeError, ENTRY_FORMAT_VERSION, EntrySet};
+pub use entry::{CacheEntry, CacheRecord, DecodeError, ENTRY_FORMAT_VERSION, VariantIndex};
 pub use key::{CacheKey, KEY_SEPARATOR, path_matches_glob};

@@ -109,7 +109,7 @@
 //! A stored entry keeps the status, the end-to-end headers (never
 //! `Set-Cookie`, never hop-by-hop headers), the exact body bytes, the ETag,
 //! when it was stored and its freshness and stale lifetimes, in a
-//! versioned binary format ([`EntrySet`]). An entry that does not decode is
+//! versioned binary format ([`CacheRecord`]). An entry that does not decode is
 //! a miss, is deleted and is counted — never a panic or a 500.
 //!
 //! Not stored: responses whose status is not in
@@ -182,10 +182,10 @@ pub mod monitoring;
 mod proxy;
 
 pub use app_cache::CacheManager;
-pub use axum_cachex_core::{CacheEntry, CacheKey, DecodeError, EntrySet};
+pub use axum_cachex_core::{CacheEntry, CacheKey, CacheRecord, DecodeError, VariantIndex};
 pub use cache::{
-    CacheBackend, CacheLayer, CacheLayerBuilder, ConfigError, DefaultKeyBuilder, KeyBuilder, Stale,
-    StatsSnapshot,
+    CacheBackend, CacheLayer, CacheLayerBuilder, ConfigError, CredentialNames, Credentialed,
+    DefaultKeyBuilder, Freshness, KeyBuilder, Stale, StatsSnapshot, UserPartition,
 };
 pub use clock::{Clock, ManualClock};
 pub use manager_stats::{ManagerStats, manager_stats};

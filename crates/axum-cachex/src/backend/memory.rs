@@ -332,7 +332,7 @@ impl Backend for MemoryBackend {
 
     async fn clear_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
         Ok(self.remove_where(|k| {
-            CacheKey::parse(k).is_some_and(|k| path_matches_glob(pattern, k.path))
+            CacheKey::parse(k).is_some_and(|k| path_matches_glob(pattern, &k.decoded_path()))
         }))
     }
 

@@ -4,7 +4,7 @@
 use std::time::SystemTime;
 
 use http::{
-    HeaderMap, HeaderValue,
+    HeaderMap, HeaderValue, StatusCode,
     header::{IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED},
 };
 
@@ -32,11 +32,21 @@ impl Conditions {
         }
     }
 
-    /// Whether a response with this ETag and these headers is "not
-    /// modified" for the request. `If-None-Match`, when present, decides
-    /// alone (RFC 9110 §13.2.2); otherwise `If-Modified-Since` is compared
-    /// with the response's `Last-Modified`.
-    pub(crate) fn not_modified(&self, etag: &HeaderValue, response_headers: &HeaderMap) -> bool {
+    /// Whether a response with this status, ETag and headers is "not
+    /// modified" for the request. Only a 2xx response can be (RFC 9110
+    /// §13.2.1: preconditions are evaluated when the response would be
+    /// 2xx). `If-None-Match`, when present, decides alone (§13.2.2);
+    /// otherwise `If-Modified-Since` is compared with the response's
+    /// `Last-Modified`.
+    pub(crate) fn not_modified(
+        &self,
+        status: StatusCode,
+        etag: &HeaderValue,
+        response_headers: &HeaderMap,
+    ) -> bool {
+        if !status.is_success() {
+            return false;
+        }
         if !self.if_none_match.is_empty() {
             return if_none_match_matches(&self.if_none_match, etag);
         }
@@ -71,21 +81,28 @@ mod tests {
             "if-modified-since",
             "Wed, 21 Oct 2015 07:28:00 GMT",
         )]));
-        assert!(later.not_modified(&etag, &res));
+        assert!(later.not_modified(StatusCode::OK, &etag, &res));
         let earlier = Conditions::from_request(&headers(&[(
             "if-modified-since",
             "Tue, 20 Oct 2015 07:28:00 GMT",
         )]));
-        assert!(!earlier.not_modified(&etag, &res));
+        assert!(!earlier.not_modified(StatusCode::OK, &etag, &res));
         // If-None-Match wins over If-Modified-Since.
         let both = Conditions::from_request(&headers(&[
             ("if-none-match", "\"other\""),
             ("if-modified-since", "Wed, 21 Oct 2015 07:28:00 GMT"),
         ]));
-        assert!(!both.not_modified(&etag, &res));
+        assert!(!both.not_modified(StatusCode::OK, &etag, &res));
         let bad = Conditions::from_request(&headers(&[("if-modified-since", "yesterday")]));
-        assert!(!bad.not_modified(&etag, &res));
+        assert!(!bad.not_modified(StatusCode::OK, &etag, &res));
         // No Last-Modified: never "not modified" by date.
-        assert!(!later.not_modified(&etag, &HeaderMap::new()));
+        assert!(!later.not_modified(StatusCode::OK, &etag, &HeaderMap::new()));
+        // Only a 2xx answer can become a 304.
+        let star = Conditions::from_request(&headers(&[("if-none-match", "*")]));
+        assert!(star.not_modified(StatusCode::OK, &etag, &res));
+        for status in [StatusCode::MOVED_PERMANENTLY, StatusCode::NOT_FOUND] {
+            assert!(!star.not_modified(status, &etag, &res));
+            assert!(!later.not_modified(status, &etag, &res));
+        }
     }
 }

@@ -3,10 +3,11 @@
 use std::{collections::HashSet, fmt, sync::Arc, time::Duration};
 
 use axum_cachex_core::Backend;
-use http::{HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode, request::Parts};
 
 use super::{
     KeyBuilder,
+    credentials::CredentialNames,
     key::DefaultKeyBuilder,
     layer::{BackendSource, CacheLayer},
 };
@@ -68,6 +69,11 @@ pub enum ConfigError {
     /// A zero body limit.
     #[error("`max_body_size` must be greater than zero")]
     ZeroBodyLimit,
+    /// A status that a cache can never store and replay.
+    #[error(
+        "status {0} cannot be cached: 1xx, 206 Partial Content and 304 Not Modified are never stored; remove it from `cacheable_statuses`"
+    )]
+    UncacheableStatus(u16),
 }
 
 /// Default largest body the layer buffers and stores: 1 MiB.
@@ -111,6 +117,51 @@ pub struct CacheLayerBuilder {
     pub(crate) max_refreshes: usize,
     pub(crate) clock: Clock,
     pub(crate) name: Option<String>,
+    pub(crate) freshness: Freshness,
+    pub(crate) credentials: CredentialNames,
+    pub(crate) per_user: Option<Arc<dyn UserPartition>>,
+}
+
+/// Where the freshness of a stored response comes from; see
+/// [`CacheLayerBuilder::freshness`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Freshness {
+    /// The layer's configuration decides: a response is fresh for the
+    /// layer's [`ttl`](CacheLayerBuilder::ttl), shortened (never lengthened)
+    /// by the handler's own `s-maxage`, `max-age` or `Expires`. The default.
+    #[default]
+    Layer,
+    /// The handler's response decides, as RFC 9111 §4.2 does for a shared
+    /// cache: `s-maxage`, else `max-age`, else `Expires` − `Date`; what may
+    /// be stored follows RFC 9111 §3; stale windows come from the
+    /// response's `stale-while-revalidate` / `stale-if-error`. The layer's
+    /// configured directives are the defaults for responses that carry
+    /// none (its ttl, its stale window, its `Cache-Control`). Responses
+    /// with neither get the heuristic freshness of RFC 9111 §4.2.2 (10 % of
+    /// the time since `Last-Modified`, at most a day) when their status is
+    /// heuristically cacheable. This is how a caching proxy behaves.
+    FromResponse,
+}
+
+/// The user a request is for, when a `private` route is cached per user;
+/// see [`CacheLayerBuilder::private_per_user`]. Implemented for every
+/// `Fn(&Parts) -> Option<String> + Send + Sync`.
+pub trait UserPartition: Send + Sync + 'static {
+    /// The verified identity of the request's user, or `None` to not cache
+    /// this request at all. It must come from something the client cannot
+    /// forge (a session checked by a middleware that ran before, a verified
+    /// token), never from a plain request header.
+    fn user(&self, parts: &Parts) -> Option<String>;
+}
+
+impl<F> UserPartition for F
+where
+    F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+{
+    fn user(&self, parts: &Parts) -> Option<String> {
+        self(parts)
+    }
 }
 
 impl fmt::Debug for CacheLayerBuilder {
@@ -150,6 +201,9 @@ impl Default for CacheLayerBuilder {
             max_refreshes: DEFAULT_MAX_REFRESHES,
             clock: Clock::system(),
             name: None,
+            freshness: Freshness::Layer,
+            credentials: CredentialNames::default(),
+            per_user: None,
         }
     }
 }
@@ -208,16 +262,81 @@ impl CacheLayerBuilder {
     }
 
     /// `public`: shared caches may store the response, even for requests
-    /// with `Authorization`, which this layer then caches too (RFC 9111
-    /// §3.5).
+    /// with credentials. This is the only option that makes the layer
+    /// store and share responses to requests with `Authorization`, a
+    /// session token or another [credential](Self::credential_header): set
+    /// it only on routes whose response is the same for every user.
+    ///
+    /// RFC 9111 §3.5 also lets `s-maxage` and `must-revalidate` allow
+    /// sharing authorized responses. The layer does not follow that: these
+    /// two say how long and how strictly to cache, and are often set
+    /// without a thought for who may see the response. Sharing something
+    /// made for one user is the one mistake a shared cache must not make,
+    /// so it takes the explicit `public`.
     pub fn public(mut self) -> Self {
         self.public = true;
         self
     }
 
-    /// `private`: only the client's own cache may store the response.
+    /// `private`: only the client's own cache may store the response. The
+    /// layer never stores it in its (shared) backend; ETags and 304s still
+    /// work. To cache per user on the server, see
+    /// [`private_per_user`](Self::private_per_user).
     pub fn private(mut self) -> Self {
         self.private = true;
+        self
+    }
+
+    /// `private`, and cached on the server once per user: `user` names the
+    /// verified user of a request, and each user's responses are stored
+    /// under a key of their own. Requests for which `user` returns `None`
+    /// are not cached. Credentials do not bypass such a route (they are
+    /// what tells the users apart); responses that set cookies or tokens
+    /// are still never stored.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum_cachex::CacheLayer;
+    ///
+    /// #[derive(Clone)]
+    /// struct UserId(String); // inserted by your authentication middleware
+    ///
+    /// let layer = CacheLayer::builder()
+    ///     .ttl(Duration::from_secs(30))
+    ///     .private_per_user(|parts: &http::request::Parts| {
+    ///         parts.extensions.get::<UserId>().map(|u| u.0.clone())
+    ///     })
+    ///     .build()
+    ///     .expect("valid configuration");
+    /// # let _ = layer;
+    /// ```
+    pub fn private_per_user(mut self, user: impl UserPartition) -> Self {
+        self.private = true;
+        self.per_user = Some(Arc::new(user));
+        self
+    }
+
+    /// Also treats requests with this header as carrying credentials:
+    /// they bypass the cache (see [`public`](Self::public)), and responses
+    /// carrying it are never stored. `Authorization` and the session
+    /// layer's header are always included.
+    pub fn credential_header(mut self, name: HeaderName) -> Self {
+        self.credentials.headers.push(name);
+        self
+    }
+
+    /// Also treats requests with this cookie as carrying credentials. The
+    /// session layer's cookie is always included.
+    pub fn credential_cookie(mut self, name: impl Into<String>) -> Self {
+        self.credentials.cookies.push(name.into());
+        self
+    }
+
+    /// Where the freshness of stored responses comes from: the layer's
+    /// configuration (the default) or the handler's response headers, as a
+    /// caching proxy does. See [`Freshness`].
+    pub fn freshness(mut self, freshness: Freshness) -> Self {
+        self.freshness = freshness;
         self
     }
 
@@ -252,7 +371,8 @@ impl CacheLayerBuilder {
         self
     }
 
-    /// Replaces the default `{method}|||{host}|||{path}|||{query}` key.
+    /// Replaces the default key (method, host, path and query; see
+    /// [`DefaultKeyBuilder`](crate::DefaultKeyBuilder)).
     pub fn key_builder(mut self, key_builder: impl KeyBuilder) -> Self {
         self.key_builder = Arc::new(key_builder);
         self
@@ -271,9 +391,10 @@ impl CacheLayerBuilder {
         self
     }
 
-    /// Statuses whose responses are stored. Default:
-    /// [`default_cacheable_statuses`] (200, 203, 204, 300, 301, 308). Add
-    /// 404 or 410 here to cache "not found".
+    /// Statuses whose responses are stored; replaces the default set
+    /// [`default_cacheable_statuses`] (200, 203, 204, 300, 301, 308). To
+    /// cache "not found" too, pass the defaults plus 404. 1xx, 206 and 304
+    /// are refused by [`build`](Self::build).
     pub fn cacheable_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.cacheable_statuses = statuses.into_iter().collect();
         self
@@ -390,6 +511,21 @@ impl CacheLayerBuilder {
         }
         if self.no_cache && self.stale.is_some() {
             return Err(ConfigError::Contradiction("no_cache", "stale_ttl"));
+        }
+        if self.stale.is_some() {
+            if self.must_revalidate {
+                return Err(ConfigError::Contradiction("must_revalidate", "stale_ttl"));
+            }
+            if self.proxy_revalidate {
+                return Err(ConfigError::Contradiction("proxy_revalidate", "stale_ttl"));
+            }
+        }
+        if let Some(status) = self
+            .cacheable_statuses
+            .iter()
+            .find(|s| s.is_informational() || matches!(s.as_u16(), 206 | 304))
+        {
+            return Err(ConfigError::UncacheableStatus(status.as_u16()));
         }
         if self.private && self.s_maxage.is_some() {
             return Err(ConfigError::Contradiction("private", "s_maxage"));
@@ -513,11 +649,14 @@ mod tests {
             cc(b()
                 .public()
                 .ttl(secs(60))
-                .must_revalidate()
                 .stale_ttl(secs(30))
                 .stale(Stale::Revalidate)
                 .immutable()),
-            "public, max-age=60, must-revalidate, stale-while-revalidate=30, immutable"
+            "public, max-age=60, stale-while-revalidate=30, immutable"
+        );
+        assert_eq!(
+            cc(b().public().ttl(secs(60)).must_revalidate()),
+            "public, max-age=60, must-revalidate"
         );
         assert_eq!(cc(b().no_cache()), "no-cache");
         assert_eq!(
@@ -592,6 +731,29 @@ mod tests {
             ConfigError::NoCacheableStatus
         );
         assert_eq!(err(b().max_body_size(0)), ConfigError::ZeroBodyLimit);
+        assert_eq!(
+            err(b()
+                .ttl(secs(5))
+                .must_revalidate()
+                .stale_ttl(secs(5))
+                .stale(Stale::Error)),
+            ConfigError::Contradiction("must_revalidate", "stale_ttl")
+        );
+        assert_eq!(
+            err(b()
+                .ttl(secs(5))
+                .proxy_revalidate()
+                .stale_ttl(secs(5))
+                .stale(Stale::Revalidate)),
+            ConfigError::Contradiction("proxy_revalidate", "stale_ttl")
+        );
+        for code in [100u16, 206, 304] {
+            let status = StatusCode::from_u16(code).expect("status");
+            assert_eq!(
+                err(b().cacheable_statuses([StatusCode::OK, status])),
+                ConfigError::UncacheableStatus(code)
+            );
+        }
         // Messages say what to change.
         assert!(
             ConfigError::StaleWithoutTtl

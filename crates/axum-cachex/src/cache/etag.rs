@@ -24,6 +24,15 @@ pub(crate) fn weak_etag(body: &[u8]) -> HeaderValue {
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("W/\"0\""))
 }
 
+/// The ETag to send for a body: the handler's own when it is a valid
+/// entity tag, else a weak one derived from the body.
+pub(crate) fn etag_for(handler_etag: Option<&HeaderValue>, body: &[u8]) -> HeaderValue {
+    match handler_etag {
+        Some(tag) if opaque(tag.as_bytes()).is_some() => tag.clone(),
+        _ => weak_etag(body),
+    }
+}
+
 /// The opaque part of an entity tag (quotes included, `W/` dropped): what
 /// weak comparison compares. `None` when `tag` is not a valid entity tag.
 fn opaque(tag: &[u8]) -> Option<&[u8]> {

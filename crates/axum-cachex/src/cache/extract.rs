@@ -8,8 +8,8 @@ use http::{Request, request::Parts};
 
 use super::{
     KeyBuilder,
-    key::DefaultKeyBuilder,
-    layer::{Shared, key_for_request},
+    key::{DefaultKeyBuilder, key_for_request},
+    layer::Shared,
 };
 use crate::BackendProxy;
 
@@ -17,14 +17,15 @@ use crate::BackendProxy;
 #[derive(Clone)]
 pub(crate) struct CacheHandle {
     backend: Arc<dyn Backend>,
-    key_builder: Arc<dyn KeyBuilder>,
+    /// The layer's configuration; `None` outside a layer.
+    shared: Option<Arc<Shared>>,
 }
 
 impl CacheHandle {
-    pub(crate) fn new(shared: &Shared, backend: &Arc<dyn Backend>) -> Self {
+    pub(crate) fn new(shared: &Arc<Shared>, backend: &Arc<dyn Backend>) -> Self {
         Self {
             backend: Arc::clone(backend),
-            key_builder: Arc::clone(&shared.key_builder),
+            shared: Some(Arc::clone(shared)),
         }
     }
 }
@@ -68,9 +69,19 @@ impl CacheBackend {
         Arc::clone(&self.handle.backend)
     }
 
-    /// The cache key of `request` under the layer's key builder.
+    /// The cache key of `request` under the layer's key builder (`HEAD`
+    /// maps to the `GET` entry).
     pub fn cache_key<B>(&self, request: &Request<B>) -> String {
-        key_for_request(self.handle.key_builder.as_ref(), request)
+        self.handle
+            .shared
+            .as_ref()
+            .and_then(|shared| key_for_request(shared, request))
+            .unwrap_or_else(|| {
+                let (mut parts, ()) = Request::new(()).into_parts();
+                parts.uri = request.uri().clone();
+                parts.headers = request.headers().clone();
+                DefaultKeyBuilder.build_key(&parts)
+            })
     }
 
     /// Deletes the entry the layer would serve for `request` (build one with
@@ -102,7 +113,7 @@ impl<S: Send + Sync> FromRequestParts<S> for CacheBackend {
             .cloned()
             .unwrap_or_else(|| CacheHandle {
                 backend: BackendProxy::global().backend(),
-                key_builder: Arc::new(DefaultKeyBuilder),
+                shared: None,
             });
         Ok(Self { handle })
     }

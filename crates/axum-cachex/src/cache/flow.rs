@@ -1,49 +1,91 @@
-//! The request flow of the cache layer (SPEC S1.3, S1.9, S1.10).
+//! The request flow of the cache layer: what happens to one request.
 //!
 //! ```text
-//! request ─┬─ not GET/HEAD ──────────────► handler (unsafe + 2xx/3xx: delete entry) ─► bypass
-//!          ├─ no_store route ────────────► handler, Cache-Control: no-store ─────────► bypass
-//!          ├─ Authorization, not public ─► handler, ETag/304, nothing stored ────────► bypass
-//!          └─ lookup key ─┬─ fresh ───────────── If-None-Match? 304 : 200 from store ─► hit
-//!                         ├─ stale, in SWR window ─ serve stale, one background refresh ► hit
-//!                         └─ miss / too stale ─ coalesce ─┬─ waiter: leader's response ► collapsed
-//!                                                         └─ leader: handler ─┬─ 5xx/error in SIE window ─► stale entry
-//!                                                                             └─ store if cacheable, ETag, 304? ► miss
+//! request ─ plan ─┬─ not GET/HEAD ─► handler ─► success: delete the URI's entries ─► fwd=method
+//!                 ├─ no_store route ─► handler, Cache-Control: no-store ──────────► bypass
+//!                 ├─ uncached (credentials, invalid Host, no ttl, private) ─► handler, ETag/304 ─► bypass/miss
+//!                 └─ cached ─ lookup ─┬─ fresh ─────────────────────────► hit (200 or 304)
+//!                                     ├─ stale, stale-while-revalidate ──► hit + one background refresh
+//!                                     └─ miss / stale ─ coalesce ─┬─ waiter: the leader's entry ─► collapsed
+//!                                                                 └─ leader: handler (conditional when
+//!                                                                    revalidating) ─┬─ 304: freshen, serve stored
+//!                                                                                   ├─ 5xx/error in stale-if-error: stale
+//!                                                                                   └─ admit ─ store (buffered, or teed
+//!                                                                                      while it streams) ─► miss
 //! ```
+//!
+//! HEAD is answered from GET's entry, and on a miss forwarded as GET so
+//! that it gets the ETag a GET would and its response can be stored.
+//! Every request ends in [`Flow::record`], which writes `Cache-Status`,
+//! the counters and the tracing span from one [`CacheStatus`] value.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{marker::PhantomData, sync::Arc, time::SystemTime};
 
 use axum::body::Body;
-use axum_cachex_core::{Backend, BackendError, CacheEntry, EntrySet};
+use axum_cachex_core::{Backend, CacheEntry};
 use bytes::Bytes;
 use http::{
-    HeaderMap, HeaderValue, Method, Request, Response,
-    header::{AUTHORIZATION, CACHE_CONTROL, ETAG, SET_COOKIE, VARY},
+    HeaderMap, HeaderValue, Method, Request, Response, StatusCode,
+    header::{
+        CACHE_CONTROL, CONTENT_LENGTH, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
+        IF_UNMODIFIED_SINCE, RANGE,
+    },
     request::Parts,
+    response::Parts as ResParts,
 };
 use http_body::Body as HttpBody;
 use tower_service::Service;
 
 use super::{
-    body::{Collected, PassReason, collect_limited},
+    admit::{self, Admission, Policy},
+    body::{self, Collected, Kept, PassReason},
     coalesce::{self, Flight, Leader},
     conditional::Conditions,
-    directives::handler_forbids_storing,
-    etag::weak_etag,
+    credentials::CredentialNames,
+    decide::{self, Use},
+    etag::etag_for,
     extract::CacheHandle,
-    layer::{Shared, key_for_parts},
-    lock::{self, LockOutcome},
+    invalidate,
+    layer::Shared,
+    lock::{self, HeldLock, LockOutcome},
+    plan::{self, Plan},
     response,
     stats::bump,
     status::CacheStatus,
+    store::{self, Found, Slot},
     vary,
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// One request's view of the layer.
+pub(crate) struct Flow<S, ReqBody> {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) backend: Arc<dyn Backend>,
+    inner: S,
+    /// The client asked with HEAD (forwarded as GET, answered bodiless).
+    head: bool,
+    cond: Conditions,
+    _request: PhantomData<fn(ReqBody)>,
+}
+
+/// What the handler's response will be stored as, once its body is read.
+struct Pending {
+    slot: Slot,
+    policy: Policy,
+    /// The client's request headers, which select the variant.
+    selecting: HeaderMap,
+    /// False when the backend just failed or the request said `no-store`:
+    /// waiters still get the entry.
+    write: bool,
+    leader: Option<Leader>,
+    lock: Option<HeldLock>,
+}
+
+/// Entry point: one request through the layer.
 pub(crate) async fn serve<S, ReqBody, ResBody>(
     shared: Arc<Shared>,
-    mut inner: S,
+    inner: S,
     req: Request<ReqBody>,
 ) -> Result<Response<Body>, S::Error>
 where
@@ -55,454 +97,731 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let (mut parts, body) = req.into_parts();
+    shared.name_route(&parts);
     let backend = shared.backend.resolve();
-    if shared.route.get().is_none() {
-        if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
-            let _ = shared.route.set(matched.as_str().to_owned());
-        }
-    }
-
-    if parts.method != Method::GET && parts.method != Method::HEAD {
-        return pass_unsafe(&shared, inner, backend, parts, body).await;
-    }
-    if shared.no_store {
-        bump(&shared.stats.bypass_no_store);
-        insert_handle(&shared, &backend, &mut parts);
-        let mut res = map_body(call(&mut inner, Request::from_parts(parts, body)).await?);
-        res.headers_mut()
-            .insert(CACHE_CONTROL, shared.cache_control.clone());
-        response::set_status(&mut res, CacheStatus::bypass("no-store"));
-        return Ok(res);
-    }
+    parts.extensions.insert(CacheHandle::new(&shared, &backend));
     let head = parts.method == Method::HEAD;
-    let cond = Conditions::from_request(&parts.headers);
-    if parts.headers.contains_key(AUTHORIZATION) && !shared.shares_authorized {
-        // RFC 9111 §3.5: a shared cache must not reuse a response to an
-        // authenticated request unless the response says it may.
-        bump(&shared.stats.bypass_authorization);
-        insert_handle(&shared, &backend, &mut parts);
-        let res = call(&mut inner, Request::from_parts(parts, body)).await?;
-        let answer = finish(&shared, res, &cond, head, None).await;
-        return Ok(answer.into_response(CacheStatus::bypass("authorization")));
+    if head && !shared.no_store {
+        parts.method = Method::GET;
     }
-    if !shared.stores() {
-        // no_cache, or no ttl: the handler runs every time; ETag and 304.
-        bump(&shared.stats.misses);
-        insert_handle(&shared, &backend, &mut parts);
-        let res = call(&mut inner, Request::from_parts(parts, body)).await?;
-        let answer = finish(&shared, res, &cond, head, None).await;
-        let status = if shared.no_cache {
-            CacheStatus::forward("miss").with_detail("no-cache")
-        } else {
-            CacheStatus::forward("miss")
-        };
-        return Ok(answer.into_response(status));
-    }
-
-    let key = key_for_parts(shared.key_builder.as_ref(), &mut parts);
-    let lookup = lookup(&shared, &backend, &key).await;
-    let now = shared.clock.now();
-    let backend_up = !matches!(lookup, Lookup::Failed);
-    let mut previous = match lookup {
-        Lookup::Found(set) => Some(set),
-        Lookup::Missing | Lookup::Failed => None,
+    let mut flow = Flow {
+        cond: Conditions::from_request(&parts.headers),
+        shared,
+        backend,
+        inner,
+        head,
+        _request: PhantomData,
     };
-    let selected = previous
-        .as_ref()
-        .and_then(|set| vary::select_index(set, &parts.headers));
-    let fwd = if selected.is_some() { "stale" } else { "miss" };
-    let mut stale = None;
-    if let (Some(set), Some(index)) = (previous.as_mut(), selected) {
-        let entry = &set.variants[index];
-        let age = entry.age(now);
-        if age < entry.fresh_for {
-            bump(&shared.stats.hits);
-            // The hot path: the set is not needed any more, so the entry is
-            // moved out rather than cloned.
-            let entry = set.variants.swap_remove(index);
-            let status = CacheStatus::hit(response::ttl_left(&entry, now));
-            return Ok(answer_from_entry(&shared, entry, &cond, head, now, status));
+    let (res, status) = match plan::plan(&flow.shared, &parts) {
+        Plan::Unsafe => flow.unsafe_method(parts, body).await?,
+        Plan::NoStore => flow.no_store(parts, body).await?,
+        Plan::Uncached(status) => flow.uncached(parts, body, status).await?,
+        Plan::Cached {
+            key,
+            may_store,
+            only_if_cached,
+        } => {
+            flow.cached(parts, body, key, may_store, only_if_cached)
+                .await?
         }
-        if age < entry.fresh_for + entry.stale_while_revalidate {
-            bump(&shared.stats.hits);
-            bump(&shared.stats.stale_served);
-            let entry = entry.clone();
-            let request = clone_request::<ReqBody>(&parts);
-            spawn_refresh(&shared, &backend, inner, key, previous, request);
-            let status = CacheStatus {
-                detail: Some("stale-while-revalidate"),
-                ..CacheStatus::hit(response::ttl_left(&entry, now))
-            };
-            return Ok(answer_from_entry(&shared, entry, &cond, head, now, status));
+    };
+    Ok(flow.record(res, status))
+}
+
+impl<S, ReqBody, ResBody> Flow<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Default + Send + 'static,
+    ResBody: HttpBody<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    async fn call(&mut self, req: Request<ReqBody>) -> Result<Response<ResBody>, S::Error> {
+        std::future::poll_fn(|cx| self.inner.poll_ready(cx)).await?;
+        self.inner.call(req).await
+    }
+
+    /// Not GET or HEAD: the handler runs; a success deletes what is stored
+    /// for the request's URI and for same-origin `Location` and
+    /// `Content-Location` (RFC 9111 §4.4).
+    async fn unsafe_method(
+        &mut self,
+        parts: Parts,
+        body: ReqBody,
+    ) -> Result<(Response<Body>, CacheStatus), S::Error> {
+        let request = invalidate::RequestTarget::of(&parts);
+        let res = self.call(Request::from_parts(parts, body)).await?;
+        let status = res.status();
+        let invalidates = !Method::is_safe(&request.method)
+            && (status.is_success() || status.is_redirection())
+            && self.shared.stores();
+        if invalidates {
+            for key in invalidate::keys(&self.shared, &request, res.headers()) {
+                store::delete(&self.shared, &self.backend, &key).await;
+            }
         }
-        if age < entry.fresh_for + entry.stale_if_error {
-            stale = Some(entry.clone());
+        Ok((res.map(Body::new), CacheStatus::forward("method")))
+    }
+
+    /// A `no_store` route: the handler's response with the layer's
+    /// `Cache-Control: no-store`, streamed.
+    async fn no_store(
+        &mut self,
+        parts: Parts,
+        body: ReqBody,
+    ) -> Result<(Response<Body>, CacheStatus), S::Error> {
+        let mut res = self
+            .call(Request::from_parts(parts, body))
+            .await?
+            .map(Body::new);
+        res.headers_mut()
+            .insert(CACHE_CONTROL, self.shared.cache_control.clone());
+        Ok((res, CacheStatus::bypass("no-store")))
+    }
+
+    /// Runs the handler without the store: ETag, `Cache-Control` and 304
+    /// for what the handler did not make uncacheable, streamed when its
+    /// length is unknown.
+    async fn uncached(
+        &mut self,
+        parts: Parts,
+        body: ReqBody,
+        status: CacheStatus,
+    ) -> Result<(Response<Body>, CacheStatus), S::Error> {
+        let res = self.call(Request::from_parts(parts, body)).await?;
+        let (mut res_parts, res_body) = res.into_parts();
+        self.learn_credentials(&res_parts);
+        let refused = admit::refusal(
+            &self.shared,
+            res_parts.status,
+            &res_parts.headers,
+            &super::directives::Directives::from_headers(&res_parts.headers),
+        );
+        if let Some(reason) = refused {
+            let res = self.bodiless_if_head(Response::from_parts(res_parts, Body::new(res_body)));
+            return Ok((res, status.with_detail_if_none(reason)));
+        }
+        if !res_parts.headers.contains_key(CACHE_CONTROL) {
+            res_parts
+                .headers
+                .insert(CACHE_CONTROL, self.shared.cache_control.clone());
+        }
+        let buffer = self.head
+            || body::exact_len(&res_body).is_some_and(|n| n <= self.shared.max_body_size as u64);
+        if !buffer {
+            return Ok((Response::from_parts(res_parts, Body::new(res_body)), status));
+        }
+        match body::collect_limited(res_body, self.shared.max_body_size).await {
+            Collected::Complete(bytes) => Ok((self.answer_bytes(res_parts, bytes), status)),
+            Collected::PassThrough(body, reason) => {
+                let res = self.bodiless_if_head(Response::from_parts(res_parts, body));
+                Ok((res, status.with_detail_if_none(pass_detail(reason))))
+            }
         }
     }
-    bump(&shared.stats.misses);
 
-    // HEAD neither leads nor waits: its handler run produces no body to
-    // share, and the GET requests must not wait on it.
-    let leader = if shared.coalesce && !head {
-        let flight_key = vary::flight_key(&key, previous.as_ref(), &parts.headers);
-        match shared.inflight.join(&flight_key) {
-            Flight::Leader(leader) => Some(leader),
-            Flight::Waiter(slot) => {
-                bump(&shared.stats.coalesced_waits);
-                match coalesce::wait(slot, shared.coalesce_timeout).await {
-                    // A leader with other `Vary` values produced another
+    /// The cacheable path: look up, decide, and go to the handler when the
+    /// store cannot answer.
+    async fn cached(
+        &mut self,
+        parts: Parts,
+        body: ReqBody,
+        key: String,
+        may_store: bool,
+        only_if_cached: bool,
+    ) -> Result<(Response<Body>, CacheStatus), S::Error> {
+        let (found, slot) = store::lookup(&self.shared, &self.backend, &key, &parts.headers).await;
+        let now = self.shared.clock.now();
+        let write = may_store && !matches!(found, Found::Failed);
+        let mut fwd = match found {
+            Found::Missing { vary_miss: true } => "vary-miss",
+            _ => "miss",
+        };
+        let mut stale = Stale::default();
+        if let Found::Entry(entry) = found {
+            fwd = "stale";
+            match decide::decide(&entry, now) {
+                Use::Fresh => {
+                    let status = CacheStatus::hit(response::ttl_left(&entry, now));
+                    return Ok((self.answer_entry(entry, now), status));
+                }
+                Use::StaleWhileRevalidate => {
+                    self.spawn_refresh(&parts, slot);
+                    let status = CacheStatus::hit(response::ttl_left(&entry, now))
+                        .with_detail("stale-while-revalidate");
+                    return Ok((self.answer_entry(entry, now), status));
+                }
+                Use::Revalidate {
+                    conditional,
+                    stale_if_error,
+                } => stale = Stale::new(entry, conditional, stale_if_error),
+            }
+        }
+        if only_if_cached {
+            // RFC 9111 §5.2.1.7: nothing usable stored, and the client
+            // does not want the handler asked.
+            let status = CacheStatus::forward(fwd).with_detail("only-if-cached");
+            return Ok((gateway_timeout(), status));
+        }
+        self.forward(parts, body, slot, stale, fwd, write).await
+    }
+
+    /// The miss and revalidation path: coalesce, lock, run the handler,
+    /// store.
+    async fn forward(
+        &mut self,
+        mut parts: Parts,
+        body: ReqBody,
+        slot: Slot,
+        stale: Stale,
+        fwd: &'static str,
+        write: bool,
+    ) -> Result<(Response<Body>, CacheStatus), S::Error> {
+        let selecting = parts.headers.clone();
+        let leader = match self.join_flight(&slot, &selecting).await {
+            Ok(leader) => leader,
+            Err(shared_entry) => {
+                let now = self.shared.clock.now();
+                let status = collapsed_status(&shared_entry, now, fwd);
+                return Ok((self.answer_entry(shared_entry, now), status));
+            }
+        };
+        let lock = match self.take_lock(&slot, &selecting, &leader, write).await {
+            Ok(lock) => lock,
+            Err(computed) => {
+                let now = self.shared.clock.now();
+                let status = collapsed_status(&computed, now, fwd);
+                return Ok((self.answer_entry(computed, now), status));
+            }
+        };
+        strip_conditionals(&mut parts.headers);
+        if let Some(entry) = stale.revalidating() {
+            decide::add_validators(&mut parts.headers, entry);
+        }
+        let pending = Pending {
+            slot,
+            policy: Policy::placeholder(),
+            selecting,
+            write,
+            leader,
+            lock,
+        };
+        let result = self.call(Request::from_parts(parts, body)).await;
+        self.after_handler(result, stale, pending, fwd).await
+    }
+
+    /// Joins the in-process flight of the request's variant. `Ok(leader)`
+    /// to run the handler (`None` when coalescing is off or the leader
+    /// had nothing to share), `Err(entry)` to serve the leader's entry.
+    async fn join_flight(
+        &mut self,
+        slot: &Slot,
+        selecting: &HeaderMap,
+    ) -> Result<Option<Leader>, CacheEntry> {
+        if !self.shared.coalesce {
+            return Ok(None);
+        }
+        match self.shared.inflight.join(&slot.flight_key(selecting)) {
+            Flight::Leader(leader) => Ok(Some(leader)),
+            Flight::Waiter(waiting) => {
+                bump(&self.shared.stats.coalesced_waits);
+                match coalesce::wait(waiting, self.shared.coalesce_timeout).await {
+                    // A leader on a cold key may have produced another
                     // variant: not ours to serve.
-                    Some(Some(entry)) if vary::selects(&entry, &parts.headers) => {
-                        let now = shared.clock.now();
-                        let status = CacheStatus {
-                            collapsed: true,
-                            ..CacheStatus::forward(fwd)
-                        };
-                        let entry = (*entry).clone();
-                        return Ok(answer_from_entry(&shared, entry, &cond, head, now, status));
-                    }
-                    // Not shareable, the leader went away, or it took too
-                    // long: run the handler ourselves.
-                    _ => None,
+                    Some(Some(entry)) if vary::selects(&entry, selecting) => Err((*entry).clone()),
+                    _ => Ok(None),
                 }
             }
         }
-    } else {
-        None
-    };
+    }
 
-    let request_headers = parts.headers.clone();
-    let mut held_lock = None;
-    if let (Some(lock_ttl), Some(leader), true) = (shared.lock_ttl, &leader, backend_up) {
-        match lock::acquire(&shared, &backend, &key, &request_headers, lock_ttl).await {
-            LockOutcome::Held(held) => held_lock = Some(held),
+    /// The cross-instance lock, for the in-process leader.
+    async fn take_lock(
+        &mut self,
+        slot: &Slot,
+        selecting: &HeaderMap,
+        leader: &Option<Leader>,
+        backend_up: bool,
+    ) -> Result<Option<HeldLock>, CacheEntry> {
+        let (Some(lock_ttl), Some(leader), true) = (self.shared.lock_ttl, leader, backend_up)
+        else {
+            return Ok(None);
+        };
+        match lock::acquire(&self.shared, &self.backend, slot, selecting, lock_ttl).await {
+            LockOutcome::Held(held) => Ok(Some(held)),
             LockOutcome::Computed(entry) => {
-                let entry = *entry;
-                // Another instance computed it: serve and share that.
-                leader.publish(Some(Arc::new(entry.clone())));
-                let now = shared.clock.now();
-                let status = CacheStatus {
-                    collapsed: true,
-                    ..CacheStatus::forward(fwd)
-                };
-                return Ok(answer_from_entry(&shared, entry, &cond, head, now, status));
+                leader.publish(Some(Arc::new((*entry).clone())));
+                Err(*entry)
             }
-            LockOutcome::Proceed => {}
+            LockOutcome::Proceed => Ok(None),
         }
     }
-    insert_handle(&shared, &backend, &mut parts);
-    let result = call(&mut inner, Request::from_parts(parts, body)).await;
-    // Released after the store (or on the early returns below), off the
-    // response path.
-    let release = |held: Option<lock::HeldLock>| {
-        if let Some(held) = held {
-            let shared = Arc::clone(&shared);
-            let backend = Arc::clone(&backend);
-            tokio::spawn(async move { lock::release(&shared, &backend, held).await });
-        }
-    };
-    let res = match result {
-        Ok(res) if !res.status().is_server_error() => res,
-        Ok(res) => match stale {
-            Some(entry) => {
-                release(held_lock);
-                let code = res.status().as_u16();
-                return Ok(serve_stale_on_error(
-                    &shared,
-                    entry,
-                    &cond,
-                    head,
-                    Some(code),
-                ));
+
+    /// What the handler's answer becomes: a freshened entry after a 304,
+    /// the stale entry after a failure, or a new response to store.
+    async fn after_handler(
+        &mut self,
+        result: Result<Response<ResBody>, S::Error>,
+        stale: Stale,
+        pending: Pending,
+        fwd: &'static str,
+    ) -> Result<(Response<Body>, CacheStatus), S::Error> {
+        let res = match result {
+            Ok(res)
+                if res.status() == StatusCode::NOT_MODIFIED && stale.revalidating().is_some() =>
+            {
+                return Ok(self.freshen(res, stale, pending).await);
             }
-            None => res,
-        },
-        Err(e) => {
-            release(held_lock);
-            return match stale {
-                Some(entry) => Ok(serve_stale_on_error(&shared, entry, &cond, head, None)),
-                None => Err(e),
+            Ok(res) if !res.status().is_server_error() => res,
+            failed => match stale.if_error {
+                Some(entry) => {
+                    let code = failed.as_ref().ok().map(|r| r.status().as_u16());
+                    return Ok(self.serve_stale_on_error(entry, pending, code));
+                }
+                None => failed?,
+            },
+        };
+        Ok(self.store_response(res, pending, fwd).await)
+    }
+
+    /// RFC 9111 §4.3.4: the handler confirmed the stored response; update
+    /// its headers from the 304, store it fresh again and serve it.
+    async fn freshen(
+        &mut self,
+        not_modified: Response<ResBody>,
+        stale: Stale,
+        pending: Pending,
+    ) -> (Response<Body>, CacheStatus) {
+        let now = self.shared.clock.now();
+        let Some(old) = stale.into_revalidating() else {
+            return (gateway_timeout(), CacheStatus::forward("stale"));
+        };
+        let mut status = CacheStatus {
+            fwd_status: Some(304),
+            ..CacheStatus::forward("stale")
+        };
+        let (entry, storable) = match freshened(&self.shared, &old, not_modified.headers(), now) {
+            Some(entry) => (entry, true),
+            None => (old, false),
+        };
+        if storable && pending.write {
+            status.stored = store::write(
+                &self.shared,
+                &self.backend,
+                &pending.slot,
+                &entry,
+                &pending.selecting,
+            )
+            .await;
+        }
+        pending.finish(&self.shared, &self.backend, storable.then(|| entry.clone()));
+        (self.answer_entry(entry, now), status)
+    }
+
+    fn serve_stale_on_error(
+        &self,
+        entry: CacheEntry,
+        pending: Pending,
+        fwd_status: Option<u16>,
+    ) -> (Response<Body>, CacheStatus) {
+        bump(&self.shared.stats.handler_failures);
+        let now = self.shared.clock.now();
+        // Waiters share the stale answer instead of each re-running a
+        // failing handler.
+        pending.finish(&self.shared, &self.backend, Some(entry.clone()));
+        let status = CacheStatus {
+            fwd_status,
+            ttl: Some(response::ttl_left(&entry, now)),
+            ..CacheStatus::forward("stale").with_detail("stale-if-error")
+        };
+        (self.answer_entry(entry, now), status)
+    }
+
+    /// Admits, stores and answers a new response from the handler.
+    async fn store_response(
+        &mut self,
+        res: Response<ResBody>,
+        mut pending: Pending,
+        fwd: &'static str,
+    ) -> (Response<Body>, CacheStatus) {
+        let (mut parts, body) = res.into_parts();
+        self.learn_credentials(&parts);
+        let now = self.shared.clock.now();
+        let admission = if plan::response_is_credentialed(&self.shared, &parts.extensions) {
+            Admission::Refuse("credentials")
+        } else {
+            admit::admit(&self.shared, parts.status, &parts.headers, now)
+        };
+        let status = CacheStatus::forward(fwd);
+        let policy = match admission {
+            Admission::Store(policy) => policy,
+            Admission::Refuse(reason) => {
+                pending.finish(&self.shared, &self.backend, None);
+                let res = self.bodiless_if_head(Response::from_parts(parts, Body::new(body)));
+                return (res, status.with_detail(reason));
+            }
+        };
+        if let Some(cc) = &policy.cache_control {
+            parts.headers.insert(CACHE_CONTROL, cc.clone());
+        }
+        pending.policy = policy;
+        let limit = self.shared.max_body_size;
+        match body::exact_len(&body) {
+            Some(len) if len > limit as u64 => {
+                pending.finish(&self.shared, &self.backend, None);
+                let res = self.bodiless_if_head(Response::from_parts(parts, Body::new(body)));
+                (res, status.with_detail("too-large"))
+            }
+            Some(_) => self.store_buffered(parts, body, pending, status).await,
+            None if self.head => self.store_buffered(parts, body, pending, status).await,
+            None => (self.store_streaming(parts, body, pending), status),
+        }
+    }
+
+    /// A body of known length within the limit: read it, store it, then
+    /// answer with its ETag (or 304).
+    async fn store_buffered(
+        &mut self,
+        mut parts: ResParts,
+        body: ResBody,
+        pending: Pending,
+        mut status: CacheStatus,
+    ) -> (Response<Body>, CacheStatus) {
+        let bytes = match body::collect_limited(body, self.shared.max_body_size).await {
+            Collected::Complete(bytes) => bytes,
+            Collected::PassThrough(body, reason) => {
+                pending.finish(&self.shared, &self.backend, None);
+                let res = self.bodiless_if_head(Response::from_parts(parts, body));
+                return (res, status.with_detail(pass_detail(reason)));
+            }
+        };
+        let now = self.shared.clock.now();
+        let entry = new_entry(&parts, bytes.clone(), &pending, now);
+        parts.headers.insert(ETAG, entry.etag.clone());
+        if pending.write {
+            status.stored = store::write(
+                &self.shared,
+                &self.backend,
+                &pending.slot,
+                &entry,
+                &pending.selecting,
+            )
+            .await;
+        }
+        pending.finish(&self.shared, &self.backend, Some(entry));
+        (self.answer_bytes(parts, bytes), status)
+    }
+
+    /// A body of unknown length: it goes to the client as it arrives; a
+    /// copy is stored once it ends, if it stayed within the limit.
+    fn store_streaming(&self, parts: ResParts, body: ResBody, pending: Pending) -> Response<Body> {
+        let shared = Arc::clone(&self.shared);
+        let backend = Arc::clone(&self.backend);
+        let head = clone_head(&parts);
+        let teed = body::tee(body, self.shared.max_body_size, move |kept| {
+            let Kept::Complete(bytes) = kept else {
+                if matches!(kept, Kept::Dropped(PassReason::TooLarge)) {
+                    bump(&shared.stats.bypass_too_large);
+                }
+                pending.finish(&shared, &backend, None);
+                return;
             };
-        }
-    };
-    let store = StoreTo {
-        backend: &*backend,
-        key: &key,
-        previous: previous.as_ref(),
-        request_headers: &request_headers,
-        write: backend_up && !head,
-    };
-    let answer = finish(&shared, res, &cond, head, Some(store)).await;
-    release(held_lock);
-    if let Some(leader) = &leader {
-        leader.publish(answer.shareable.clone());
+            let entry = new_entry(&head, bytes, &pending, shared.clock.now());
+            spawn(async move {
+                if pending.write
+                    && store::write(&shared, &backend, &pending.slot, &entry, &pending.selecting)
+                        .await
+                {
+                    bump(&shared.stats.stores);
+                }
+                pending.finish(&shared, &backend, Some(entry));
+            });
+        });
+        Response::from_parts(parts, teed)
     }
-    drop(leader);
+
+    /// Starts one background refresh of a stale entry, unless one runs
+    /// already or the bound on refreshes is reached.
+    fn spawn_refresh(&self, parts: &Parts, slot: Slot) {
+        let Ok(permit) = Arc::clone(&self.shared.refresh_slots).try_acquire_owned() else {
+            return;
+        };
+        let Some(leader) = self
+            .shared
+            .inflight
+            .try_lead(&slot.flight_key(&parts.headers))
+        else {
+            return;
+        };
+        bump(&self.shared.stats.revalidations);
+        let mut flow = Flow {
+            shared: Arc::clone(&self.shared),
+            backend: Arc::clone(&self.backend),
+            inner: self.inner.clone(),
+            head: false,
+            cond: Conditions::default(),
+            _request: PhantomData,
+        };
+        let request = clean_request::<ReqBody>(parts);
+        spawn(async move {
+            let _permit = permit;
+            flow.refresh(request, slot, leader).await;
+        });
+    }
+
+    /// A background refresh: a clean request (no conditionals, no
+    /// `Range`), stored like a miss; a failure leaves the stale entry.
+    async fn refresh(&mut self, request: Request<ReqBody>, slot: Slot, leader: Leader) {
+        let selecting = request.headers().clone();
+        let pending = Pending {
+            slot,
+            policy: Policy::placeholder(),
+            selecting,
+            write: true,
+            leader: Some(leader),
+            lock: None,
+        };
+        match self.call(request).await {
+            Ok(res) if !res.status().is_server_error() => {
+                let (res, _) = self.store_response(res, pending, "stale").await;
+                // Drive a streamed body to its end so that it is stored.
+                let _ = http_body_util::BodyExt::collect(res.into_body()).await;
+            }
+            _ => {
+                bump(&self.shared.stats.handler_failures);
+                pending.finish(&self.shared, &self.backend, None);
+            }
+        }
+    }
+
+    /// A stored entry as the answer: 304 when the client's validators
+    /// match, else the full response (bodiless for HEAD).
+    fn answer_entry(&self, entry: CacheEntry, now: SystemTime) -> Response<Body> {
+        if self
+            .cond
+            .not_modified(entry.status, &entry.etag, &entry.headers)
+        {
+            return response::not_modified_from_entry(&entry, now);
+        }
+        response::from_entry(entry, now, self.head)
+    }
+
+    /// A complete response as the answer: ETag added when the handler gave
+    /// none, 304 when the client's validators match.
+    fn answer_bytes(&self, mut parts: ResParts, bytes: Bytes) -> Response<Body> {
+        let etag = etag_for(parts.headers.get(ETAG), &bytes);
+        parts.headers.insert(ETAG, etag.clone());
+        if self.cond.not_modified(parts.status, &etag, &parts.headers) {
+            return response::not_modified(&parts.headers, &etag, None);
+        }
+        if self.head {
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        }
+        response::from_parts(parts, bytes, self.head)
+    }
+
+    /// For HEAD, the same response without its body.
+    fn bodiless_if_head(&self, res: Response<Body>) -> Response<Body> {
+        if !self.head {
+            return res;
+        }
+        let (parts, _) = res.into_parts();
+        Response::from_parts(parts, Body::empty())
+    }
+
+    fn learn_credentials(&self, parts: &ResParts) {
+        if let Some(names) = parts.extensions.get::<CredentialNames>() {
+            self.shared.credentials.learn(names);
+        }
+    }
+
+    /// Writes `Cache-Status`, the counters and the span field from one
+    /// status value.
+    fn record(&self, mut res: Response<Body>, status: CacheStatus) -> Response<Body> {
+        self.shared.stats.record(&status, res.status());
+        let member = status.header_value();
+        if let Ok(text) = member.to_str() {
+            let decision = text.split_once("; ").map_or(text, |(_, d)| d);
+            tracing::Span::current().record("decision", decision);
+        }
+        response::set_status(&mut res, &status);
+        res
+    }
+}
+
+/// A stored entry that may still be of use on the forward path.
+#[derive(Default)]
+struct Stale {
+    /// The entry being revalidated with a conditional request.
+    revalidate: Option<CacheEntry>,
+    /// The entry to serve if the handler fails (stale-if-error).
+    if_error: Option<CacheEntry>,
+}
+
+impl Stale {
+    fn new(entry: CacheEntry, conditional: bool, stale_if_error: bool) -> Self {
+        Self {
+            if_error: stale_if_error.then(|| entry.clone()),
+            revalidate: conditional.then_some(entry),
+        }
+    }
+
+    fn revalidating(&self) -> Option<&CacheEntry> {
+        self.revalidate.as_ref()
+    }
+
+    fn into_revalidating(self) -> Option<CacheEntry> {
+        self.revalidate
+    }
+}
+
+impl Pending {
+    /// Hands the outcome to coalesced waiters and releases the
+    /// cross-instance lock, off the response path.
+    fn finish(self, shared: &Arc<Shared>, backend: &Arc<dyn Backend>, entry: Option<CacheEntry>) {
+        if let Some(leader) = &self.leader {
+            leader.publish(entry.map(Arc::new));
+        }
+        if let Some(held) = self.lock {
+            let (shared, backend) = (Arc::clone(shared), Arc::clone(backend));
+            spawn(async move { lock::release(&shared, &backend, held).await });
+        }
+    }
+}
+
+impl Policy {
+    /// Replaced by the admission before anything is stored.
+    fn placeholder() -> Self {
+        Self {
+            fresh_for: std::time::Duration::ZERO,
+            stale_while_revalidate: std::time::Duration::ZERO,
+            stale_if_error: std::time::Duration::ZERO,
+            initial_age: std::time::Duration::ZERO,
+            cache_control: None,
+        }
+    }
+}
+
+/// The entry for a complete response.
+fn new_entry(parts: &ResParts, body: Bytes, pending: &Pending, now: SystemTime) -> CacheEntry {
+    let policy = &pending.policy;
+    let names = vary::vary_names(&parts.headers);
+    CacheEntry {
+        status: parts.status,
+        headers: response::storable_headers(&parts.headers),
+        etag: etag_for(parts.headers.get(ETAG), &body),
+        body,
+        // Whole milliseconds, as the entry format keeps them, so that `Age`
+        // reads the same before and after a round trip; moved back by the
+        // age the response arrived with.
+        stored_at: whole_millis(now)
+            .checked_sub(policy.initial_age)
+            .unwrap_or(std::time::UNIX_EPOCH),
+        fresh_for: policy.fresh_for,
+        stale_while_revalidate: policy.stale_while_revalidate,
+        stale_if_error: policy.stale_if_error,
+        vary_key: vary::vary_key(&names, &pending.selecting),
+    }
+}
+
+/// The stored entry updated by a 304's headers (RFC 9111 §4.3.4), or
+/// `None` when the updated response may not be stored.
+fn freshened(
+    shared: &Shared,
+    old: &CacheEntry,
+    update: &HeaderMap,
+    now: SystemTime,
+) -> Option<CacheEntry> {
+    let mut headers = old.headers.clone();
+    let update = response::storable_headers(update);
+    for name in update.keys() {
+        headers.remove(name);
+    }
+    for (name, value) in &update {
+        headers.append(name.clone(), value.clone());
+    }
+    let Admission::Store(policy) = admit::admit(shared, old.status, &headers, now) else {
+        return None;
+    };
+    if let Some(cc) = policy.cache_control {
+        headers.insert(CACHE_CONTROL, cc);
+    }
+    Some(CacheEntry {
+        etag: etag_for(headers.get(ETAG), &old.body),
+        headers,
+        stored_at: whole_millis(now)
+            .checked_sub(policy.initial_age)
+            .unwrap_or(std::time::UNIX_EPOCH),
+        fresh_for: policy.fresh_for,
+        stale_while_revalidate: policy.stale_while_revalidate,
+        stale_if_error: policy.stale_if_error,
+        ..old.clone()
+    })
+}
+
+fn collapsed_status(entry: &CacheEntry, now: SystemTime, fwd: &'static str) -> CacheStatus {
     let status = CacheStatus {
-        stored: answer.stored,
+        collapsed: true,
         ..CacheStatus::forward(fwd)
     };
-    Ok(answer.into_response(status))
-}
-
-/// Where and how `finish` stores a response.
-struct StoreTo<'a> {
-    backend: &'a dyn Backend,
-    key: &'a str,
-    /// The variants already stored under the key, merged with the new one.
-    previous: Option<&'a EntrySet>,
-    /// The request's headers, for the `Vary` selecting key.
-    request_headers: &'a HeaderMap,
-    /// False when the backend just failed: build the entry for waiters but
-    /// do not wait on a dead backend again.
-    write: bool,
-}
-
-/// Non-GET/HEAD requests go straight to the handler. A successful unsafe
-/// request invalidates the stored GET response of its URI (RFC 9111 §4.4).
-async fn pass_unsafe<S, ReqBody, ResBody>(
-    shared: &Arc<Shared>,
-    mut inner: S,
-    backend: Arc<dyn Backend>,
-    mut parts: Parts,
-    body: ReqBody,
-) -> Result<Response<Body>, S::Error>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: HttpBody<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    bump(&shared.stats.bypass_method);
-    let key = (!parts.method.is_safe() && shared.stores())
-        .then(|| key_for_parts(shared.key_builder.as_ref(), &mut parts));
-    insert_handle(shared, &backend, &mut parts);
-    let res = call(&mut inner, Request::from_parts(parts, body)).await?;
-    if let Some(key) = key {
-        if res.status().is_success() || res.status().is_redirection() {
-            let _ = with_timeout(shared, &*backend, "delete", backend.delete(&key)).await;
-        }
-    }
-    let mut res = map_body(res);
-    response::set_status(&mut res, CacheStatus::bypass("method"));
-    Ok(res)
-}
-
-enum Lookup {
-    Found(EntrySet),
-    Missing,
-    /// The backend failed or timed out: serve uncached and skip the store.
-    Failed,
-}
-
-async fn lookup(shared: &Shared, backend: &Arc<dyn Backend>, key: &str) -> Lookup {
-    let found = match backend.get_now(key) {
-        // In-process stores answer at once: no boxed future, no timer.
-        Some(Ok(found)) => Some(found),
-        Some(Err(error)) => {
-            bump(&shared.stats.backend_errors);
-            shared.failures.record(backend.name(), "get", &error);
-            None
-        }
-        None => with_timeout(shared, &**backend, "get", backend.get(key)).await,
-    };
-    let Some(bytes) = found else {
-        return Lookup::Failed;
-    };
-    let Some(bytes) = bytes else {
-        return Lookup::Missing;
-    };
-    match EntrySet::decode(bytes) {
-        Ok(set) => Lookup::Found(set),
-        Err(error) => {
-            // Corrupt, or written by another version: a miss, and the entry
-            // goes so the next store replaces it.
-            bump(&shared.stats.decode_failures);
-            tracing::warn!(%error, "undecodable cache entry deleted");
-            let _ = with_timeout(shared, &**backend, "delete", backend.delete(key)).await;
-            Lookup::Missing
-        }
-    }
-}
-
-/// Runs a backend call under the layer's timeout; failures are counted,
-/// logged (rate-limited) and turned into `None` — fail open.
-async fn with_timeout<T>(
-    shared: &Shared,
-    backend: &dyn Backend,
-    operation: &'static str,
-    call: impl Future<Output = Result<T, BackendError>>,
-) -> Option<T> {
-    let error = match tokio::time::timeout(shared.backend_timeout, call).await {
-        Ok(Ok(value)) => return Some(value),
-        Ok(Err(error)) => {
-            if matches!(error, BackendError::Timeout { .. }) {
-                bump(&shared.stats.backend_timeouts);
-            } else {
-                bump(&shared.stats.backend_errors);
-            }
-            error
-        }
-        Err(_) => {
-            bump(&shared.stats.backend_timeouts);
-            BackendError::Timeout {
-                backend: backend.name(),
-                timeout: shared.backend_timeout,
-            }
-        }
-    };
-    shared.failures.record(backend.name(), operation, &error);
-    None
-}
-
-/// A handler response after the layer looked at it.
-struct Answer {
-    response: Response<Body>,
-    stored: bool,
-    /// The entry to hand coalesced waiters, when the response is shareable.
-    shareable: Option<Arc<CacheEntry>>,
-    /// Why it was not stored, for `Cache-Status`.
-    detail: Option<&'static str>,
-}
-
-impl Answer {
-    fn into_response(mut self, mut status: CacheStatus) -> Response<Body> {
-        if status.detail.is_none() {
-            status.detail = self.detail;
-        }
-        response::set_status(&mut self.response, status);
-        self.response
-    }
-}
-
-/// Decides what to do with the handler's response: pass it through when
-/// it must not be cached, otherwise buffer it, add `ETag` and
-/// `Cache-Control`, store it (when `store_to` is given) and answer 304 when
-/// `If-None-Match` matches.
-async fn finish<ResBody>(
-    shared: &Shared,
-    res: Response<ResBody>,
-    cond: &Conditions,
-    head: bool,
-    store_to: Option<StoreTo<'_>>,
-) -> Answer
-where
-    ResBody: HttpBody<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    let (mut parts, body) = res.into_parts();
-    let unstorable = if !shared.cacheable_statuses.contains(&parts.status) {
-        Some("status")
-    } else if parts.headers.contains_key(SET_COOKIE) {
-        Some("set-cookie")
-    } else if let Some(reason) = handler_forbids_storing(&parts.headers) {
-        Some(reason)
-    } else if parts
-        .headers
-        .get_all(VARY)
-        .iter()
-        .any(|v| v.as_bytes().contains(&b'*'))
-    {
-        Some("vary-star")
+    if entry.is_fresh(now) {
+        status
     } else {
-        None
-    };
-    if let Some(detail) = unstorable {
-        // The handler decided: its response goes out as it made it.
-        bump(&shared.stats.not_storable);
-        return Answer {
-            response: Response::from_parts(parts, Body::new(body)),
-            stored: false,
-            shareable: None,
-            detail: Some(detail),
-        };
+        status.with_detail("stale-if-error")
     }
-    parts
-        .headers
-        .insert(CACHE_CONTROL, shared.cache_control.clone());
-    if head {
-        // A HEAD response has no body to hash or store.
-        return Answer {
-            response: Response::from_parts(parts, Body::new(body)),
-            stored: false,
-            shareable: None,
-            detail: None,
-        };
-    }
-    let bytes = match collect_limited(body, shared.max_body_size).await {
-        Collected::Complete(bytes) => bytes,
-        Collected::PassThrough(body, reason) => {
-            let detail = match reason {
-                PassReason::TooLarge => {
-                    bump(&shared.stats.bypass_too_large);
-                    "too-large"
-                }
-                PassReason::Trailers => "trailers",
-                PassReason::Error => "body-error",
-            };
-            return Answer {
-                response: Response::from_parts(parts, body),
-                stored: false,
-                shareable: None,
-                detail: Some(detail),
-            };
-        }
-    };
-    // Keep a valid ETag the handler chose; otherwise derive a weak one.
-    let etag = match parts.headers.get(ETAG) {
-        Some(tag) if is_entity_tag(tag) => tag.clone(),
-        _ => weak_etag(&bytes),
-    };
-    parts.headers.insert(ETAG, etag.clone());
+}
 
-    let mut stored = false;
-    let mut shareable = None;
-    if let (Some(ttl), Some(to)) = (shared.ttl, store_to) {
-        let now = whole_millis(shared.clock.now());
-        let vary_names = vary::vary_names(&parts.headers);
-        let entry = CacheEntry {
-            status: parts.status,
-            headers: response::storable_headers(&parts.headers),
-            body: bytes.clone(),
-            etag: etag.clone(),
-            // Whole milliseconds, as the entry format keeps them, so that
-            // `Age` and `ttl` read the same before and after a round trip.
-            stored_at: now,
-            fresh_for: ttl,
-            stale_while_revalidate: shared.stale_while_revalidate,
-            stale_if_error: shared.stale_if_error,
-            vary_key: vary::vary_key(&vary_names, to.request_headers),
-        };
-        if to.write {
-            let set = vary::merge(to.previous, entry.clone(), now);
-            let ttl = Some(set.storage_ttl(now));
-            let encoded = set.encode();
-            let backend = to.backend;
-            let write = backend.set(to.key, encoded, ttl);
-            if with_timeout(shared, backend, "set", write).await.is_some() {
-                bump(&shared.stats.stores);
-                stored = true;
-            }
-        }
-        shareable = Some(Arc::new(entry));
+fn pass_detail(reason: PassReason) -> &'static str {
+    match reason {
+        PassReason::TooLarge => "too-large",
+        PassReason::Trailers => "trailers",
+        PassReason::Error => "body-error",
     }
-    let response = if cond.not_modified(&etag, &parts.headers) {
-        bump(&shared.stats.not_modified);
-        response::not_modified(
-            &parts.headers,
-            &etag,
-            &shared.cache_control,
-            None,
-            CacheStatus::default(),
-        )
-    } else {
-        response::from_parts(parts, bytes, head)
-    };
-    Answer {
-        response,
-        stored,
-        shareable,
-        detail: None,
+}
+
+/// Removes the client's conditionals and `Range`: the layer evaluates
+/// them itself against a complete response, which it can then store.
+fn strip_conditionals(headers: &mut HeaderMap) {
+    for name in [
+        IF_NONE_MATCH,
+        IF_MODIFIED_SINCE,
+        IF_MATCH,
+        IF_UNMODIFIED_SINCE,
+        IF_RANGE,
+        RANGE,
+    ] {
+        headers.remove(name);
     }
+}
+
+/// A clean GET for a background refresh: the client's headers without
+/// conditionals or `Range`, no body, the client's extensions.
+fn clean_request<ReqBody: Default>(parts: &Parts) -> Request<ReqBody> {
+    let mut req = Request::new(ReqBody::default());
+    *req.method_mut() = Method::GET;
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    strip_conditionals(req.headers_mut());
+    *req.extensions_mut() = parts.extensions.clone();
+    req
+}
+
+fn clone_head(parts: &ResParts) -> ResParts {
+    let mut head = Response::new(()).into_parts().0;
+    head.status = parts.status;
+    head.version = parts.version;
+    head.headers = parts.headers.clone();
+    head
+}
+
+fn gateway_timeout() -> Response<Body> {
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    res
 }
 
 fn whole_millis(t: SystemTime) -> SystemTime {
@@ -510,162 +829,10 @@ fn whole_millis(t: SystemTime) -> SystemTime {
     std::time::UNIX_EPOCH + std::time::Duration::from_millis(since.as_millis() as u64)
 }
 
-fn is_entity_tag(tag: &HeaderValue) -> bool {
-    let b = tag.as_bytes();
-    let b = b.strip_prefix(b"W/").unwrap_or(b);
-    b.len() >= 2 && b[0] == b'"' && b[b.len() - 1] == b'"' && !b[1..b.len() - 1].contains(&b'"')
-}
-
-/// 200 or 304 from a stored entry.
-fn answer_from_entry(
-    shared: &Shared,
-    entry: CacheEntry,
-    cond: &Conditions,
-    head: bool,
-    now: SystemTime,
-    status: CacheStatus,
-) -> Response<Body> {
-    if cond.not_modified(&entry.etag, &entry.headers) {
-        bump(&shared.stats.not_modified);
-        return response::not_modified_from_entry(&entry, now, &shared.cache_control, status);
+/// Spawns on the current runtime; outside one (a body dropped after its
+/// runtime ended) the work is skipped.
+fn spawn(task: impl Future<Output = ()> + Send + 'static) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(task);
     }
-    response::from_entry(entry, now, &shared.cache_control, head, status)
-}
-
-fn serve_stale_on_error(
-    shared: &Shared,
-    entry: CacheEntry,
-    cond: &Conditions,
-    head: bool,
-    fwd_status: Option<u16>,
-) -> Response<Body> {
-    bump(&shared.stats.handler_failures);
-    bump(&shared.stats.stale_if_error_served);
-    let now = shared.clock.now();
-    let status = CacheStatus {
-        fwd_status,
-        ttl: Some(response::ttl_left(&entry, now)),
-        ..CacheStatus::forward("stale").with_detail("stale-if-error")
-    };
-    answer_from_entry(shared, entry, cond, head, now, status)
-}
-
-/// A copy of the request head with an empty body, for a background refresh
-/// that must not hold on to the client's connection.
-fn clone_request<ReqBody: Default>(parts: &Parts) -> Request<ReqBody> {
-    let mut req = Request::new(ReqBody::default());
-    *req.method_mut() = Method::GET;
-    *req.uri_mut() = parts.uri.clone();
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
-    *req.extensions_mut() = parts.extensions.clone();
-    req
-}
-
-/// Starts one background refresh of `key`, unless one is already running
-/// for it or the bound on refreshes in flight is reached.
-fn spawn_refresh<S, ReqBody, ResBody>(
-    shared: &Arc<Shared>,
-    backend: &Arc<dyn Backend>,
-    inner: S,
-    key: String,
-    previous: Option<EntrySet>,
-    request: Request<ReqBody>,
-) where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ReqBody: Send + 'static,
-    ResBody: HttpBody<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    let Ok(permit) = Arc::clone(&shared.refresh_slots).try_acquire_owned() else {
-        return;
-    };
-    let flight_key = vary::flight_key(&key, previous.as_ref(), request.headers());
-    let Some(leader) = shared.inflight.try_lead(&flight_key) else {
-        return;
-    };
-    bump(&shared.stats.revalidations);
-    let shared = Arc::clone(shared);
-    let backend = Arc::clone(backend);
-    tokio::spawn(async move {
-        let _permit = permit;
-        refresh(shared, backend, inner, key, previous, request, leader).await;
-    });
-}
-
-async fn refresh<S, ReqBody, ResBody>(
-    shared: Arc<Shared>,
-    backend: Arc<dyn Backend>,
-    mut inner: S,
-    key: String,
-    mut previous: Option<EntrySet>,
-    mut request: Request<ReqBody>,
-    leader: Leader,
-) where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: HttpBody<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    let request_headers = request.headers().clone();
-    // The stale read that scheduled this refresh may predate a refresh
-    // that finished since: look again, so one stale window costs one
-    // handler run, not one per request that raced the store.
-    match lookup(&shared, &backend, &key).await {
-        Lookup::Found(set) => {
-            let now = shared.clock.now();
-            let refreshed = vary::select_index(&set, &request_headers)
-                .is_some_and(|i| set.variants[i].is_fresh(now));
-            if refreshed {
-                return;
-            }
-            previous = Some(set);
-        }
-        Lookup::Missing => previous = None,
-        Lookup::Failed => {}
-    }
-    request
-        .extensions_mut()
-        .insert(CacheHandle::new(&shared, &backend));
-    let res = match call(&mut inner, request).await {
-        Ok(res) if !res.status().is_server_error() => res,
-        // A failed refresh leaves the stale entry in place.
-        _ => {
-            bump(&shared.stats.handler_failures);
-            return;
-        }
-    };
-    let store = StoreTo {
-        backend: &*backend,
-        key: &key,
-        previous: previous.as_ref(),
-        request_headers: &request_headers,
-        write: true,
-    };
-    let answer = finish(&shared, res, &Conditions::default(), false, Some(store)).await;
-    leader.publish(answer.shareable);
-}
-
-async fn call<S, ReqBody, ResBody>(
-    inner: &mut S,
-    req: Request<ReqBody>,
-) -> Result<Response<ResBody>, S::Error>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-{
-    std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
-    inner.call(req).await
-}
-
-fn map_body<ResBody>(res: Response<ResBody>) -> Response<Body>
-where
-    ResBody: HttpBody<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    res.map(Body::new)
-}
-
-fn insert_handle(shared: &Arc<Shared>, backend: &Arc<dyn Backend>, parts: &mut Parts) {
-    parts.extensions.insert(CacheHandle::new(shared, backend));
 }

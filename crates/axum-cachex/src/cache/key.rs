@@ -1,7 +1,11 @@
 //! Cache keys: the default format and custom key builders.
 
-use axum_cachex_core::KEY_SEPARATOR;
-use http::{header::HOST, request::Parts};
+use std::borrow::Cow;
+
+use axum_cachex_core::CacheKey;
+use http::{Method, Request, header::HOST, request::Parts};
+
+use super::layer::Shared;
 
 /// Builds the cache key of a request.
 ///
@@ -22,9 +26,11 @@ use http::{header::HOST, request::Parts};
 /// # let _ = layer;
 /// ```
 ///
-/// Keys that keep the default `{method}|||{host}|||{path}|||{query}` shape
-/// keep working with `clear_path` and `clear_pattern`; other shapes can only
-/// be removed with `delete` or `clear`.
+/// Keys made with [`CacheKey::encode`] keep working with `clear_path` and
+/// `clear_pattern`; other shapes can only be removed with `delete` or
+/// `clear`. A custom key must tell apart every pair of requests that may
+/// get different responses: a key that collides serves one client's
+/// response to another.
 pub trait KeyBuilder: Send + Sync + 'static {
     /// The key for this request head.
     fn build_key(&self, parts: &Parts) -> String;
@@ -39,56 +45,160 @@ where
     }
 }
 
-/// The default key: `{method}|||{host}|||{path}|||{query}`, where host is the
-/// `Host` header (or the URI authority, or `unknown`) and query the raw query
-/// string (empty when none).
+/// The default key: method, host, path and raw query, each escaped and
+/// joined by `|||` (see [`CacheKey::encode`]), so that no two requests
+/// share a key unless they agree on all four.
+///
+/// The host is the URI's authority (absolute-form requests, HTTP/2) or the
+/// `Host` header, lowercased; empty when the request names none. A request
+/// whose host is not a valid `host[:port]` is not cached at all: the layer
+/// bypasses it before any key is built.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultKeyBuilder;
 
 impl KeyBuilder for DefaultKeyBuilder {
     fn build_key(&self, parts: &Parts) -> String {
-        let host = parts
-            .headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
-            .unwrap_or("unknown");
-        let path = parts.uri.path();
+        let host = request_host(parts).unwrap_or_default();
         let query = parts.uri.query().unwrap_or("");
-        let method = parts.method.as_str();
-        // Plain pushes rather than `format!`: this runs on every request.
-        let mut key = String::with_capacity(
-            method.len() + host.len() + path.len() + query.len() + 3 * KEY_SEPARATOR.len(),
-        );
-        for (i, part) in [method, host, path, query].into_iter().enumerate() {
-            if i > 0 {
-                key.push_str(KEY_SEPARATOR);
-            }
-            key.push_str(part);
-        }
-        key
+        CacheKey::encode(parts.method.as_str(), &host, parts.uri.path(), query)
     }
+}
+
+/// The key a request's response is stored under: the key builder's, and
+/// on a route cached per user the user's partition in front of it
+/// (hex-encoded, so it cannot run into the key). `None` when the route is
+/// per user and the request has no user. `parts.method` must be `GET`
+/// (HEAD shares GET's entry).
+pub(crate) fn entry_key(shared: &Shared, parts: &Parts) -> Option<String> {
+    let base = shared.key_builder.build_key(parts);
+    let Some(partition) = &shared.per_user else {
+        return Some(base);
+    };
+    let user = partition.user(parts)?;
+    let mut key = String::with_capacity(2 + 2 * user.len() + base.len());
+    key.push('u');
+    for b in user.bytes() {
+        key.push(char::from(HEX[usize::from(b >> 4)]));
+        key.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    key.push('@');
+    key.push_str(&base);
+    Some(key)
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// [`entry_key`] for a whole request, whatever its method.
+pub(crate) fn key_for_request<B>(shared: &Shared, request: &Request<B>) -> Option<String> {
+    let mut parts = Request::new(()).into_parts().0;
+    parts.method = Method::GET;
+    parts.uri = request.uri().clone();
+    parts.version = request.version();
+    parts.headers = request.headers().clone();
+    parts.extensions = request.extensions().clone();
+    entry_key(shared, &parts)
+}
+
+/// The host a request is for, normalised: lowercase `host[:port]`, empty
+/// when the request names none. `None` when it names an invalid one.
+pub(crate) fn request_host(parts: &Parts) -> Option<Cow<'_, str>> {
+    let raw = match parts.uri.authority() {
+        Some(authority) => authority.as_str().as_bytes(),
+        None => match parts.headers.get(HOST) {
+            Some(value) => value.as_bytes(),
+            None => return Some(Cow::Borrowed("")),
+        },
+    };
+    if parts.headers.get_all(HOST).iter().count() > 1 {
+        // RFC 9112 §3.2: more than one Host is a bad request.
+        return None;
+    }
+    let host = std::str::from_utf8(raw).ok()?;
+    if !is_valid_host(host) {
+        return None;
+    }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
+}
+
+/// `host[:port]` where host is a bracketed IP literal or a name of
+/// letters, digits, `-`, `.`, `_` and `~` (RFC 3986 unreserved), and port
+/// at most five digits. No userinfo.
+fn is_valid_host(host: &str) -> bool {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port))
+            if !name.ends_with(':')
+                && (name.starts_with('[') == name.ends_with(']'))
+                && !port.contains(']') =>
+        {
+            (name, Some(port))
+        }
+        _ => (host, None),
+    };
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let name_ok = if let Some(literal) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        !literal.is_empty()
+            && literal
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+    } else {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+    };
+    port_ok && name_ok
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn parts(uri: &str, host: Option<&str>) -> Parts {
+        let mut req = http::Request::get(uri);
+        if let Some(host) = host {
+            req = req.header(HOST, host);
+        }
+        req.body(()).expect("request").into_parts().0
+    }
+
     #[test]
     fn default_key_format() {
-        let (parts, _) = http::Request::get("/users/1?b=2&a=1")
-            .header(HOST, "example.com:8080")
-            .body(())
-            .expect("request")
-            .into_parts();
+        let p = parts("/users/1?b=2&a=1", Some("Example.COM:8080"));
         assert_eq!(
-            DefaultKeyBuilder.build_key(&parts),
+            DefaultKeyBuilder.build_key(&p),
             "GET|||example.com:8080|||/users/1|||b=2&a=1"
         );
-        let (parts, _) = http::Request::get("/x")
-            .body(())
-            .expect("request")
-            .into_parts();
-        assert_eq!(DefaultKeyBuilder.build_key(&parts), "GET|||unknown|||/x|||");
+        assert_eq!(
+            DefaultKeyBuilder.build_key(&parts("/x", None)),
+            "GET||||||/x|||"
+        );
+    }
+
+    #[test]
+    fn host_is_validated() {
+        for good in [
+            "a.example",
+            "a.example:80",
+            "[::1]:8080",
+            "127.0.0.1",
+            "[fe80::1]",
+            "x_y~z",
+        ] {
+            assert!(request_host(&parts("/", Some(good))).is_some(), "{good}");
+        }
+        for bad in [
+            "a|||b", "a b", "a:", "a:123456", "a:b", "user@a", "[::1", "::1", "a/b", ":80", "a%2e",
+        ] {
+            assert!(request_host(&parts("/", Some(bad))).is_none(), "{bad}");
+        }
+        assert_eq!(
+            request_host(&parts("http://Up.Example/p", Some("ignored"))).as_deref(),
+            Some("up.example")
+        );
     }
 }

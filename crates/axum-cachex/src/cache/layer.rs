@@ -3,13 +3,14 @@
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use axum_cachex_core::{Backend, BackendError};
-use http::{HeaderValue, Method, Request, StatusCode, request::Parts};
+use http::{HeaderValue, Request, StatusCode};
 use tower_layer::Layer;
 
 use super::{
     KeyBuilder,
     coalesce::Coalescer,
-    config::CacheLayerBuilder,
+    config::{CacheLayerBuilder, Freshness, UserPartition},
+    credentials::CredentialCheck,
     service::CacheService,
     stats::{CacheStats, FailureLog, StatsSnapshot},
 };
@@ -67,6 +68,15 @@ impl std::fmt::Debug for CacheLayer {
 }
 
 impl Shared {
+    /// Names the layer after the first route it serves, unless named.
+    pub(crate) fn name_route(&self, parts: &http::request::Parts) {
+        if self.route.get().is_none() {
+            if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
+                let _ = self.route.set(matched.as_str().to_owned());
+            }
+        }
+    }
+
     pub(crate) fn route_label(&self) -> String {
         self.route
             .get()
@@ -75,9 +85,13 @@ impl Shared {
     }
 
     /// Whether responses are stored and served from the store: a ttl is
-    /// set and the route is neither no-cache nor no-store.
+    /// set (or the response decides freshness), and the route is neither
+    /// no-cache, no-store nor private (unless cached per user).
     pub(crate) fn stores(&self) -> bool {
-        self.ttl.is_some() && !self.no_cache && !self.no_store
+        (self.ttl.is_some() || self.freshness == Freshness::FromResponse)
+            && !self.no_cache
+            && !self.no_store
+            && (!self.private || self.per_user.is_some())
     }
 }
 
@@ -88,10 +102,13 @@ pub(crate) struct Shared {
     pub(crate) stale_if_error: Duration,
     pub(crate) no_cache: bool,
     pub(crate) no_store: bool,
-    /// RFC 9111 §3.5: responses to requests with `Authorization` may be
-    /// stored when the response is `public`, `must-revalidate` or has
-    /// `s-maxage`.
-    pub(crate) shares_authorized: bool,
+    /// Requests with credentials are cached like any other: only with an
+    /// explicit `public` (see `CacheLayerBuilder::public`).
+    pub(crate) public: bool,
+    pub(crate) private: bool,
+    pub(crate) per_user: Option<Arc<dyn UserPartition>>,
+    pub(crate) freshness: Freshness,
+    pub(crate) credentials: CredentialCheck,
     pub(crate) cache_control: HeaderValue,
     pub(crate) key_builder: Arc<dyn KeyBuilder>,
     pub(crate) backend: BackendSource,
@@ -119,12 +136,18 @@ impl CacheLayer {
 
     pub(crate) fn from_builder(b: CacheLayerBuilder, cache_control: HeaderValue) -> Self {
         let shared = Shared {
-            ttl: b.ttl,
+            // Whole seconds, as `max-age` says: a fractional ttl must never
+            // give a hit that is stale by its own headers.
+            ttl: b.ttl.map(|t| Duration::from_secs(t.as_secs())),
             stale_while_revalidate: b.stale_while_revalidate(),
             stale_if_error: b.stale_if_error(),
             no_cache: b.no_cache,
             no_store: b.no_store,
-            shares_authorized: b.public || b.must_revalidate || b.s_maxage.is_some(),
+            public: b.public,
+            private: b.private,
+            per_user: b.per_user,
+            freshness: b.freshness,
+            credentials: CredentialCheck::new(b.credentials),
             cache_control,
             key_builder: b.key_builder,
             backend: b.backend,
@@ -165,40 +188,24 @@ impl CacheLayer {
     }
 
     /// The cache key this layer uses for `request` (`HEAD` maps to the `GET`
-    /// entry).
-    pub fn cache_key<B>(&self, request: &Request<B>) -> String {
-        key_for_request(self.shared.key_builder.as_ref(), request)
+    /// entry); `None` on a [per-user](CacheLayerBuilder::private_per_user)
+    /// route when the request has no user.
+    pub fn cache_key<B>(&self, request: &Request<B>) -> Option<String> {
+        super::key::key_for_request(&self.shared, request)
     }
 
-    /// Deletes the entry this layer would serve for `request`.
+    /// Deletes the entry this layer would serve for `request`, every
+    /// `Vary` variant included.
     ///
     /// # Errors
     ///
     /// The backend's error, e.g. when it is unreachable.
     pub async fn invalidate<B>(&self, request: &Request<B>) -> Result<bool, BackendError> {
-        let key = self.cache_key(request);
-        self.backend().delete(&key).await
+        match self.cache_key(request) {
+            Some(key) => self.backend().delete(&key).await,
+            None => Ok(false),
+        }
     }
-}
-
-/// Key of the `GET` entry for a request head (HEAD shares GET's entry).
-pub(crate) fn key_for_parts(builder: &dyn KeyBuilder, parts: &mut Parts) -> String {
-    if parts.method == Method::GET {
-        return builder.build_key(parts);
-    }
-    let original = std::mem::replace(&mut parts.method, Method::GET);
-    let key = builder.build_key(parts);
-    parts.method = original;
-    key
-}
-
-pub(crate) fn key_for_request<B>(builder: &dyn KeyBuilder, request: &Request<B>) -> String {
-    let mut parts = Request::new(()).into_parts().0;
-    parts.method = Method::GET;
-    parts.uri = request.uri().clone();
-    parts.version = request.version();
-    parts.headers = request.headers().clone();
-    builder.build_key(&parts)
 }
 
 impl<S> Layer<S> for CacheLayer {

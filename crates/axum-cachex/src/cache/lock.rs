@@ -11,11 +11,14 @@
 
 use std::{sync::Arc, time::Duration};
 
-use axum_cachex_core::{Backend, BackendError, CacheEntry, EntrySet};
+use axum_cachex_core::{Backend, BackendError, CacheEntry};
 use bytes::Bytes;
 use http::HeaderMap;
 
-use super::{layer::Shared, vary};
+use super::{
+    layer::Shared,
+    store::{self, Found, Slot},
+};
 
 /// How often a waiting instance looks for the entry.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
@@ -56,11 +59,11 @@ fn token() -> Bytes {
 pub(crate) async fn acquire(
     shared: &Shared,
     backend: &Arc<dyn Backend>,
-    key: &str,
+    slot: &Slot,
     request_headers: &HeaderMap,
     lock_ttl: Duration,
 ) -> LockOutcome {
-    let lock = lock_key(key);
+    let lock = lock_key(&slot.flight_key(request_headers));
     let token = token();
     match tokio::time::timeout(
         shared.backend_timeout,
@@ -75,17 +78,15 @@ pub(crate) async fn acquire(
     let polls = (lock_ttl.as_millis() / POLL_INTERVAL.as_millis()).max(1);
     for _ in 0..polls {
         tokio::time::sleep(POLL_INTERVAL).await;
-        let Ok(Ok(found)) = tokio::time::timeout(shared.backend_timeout, backend.get(key)).await
-        else {
-            return LockOutcome::Proceed;
-        };
-        let now = shared.clock.now();
-        if let Some(entry) = found
-            .and_then(|bytes| EntrySet::decode(bytes).ok())
-            .and_then(|set| vary::select(&set, request_headers))
-            .filter(|entry| entry.is_fresh(now))
+        match store::lookup(shared, backend, &slot.base, request_headers)
+            .await
+            .0
         {
-            return LockOutcome::Computed(Box::new(entry));
+            Found::Failed => return LockOutcome::Proceed,
+            Found::Entry(entry) if entry.is_fresh(shared.clock.now()) => {
+                return LockOutcome::Computed(Box::new(entry));
+            }
+            _ => {}
         }
         // The other instance finished without storing (or failed): stop
         // waiting once its lock is gone.

@@ -6,28 +6,36 @@
 //! ETags, the `Cache-Control` builder, body buffering, coalescing,
 //! `Cache-Status`).
 
+mod admit;
 mod body;
 mod coalesce;
 mod conditional;
 mod config;
+mod credentials;
+mod decide;
 mod directives;
 mod etag;
 mod extract;
 mod flow;
+mod invalidate;
 mod key;
 mod layer;
 mod lock;
+mod plan;
 mod registry;
 mod response;
 mod service;
 mod stats;
 mod status;
+mod store;
 mod vary;
 
 pub use config::{
     CacheLayerBuilder, ConfigError, DEFAULT_BACKEND_TIMEOUT, DEFAULT_COALESCE_TIMEOUT,
-    DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_REFRESHES, Stale, default_cacheable_statuses,
+    DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_REFRESHES, Freshness, Stale, UserPartition,
+    default_cacheable_statuses,
 };
+pub use credentials::{CredentialNames, Credentialed};
 pub use extract::CacheBackend;
 pub use key::{DefaultKeyBuilder, KeyBuilder};
 pub use layer::CacheLayer;

@@ -27,8 +27,10 @@ const NOT_MODIFIED_HEADERS: [HeaderName; 6] = [
     CACHE_CONTROL,
 ];
 
-/// Headers never stored: hop-by-hop ones (RFC 9110 §7.6.1), `Set-Cookie`,
-/// and the ones the layer writes itself on every answer.
+/// Headers never stored and never served from a stored entry: hop-by-hop
+/// ones (RFC 9110 §7.6.1), `Set-Cookie`, framing (`Content-Length` is
+/// derived from the stored body), and the ones the layer writes itself
+/// (`Age`, `Cache-Status`).
 fn is_unstorable(name: &HeaderName) -> bool {
     name == CONNECTION
         || name == TE
@@ -38,9 +40,8 @@ fn is_unstorable(name: &HeaderName) -> bool {
         || name == PROXY_AUTHENTICATE
         || name == PROXY_AUTHORIZATION
         || name == SET_COOKIE
+        || name == CONTENT_LENGTH
         || name == AGE
-        || name == ETAG
-        || name == CACHE_CONTROL
         || name == CACHE_STATUS
         || name.as_str() == "keep-alive"
         || name.as_str() == "proxy-connection"
@@ -65,6 +66,34 @@ pub(crate) fn storable_headers(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// Checks an entry read from a store that others may write to: a status a
+/// cache may serve, and no header that must never be served from a store
+/// (cookies, credentials, framing). `None` when the status is unusable;
+/// offending headers are dropped.
+pub(crate) fn sanitize(
+    mut entry: CacheEntry,
+    is_credential: impl Fn(&HeaderName) -> bool,
+) -> Option<CacheEntry> {
+    let status = entry.status.as_u16();
+    if !(200..=599).contains(&status) || status == 206 || status == 304 {
+        return None;
+    }
+    let bad = |name: &HeaderName| is_unstorable(name) || is_credential(name);
+    if entry.headers.keys().any(bad) {
+        let mut clean = HeaderMap::with_capacity(entry.headers.len());
+        for (name, value) in &entry.headers {
+            if !bad(name) {
+                clean.append(name.clone(), value.clone());
+            }
+        }
+        entry.headers = clean;
+    }
+    if entry.headers.values().any(HeaderValue::is_sensitive) {
+        return None;
+    }
+    Some(entry)
+}
+
 /// Whole seconds since `stored_at`, for `Age`.
 pub(crate) fn age_value(entry: &CacheEntry, now: SystemTime) -> HeaderValue {
     HeaderValue::from(entry.age(now).as_secs())
@@ -82,21 +111,14 @@ pub(crate) fn ttl_left(entry: &CacheEntry, now: SystemTime) -> i64 {
     }
 }
 
-/// A full answer from a stored entry (an empty body for HEAD).
-pub(crate) fn from_entry(
-    entry: CacheEntry,
-    now: SystemTime,
-    cache_control: &HeaderValue,
-    head: bool,
-    status: CacheStatus,
-) -> Response<Body> {
+/// A full answer from a stored entry (an empty body for HEAD). The entry's
+/// headers carry the `Cache-Control` it was stored with.
+pub(crate) fn from_entry(entry: CacheEntry, now: SystemTime, head: bool) -> Response<Body> {
     let age = age_value(&entry, now);
     let body_len = entry.body.len();
     let mut headers = entry.headers;
     headers.insert(ETAG, entry.etag);
-    headers.insert(CACHE_CONTROL, cache_control.clone());
     headers.insert(AGE, age);
-    headers.insert(CACHE_STATUS, status.header_value());
     let body = if head {
         // HEAD carries the GET response's length, not its bytes.
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body_len));
@@ -114,9 +136,7 @@ pub(crate) fn from_entry(
 pub(crate) fn not_modified(
     source: &HeaderMap,
     etag: &HeaderValue,
-    cache_control: &HeaderValue,
     age: Option<HeaderValue>,
-    status: CacheStatus,
 ) -> Response<Body> {
     let mut headers = HeaderMap::with_capacity(8);
     for name in NOT_MODIFIED_HEADERS {
@@ -125,11 +145,9 @@ pub(crate) fn not_modified(
         }
     }
     headers.insert(ETAG, etag.clone());
-    headers.insert(CACHE_CONTROL, cache_control.clone());
     if let Some(age) = age {
         headers.insert(AGE, age);
     }
-    headers.insert(CACHE_STATUS, status.header_value());
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::NOT_MODIFIED;
     *res.headers_mut() = headers;
@@ -137,19 +155,8 @@ pub(crate) fn not_modified(
 }
 
 /// A 304 for a stored entry.
-pub(crate) fn not_modified_from_entry(
-    entry: &CacheEntry,
-    now: SystemTime,
-    cache_control: &HeaderValue,
-    status: CacheStatus,
-) -> Response<Body> {
-    not_modified(
-        &entry.headers,
-        &entry.etag,
-        cache_control,
-        Some(age_value(entry, now)),
-        status,
-    )
+pub(crate) fn not_modified_from_entry(entry: &CacheEntry, now: SystemTime) -> Response<Body> {
+    not_modified(&entry.headers, &entry.etag, Some(age_value(entry, now)))
 }
 
 /// A response from parts and complete body bytes.
@@ -162,10 +169,24 @@ pub(crate) fn from_parts(parts: http::response::Parts, body: Bytes, head: bool) 
     Response::from_parts(parts, body)
 }
 
-/// Sets `Cache-Status` on any response.
-pub(crate) fn set_status<B>(res: &mut Response<B>, status: CacheStatus) {
-    res.headers_mut()
-        .insert(CACHE_STATUS, status.header_value());
+/// Adds this cache's member to `Cache-Status`, after any members caches
+/// nearer the origin put there (RFC 9211 §2).
+pub(crate) fn set_status<B>(res: &mut Response<B>, status: &CacheStatus) {
+    let ours = status.header_value();
+    let headers = res.headers_mut();
+    let value = match headers.get(CACHE_STATUS) {
+        None => ours,
+        Some(_) => {
+            let mut combined: Vec<u8> = Vec::with_capacity(64 + ours.len());
+            for line in headers.get_all(CACHE_STATUS) {
+                combined.extend_from_slice(line.as_bytes());
+                combined.extend_from_slice(b", ");
+            }
+            combined.extend_from_slice(ours.as_bytes());
+            HeaderValue::from_bytes(&combined).unwrap_or(ours)
+        }
+    };
+    headers.insert(CACHE_STATUS, value);
 }
 
 #[cfg(test)]
@@ -182,6 +203,7 @@ mod tests {
         h.insert("x-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("content-length", HeaderValue::from_static("99"));
         let stored = storable_headers(&h);
         let names: Vec<_> = stored.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["content-type", "x-custom"]);

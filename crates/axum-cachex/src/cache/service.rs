@@ -16,7 +16,7 @@ use tower_service::Service;
 
 use tracing::Instrument;
 
-use super::{flow, layer::Shared, status::CACHE_STATUS};
+use super::{flow, layer::Shared};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -70,22 +70,9 @@ where
             decision = tracing::field::Empty,
         );
         let shared = Arc::clone(&self.shared);
-        let flow = async move {
-            let result = flow::serve(shared, inner, req).await;
-            if let Ok(res) = &result {
-                if let Some(status) = res
-                    .headers()
-                    .get(CACHE_STATUS)
-                    .and_then(|v| v.to_str().ok())
-                {
-                    let decision = status.split_once("; ").map_or(status, |(_, d)| d);
-                    tracing::Span::current().record("decision", decision);
-                }
-            }
-            result
-        };
+        // The flow records its decision in the span itself.
         ResponseFuture {
-            inner: Box::pin(flow.instrument(span)),
+            inner: Box::pin(flow::serve(shared, inner, req).instrument(span)),
         }
     }
 }

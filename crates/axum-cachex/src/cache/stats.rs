@@ -8,6 +8,8 @@ use std::{
 use axum_cachex_core::BackendError;
 use serde::Serialize;
 
+use super::status::CacheStatus;
+
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
         /// Live counters of one [`CacheLayer`](crate::CacheLayer) (atomics,
@@ -55,7 +57,9 @@ counters! {
     bypass_method,
     /// Requests on a `no_store` route.
     bypass_no_store,
-    /// Requests with `Authorization` on a route that is not public.
+    /// Requests that bypassed the store: credentials (`Authorization`, a
+    /// session token, a configured credential) on a route that is not
+    /// public, an invalid `Host`, or no user on a per-user route.
     bypass_authorization,
     /// Responses too large to buffer, streamed through.
     bypass_too_large,
@@ -68,6 +72,40 @@ counters! {
     backend_timeouts,
     /// Stored entries that could not be decoded (deleted, served as misses).
     decode_failures,
+}
+
+impl CacheStats {
+    /// Counts what one request's [`CacheStatus`] says happened.
+    pub(crate) fn record(&self, status: &CacheStatus, response: http::StatusCode) {
+        if status.hit {
+            bump(&self.hits);
+        }
+        match status.fwd {
+            Some("miss" | "stale" | "vary-miss") => bump(&self.misses),
+            Some("method") => bump(&self.bypass_method),
+            Some("bypass") => match status.detail {
+                Some("no-store") => bump(&self.bypass_no_store),
+                _ => bump(&self.bypass_authorization),
+            },
+            _ => {}
+        }
+        if status.stored {
+            bump(&self.stores);
+        }
+        if response == http::StatusCode::NOT_MODIFIED {
+            bump(&self.not_modified);
+        }
+        match status.detail {
+            Some("stale-while-revalidate") => bump(&self.stale_served),
+            Some("stale-if-error") => bump(&self.stale_if_error_served),
+            Some("too-large") => bump(&self.bypass_too_large),
+            Some(
+                "status" | "set-cookie" | "no-store" | "private" | "vary-star" | "credentials"
+                | "event-stream" | "no-freshness" | "no-cache",
+            ) if status.fwd != Some("bypass") => bump(&self.not_storable),
+            _ => {}
+        }
+    }
 }
 
 impl StatsSnapshot {

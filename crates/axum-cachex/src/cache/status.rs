@@ -56,6 +56,12 @@ impl CacheStatus {
         self
     }
 
+    /// Adds `detail` unless the status already has one.
+    pub(crate) fn with_detail_if_none(mut self, detail: &'static str) -> Self {
+        self.detail.get_or_insert(detail);
+        self
+    }
+
     pub(crate) fn header_value(&self) -> HeaderValue {
         // Plain pushes rather than `write!`: this runs on every response.
         let mut s = String::with_capacity(64);

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use axum_cachex_core::{Backend, BackendError, CacheEntry, CacheKey, EntrySet};
+use axum_cachex_core::{Backend, BackendError, CacheEntry, CacheKey, CacheRecord};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -32,7 +32,8 @@ pub(crate) enum Loaded {
 
 /// Reads every value of the backend and keeps the decodable cache entries.
 ///
-/// Values that are not an [`EntrySet`] — sessions, OAuth states, locks and
+/// Values that are not a stored response ([`CacheRecord::Response`]) —
+/// variant indexes, sessions, OAuth states, locks and
 /// app-cache values share the backend — are skipped.
 pub(crate) async fn load(backend: &dyn Backend) -> Result<Loaded, BackendError> {
     if !backend.capabilities().list_keys {
@@ -49,11 +50,8 @@ pub(crate) async fn load(backend: &dyn Backend) -> Result<Loaded, BackendError> 
     };
     let mut variants = Vec::new();
     for stored in values {
-        let Ok(set) = EntrySet::decode(stored.value) else {
-            continue;
-        };
-        for entry in set.variants {
-            variants.push((stored.key.clone(), entry));
+        if let Ok(CacheRecord::Response(entry)) = CacheRecord::decode(stored.value) {
+            variants.push((stored.key, entry));
         }
     }
     // Stable order (a stable sort keeps variants in stored order) so that

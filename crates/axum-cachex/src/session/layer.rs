@@ -11,6 +11,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::{debug, warn};
 
+use crate::cache::{CredentialNames, Credentialed};
+
 use super::{
     SessionManager, TokenSource,
     extract::{Issued, SessionContext, lock},
@@ -105,10 +107,18 @@ where
         let manager = self.manager.clone();
         Box::pin(async move {
             let (ctx, found) = prepare(&manager, &req);
+            if found.is_some() {
+                // A cache layer inside this one must not share the answer.
+                req.extensions_mut().insert(Credentialed);
+            }
             let ctx = load(&manager, ctx, found).await;
             req.extensions_mut().insert(ctx.clone());
             let mut res = inner.call(req).await?;
             finish(&manager, &ctx, &mut res).await;
+            // A cache layer outside this one learns which request headers
+            // and cookies carry session tokens.
+            res.extensions_mut()
+                .insert(credential_names(manager.config()));
             Ok(res)
         })
     }
@@ -157,6 +167,18 @@ async fn load(
         }
     }
     ctx
+}
+
+/// The request header and cookie the session layer reads tokens from.
+fn credential_names(config: &super::SessionConfig) -> CredentialNames {
+    CredentialNames {
+        headers: vec![config.header_name().clone()],
+        cookies: config
+            .cookie()
+            .map(|c| c.get_name().to_owned())
+            .into_iter()
+            .collect(),
+    }
 }
 
 async fn finish<B>(manager: &SessionManager, ctx: &SessionContext, res: &mut Response<B>) {
@@ -211,6 +233,12 @@ async fn finish<B>(manager: &SessionManager, ctx: &SessionContext, res: &mut Res
         Some(_) => false,
         None => config.cookie().is_some(),
     };
+    if issued.is_some() || remove_cookie {
+        // A response that issues, renews or removes a token is for this
+        // client alone: no cache on the way may keep it (RFC 9111 §5.2.2.5).
+        res.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     if let Some(Issued { token, expires_at }) = issued {
         match (cookie_transport, config.cookie()) {
             (true, Some(cookie)) => {

@@ -72,8 +72,12 @@ pub(super) struct KeyNames<'a> {
 
 impl<'a> KeyNames<'a> {
     pub(super) fn new(prefix: &'a str, logical: &'a str) -> Self {
-        let path = CacheKey::parse(logical)
-            .map(|k| (path_counter_key(prefix, k.path), k.query.is_empty()));
+        let path = CacheKey::parse(logical).map(|k| {
+            (
+                path_counter_key(prefix, &k.decoded_path()),
+                k.query.is_empty(),
+            )
+        });
         Self {
             prefix,
             logical,

@@ -501,7 +501,7 @@ impl RedisBackend {
         let data_key = self.data_key(key)?;
         let ttl_ms = ttl.map(ttl_millis);
         if let Some(cache_key) = CacheKey::parse(key) {
-            let index_key = self.index_key(cache_key.path);
+            let index_key = self.index_key(&cache_key.decoded_path());
             let ttl_arg = ttl_ms.map(|ms| ms.to_string()).unwrap_or_default();
             return self
                 .run(|mut c| {
@@ -721,7 +721,7 @@ impl Backend for RedisBackend {
 
     async fn clear_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
         self.unlink_scanned(|key| {
-            CacheKey::parse(key).is_some_and(|k| path_matches_glob(pattern, k.path))
+            CacheKey::parse(key).is_some_and(|k| path_matches_glob(pattern, &k.decoded_path()))
         })
         .await
     }

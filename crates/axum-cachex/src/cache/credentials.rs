@@ -1,0 +1,194 @@
+//! Which requests carry credentials, and which responses carry tokens.
+//!
+//! A shared cache must not hand a response made for one authenticated user
+//! to anybody else (RFC 9111 §3.5), and must not answer an authenticated
+//! request with a response made for somebody else either. The layer treats
+//! a request as carrying credentials when it has any of:
+//!
+//! - `Authorization` (and `Proxy-Authorization`);
+//! - the session layer's token header or cookie: the session layer marks
+//!   the request with [`Credentialed`] when it runs first, and names its
+//!   header and cookie on every response ([`CredentialNames`]) so that a
+//!   cache layer running first learns them;
+//! - a header or cookie named with
+//!   [`credential_header`](crate::CacheLayerBuilder::credential_header) /
+//!   [`credential_cookie`](crate::CacheLayerBuilder::credential_cookie);
+//! - a [`Credentialed`] marker inserted by any other middleware.
+//!
+//! The session layer's default names (`X-Session-Token`, cookie `session`)
+//! are known from the start.
+
+use arc_swap::ArcSwap;
+use http::{
+    HeaderMap, HeaderName,
+    header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION},
+    request::Parts,
+};
+
+/// Marks a request as carrying credentials (or a response as made for
+/// one): the cache layer neither serves such a request from the store nor
+/// stores its response, unless the layer is explicitly
+/// [`public`](crate::CacheLayerBuilder::public).
+///
+/// The session layer inserts it; an authentication middleware of your own
+/// can too, in the request's extensions:
+///
+/// ```
+/// use axum_cachex::Credentialed;
+/// let mut request = http::Request::new(());
+/// request.extensions_mut().insert(Credentialed);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Credentialed;
+
+/// The header and cookie names a middleware reads credentials from. The
+/// session layer puts it into every response's extensions; a cache layer
+/// that sees it adds the names to those it checks on later requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CredentialNames {
+    /// Request headers that carry a credential.
+    pub headers: Vec<HeaderName>,
+    /// Cookie names that carry a credential.
+    pub cookies: Vec<String>,
+}
+
+impl CredentialNames {
+    /// The names the session layer uses unless configured otherwise.
+    pub(crate) fn session_defaults() -> Self {
+        Self {
+            headers: vec![HeaderName::from_static("x-session-token")],
+            cookies: vec!["session".to_owned()],
+        }
+    }
+
+    fn union(&self, other: &Self) -> Self {
+        let mut out = self.clone();
+        for h in &other.headers {
+            if !out.headers.contains(h) {
+                out.headers.push(h.clone());
+            }
+        }
+        for c in &other.cookies {
+            if !out.cookies.contains(c) {
+                out.cookies.push(c.clone());
+            }
+        }
+        out
+    }
+
+    fn contains(&self, other: &Self) -> bool {
+        other.headers.iter().all(|h| self.headers.contains(h))
+            && other.cookies.iter().all(|c| self.cookies.contains(c))
+    }
+}
+
+/// The names one layer checks: configured ones plus those learned from
+/// responses. Read on every request without a lock.
+pub(crate) struct CredentialCheck {
+    names: ArcSwap<CredentialNames>,
+}
+
+impl CredentialCheck {
+    pub(crate) fn new(configured: CredentialNames) -> Self {
+        let names = CredentialNames::session_defaults().union(&configured);
+        Self {
+            names: ArcSwap::from_pointee(names),
+        }
+    }
+
+    /// Whether the request carries a credential the application uses.
+    pub(crate) fn carries_credentials(&self, parts: &Parts) -> bool {
+        let headers = &parts.headers;
+        if parts.extensions.get::<Credentialed>().is_some()
+            || headers.contains_key(AUTHORIZATION)
+            || headers.contains_key(PROXY_AUTHORIZATION)
+        {
+            return true;
+        }
+        let names = self.names.load();
+        names.headers.iter().any(|h| headers.contains_key(h))
+            || (headers.contains_key(COOKIE) && has_cookie(headers, &names.cookies))
+    }
+
+    /// Whether response headers carry a token or secret: a credential
+    /// header, or any value marked sensitive.
+    pub(crate) fn response_carries_token(&self, headers: &HeaderMap) -> bool {
+        let names = self.names.load();
+        names.headers.iter().any(|h| headers.contains_key(h))
+            || headers.contains_key(AUTHORIZATION)
+            || headers.values().any(http::HeaderValue::is_sensitive)
+    }
+
+    /// Whether `name` is a credential header (dropped from stored entries
+    /// on read).
+    pub(crate) fn is_credential_header(&self, name: &HeaderName) -> bool {
+        name == AUTHORIZATION
+            || name == PROXY_AUTHORIZATION
+            || self.names.load().headers.contains(name)
+    }
+
+    /// Adds names a response announced (the session layer's).
+    pub(crate) fn learn(&self, announced: &CredentialNames) {
+        if self.names.load().contains(announced) {
+            return;
+        }
+        self.names.rcu(|current| current.union(announced));
+    }
+}
+
+/// Whether a `Cookie` header names one of `cookies`.
+fn has_cookie(headers: &HeaderMap, cookies: &[String]) -> bool {
+    headers.get_all(COOKIE).iter().any(|value| {
+        value.as_bytes().split(|&b| b == b';').any(|pair| {
+            let name = pair.split(|&b| b == b'=').next().unwrap_or_default();
+            let name = name.trim_ascii();
+            cookies.iter().any(|c| c.as_bytes() == name)
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(pairs: &[(&'static str, &'static str)]) -> Parts {
+        let mut req = http::Request::get("/");
+        for (k, v) in pairs {
+            req = req.header(*k, *v);
+        }
+        req.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn finds_every_kind_of_credential() {
+        let check = CredentialCheck::new(CredentialNames {
+            headers: vec![HeaderName::from_static("x-api-key")],
+            cookies: vec!["sid".into()],
+        });
+        assert!(!check.carries_credentials(&parts(&[("cookie", "theme=dark")])));
+        for creds in [
+            ("authorization", "Bearer x"),
+            ("x-session-token", "t"),
+            ("x-api-key", "k"),
+            ("cookie", "theme=dark; session=abc"),
+            ("cookie", "sid=1"),
+        ] {
+            assert!(check.carries_credentials(&parts(&[creds])), "{creds:?}");
+        }
+        let mut marked = parts(&[]);
+        marked.extensions.insert(Credentialed);
+        assert!(check.carries_credentials(&marked));
+    }
+
+    #[test]
+    fn learns_announced_names() {
+        let check = CredentialCheck::new(CredentialNames::default());
+        assert!(!check.carries_credentials(&parts(&[("x-auth", "1")])));
+        check.learn(&CredentialNames {
+            headers: vec![HeaderName::from_static("x-auth")],
+            cookies: vec!["__Host-s".into()],
+        });
+        assert!(check.carries_credentials(&parts(&[("x-auth", "1")])));
+        assert!(check.carries_credentials(&parts(&[("cookie", "__Host-s=v")])));
+    }
+}

@@ -1,0 +1,104 @@
+//! Invalidation after unsafe requests (RFC 9111 §4.4): a successful
+//! unsafe request makes the cache drop what it stored for the request's
+//! URI, and for the `Location` and `Content-Location` of the response when
+//! they are on the same host.
+
+use http::{
+    HeaderMap, Method, Uri,
+    header::{CONTENT_LOCATION, LOCATION},
+    request::Parts,
+};
+
+use super::{key, layer::Shared};
+
+/// What invalidation needs of the request, kept while the handler runs.
+pub(crate) struct RequestTarget {
+    pub(crate) method: Method,
+    /// The request head as a GET (the method of the entries it deletes).
+    get: Parts,
+}
+
+impl RequestTarget {
+    pub(crate) fn of(parts: &Parts) -> Self {
+        let mut get = http::Request::new(()).into_parts().0;
+        get.uri = parts.uri.clone();
+        get.version = parts.version;
+        get.headers = parts.headers.clone();
+        get.extensions = parts.extensions.clone();
+        Self {
+            method: parts.method.clone(),
+            get,
+        }
+    }
+}
+
+/// The keys to delete after a successful unsafe request.
+pub(crate) fn keys(shared: &Shared, target: &RequestTarget, response: &HeaderMap) -> Vec<String> {
+    let mut keys: Vec<String> = key::entry_key(shared, &target.get).into_iter().collect();
+    let host = key::request_host(&target.get).unwrap_or_default();
+    for name in [LOCATION, CONTENT_LOCATION] {
+        let Some(reference) = response.get(&name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        let Some(path) = same_origin_path(reference.trim(), &host, target.get.uri.path()) else {
+            continue;
+        };
+        let mut parts = clone_parts(&target.get);
+        parts.uri = path;
+        if let Some(key) = key::entry_key(shared, &parts) {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    keys
+}
+
+/// The path and query of a `Location`-style reference when it names a
+/// resource on `host`: absolute URIs must match the host, relative
+/// references are resolved against the request's path.
+fn same_origin_path(reference: &str, host: &str, request_path: &str) -> Option<Uri> {
+    if let Some((scheme, _)) = reference.split_once("://") {
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return None;
+        }
+        let uri: Uri = reference.parse().ok()?;
+        if !uri.authority()?.as_str().eq_ignore_ascii_case(host) {
+            return None;
+        }
+        return uri.path_and_query()?.as_str().parse().ok();
+    }
+    if reference.starts_with("//") {
+        return None;
+    }
+    if reference.starts_with('/') {
+        return reference.parse().ok();
+    }
+    // A relative path: replace the last segment of the request's path.
+    let dir = request_path.rsplit_once('/').map_or("", |(dir, _)| dir);
+    format!("{dir}/{reference}").parse().ok()
+}
+
+fn clone_parts(parts: &Parts) -> Parts {
+    let mut out = http::Request::new(()).into_parts().0;
+    out.uri = parts.uri.clone();
+    out.version = parts.version;
+    out.headers = parts.headers.clone();
+    out.extensions = parts.extensions.clone();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_origin_only() {
+        let uri = |s: &str| s.parse::<Uri>().expect("uri");
+        assert_eq!(same_origin_path("/a?b=1", "h", "/x/y"), Some(uri("/a?b=1")));
+        assert_eq!(same_origin_path("http://H/a", "h", "/x"), Some(uri("/a")));
+        assert_eq!(same_origin_path("http://other/a", "h", "/x"), None);
+        assert_eq!(same_origin_path("//other/a", "h", "/x"), None);
+        assert_eq!(same_origin_path("z", "h", "/x/y"), Some(uri("/x/z")));
+    }
+}

@@ -1,0 +1,72 @@
+//! The first step of a request: what kind of request it is for the cache.
+
+use http::{Method, request::Parts};
+
+use super::{
+    credentials::Credentialed, directives::Directives, key, layer::Shared, status::CacheStatus,
+};
+
+/// What the layer does with a request.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// Not GET or HEAD: to the handler; a success invalidates.
+    Unsafe,
+    /// A `no_store` route: to the handler, answered with `no-store`.
+    NoStore,
+    /// To the handler, never stored nor served from the store; ETag and
+    /// 304 still work. The status says why.
+    Uncached(CacheStatus),
+    /// Served from the store when possible, stored under `key` otherwise.
+    Cached {
+        /// The base key of the request (HEAD shares GET's).
+        key: String,
+        /// False when the request says `no-store`: served from the store,
+        /// but its response is not stored.
+        may_store: bool,
+        /// `only-if-cached`: a miss is answered 504, not forwarded.
+        only_if_cached: bool,
+    },
+}
+
+/// Classifies a request. Pure: no I/O.
+pub(crate) fn plan(shared: &Shared, parts: &Parts) -> Plan {
+    if parts.method != Method::GET && parts.method != Method::HEAD {
+        return Plan::Unsafe;
+    }
+    if shared.no_store {
+        return Plan::NoStore;
+    }
+    if key::request_host(parts).is_none() {
+        return Plan::Uncached(CacheStatus::bypass("invalid-host"));
+    }
+    if !shared.stores() {
+        let status = CacheStatus::forward("miss");
+        return Plan::Uncached(match (shared.no_cache, shared.private) {
+            (true, _) => status.with_detail("no-cache"),
+            (_, true) => status.with_detail("private"),
+            _ => status,
+        });
+    }
+    let credentialed = shared.credentials.carries_credentials(parts);
+    if credentialed && !shared.public && shared.per_user.is_none() {
+        // RFC 9111 §3.5, and the reverse: an authenticated request gets
+        // neither a stored response nor its own response stored.
+        return Plan::Uncached(CacheStatus::bypass("credentials"));
+    }
+    let Some(key) = key::entry_key(shared, parts) else {
+        return Plan::Uncached(CacheStatus::bypass("no-user"));
+    };
+    let cc = Directives::from_headers(&parts.headers);
+    Plan::Cached {
+        key,
+        may_store: !cc.no_store,
+        only_if_cached: cc.only_if_cached,
+    }
+}
+
+/// Whether the response the handler made must not be shared, whatever the
+/// request looked like: an inner middleware (the session layer) saw
+/// credentials.
+pub(crate) fn response_is_credentialed(shared: &Shared, extensions: &http::Extensions) -> bool {
+    extensions.get::<Credentialed>().is_some() && !shared.public && shared.per_user.is_none()
+}

@@ -1,0 +1,284 @@
+//! Reading and writing stored responses: one record per key, one key per
+//! `Vary` variant.
+//!
+//! A response without `Vary` is stored under its key. A response with
+//! `Vary` is stored under a variant key of its own, and its base key holds
+//! a [`VariantIndex`]: the names of the selecting headers and a random
+//! epoch that is part of every variant key. So:
+//!
+//! - a miss encodes and writes one response, whatever the number of
+//!   variants (a client cycling header values cannot make each miss
+//!   rewrite all of them);
+//! - concurrent stores of different variants write different keys and
+//!   cannot lose each other;
+//! - deleting the base key (invalidation) makes every variant unreachable:
+//!   a new index gets a new epoch, hence new variant keys.
+//!
+//! Every backend call runs under the layer's timeout and fails open.
+
+use std::{sync::Arc, time::Duration};
+
+use axum_cachex_core::{Backend, BackendError, CacheEntry, CacheKey, CacheRecord, VariantIndex};
+use bytes::Bytes;
+use http::HeaderMap;
+use xxhash_rust::xxh3::xxh3_128;
+
+use super::{layer::Shared, response, stats::bump, vary};
+
+/// The smallest lifetime of a variant index: it is tiny, and outliving
+/// its variants only costs a `vary-miss`.
+const MIN_INDEX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Where a request's response lives (or would live).
+#[derive(Debug, Clone)]
+pub(crate) struct Slot {
+    /// The base key.
+    pub(crate) base: String,
+    /// The variant index under the base key, when there is one.
+    pub(crate) index: Option<VariantIndex>,
+}
+
+impl Slot {
+    /// The key requests with these headers coalesce on: their variant's
+    /// key when the selecting headers are known, else the base key.
+    pub(crate) fn flight_key(&self, request_headers: &HeaderMap) -> String {
+        match &self.index {
+            Some(index) => variant_key(&self.base, index, request_headers).0,
+            None => self.base.clone(),
+        }
+    }
+}
+
+/// What a lookup found.
+pub(crate) enum Found {
+    /// A stored response for this request (checked, see
+    /// [`response::sanitize`]).
+    Entry(CacheEntry),
+    /// Nothing for this request. `vary_miss` when other variants exist.
+    Missing { vary_miss: bool },
+    /// The backend failed or timed out: serve uncached, skip the store.
+    Failed,
+}
+
+/// Looks up the response stored for a request with `request_headers`.
+pub(crate) async fn lookup(
+    shared: &Shared,
+    backend: &Arc<dyn Backend>,
+    base: &str,
+    request_headers: &HeaderMap,
+) -> (Found, Slot) {
+    let mut slot = Slot {
+        base: base.to_owned(),
+        index: None,
+    };
+    let record = match read(shared, backend, base).await {
+        Err(()) => return (Found::Failed, slot),
+        Ok(None) => return (Found::Missing { vary_miss: false }, slot),
+        Ok(Some(record)) => record,
+    };
+    let entry = match record {
+        // A plain record must be a response without `Vary` selection.
+        CacheRecord::Response(entry) if entry.vary_key.is_empty() => entry,
+        CacheRecord::Response(_) => return (Found::Missing { vary_miss: false }, slot),
+        CacheRecord::Variants(index) => {
+            let (key, selecting) = variant_key(base, &index, request_headers);
+            slot.index = Some(index);
+            match read(shared, backend, &key).await {
+                Err(()) => return (Found::Failed, slot),
+                Ok(Some(CacheRecord::Response(entry))) if entry.vary_key == selecting => entry,
+                Ok(_) => return (Found::Missing { vary_miss: true }, slot),
+            }
+        }
+    };
+    let check = |name: &http::HeaderName| shared.credentials.is_credential_header(name);
+    match response::sanitize(entry, check) {
+        Some(entry) if vary::selects(&entry, request_headers) => (Found::Entry(entry), slot),
+        _ => {
+            tracing::warn!(key = base, "stored entry refused on read");
+            (Found::Missing { vary_miss: false }, slot)
+        }
+    }
+}
+
+/// Reads and decodes one record. `Err` when the backend failed; an
+/// undecodable record is deleted and reads as absent.
+async fn read(
+    shared: &Shared,
+    backend: &Arc<dyn Backend>,
+    key: &str,
+) -> Result<Option<CacheRecord>, ()> {
+    let found = match backend.get_now(key) {
+        // In-process stores answer at once: no boxed future, no timer.
+        Some(Ok(found)) => Some(found),
+        Some(Err(error)) => {
+            bump(&shared.stats.backend_errors);
+            shared.failures.record(backend.name(), "get", &error);
+            None
+        }
+        None => with_timeout(shared, &**backend, "get", backend.get(key)).await,
+    };
+    let Some(bytes) = found.ok_or(())? else {
+        return Ok(None);
+    };
+    match CacheRecord::decode(bytes) {
+        Ok(record) => Ok(Some(record)),
+        Err(error) => {
+            // Corrupt, planted, or written by another version: a miss, and
+            // the record goes so the next store replaces it.
+            bump(&shared.stats.decode_failures);
+            tracing::warn!(%error, "undecodable cache entry deleted");
+            let _ = with_timeout(shared, &**backend, "delete", backend.delete(key)).await;
+            Ok(None)
+        }
+    }
+}
+
+/// The key of the variant selected by `request_headers`, and its selecting
+/// value.
+fn variant_key(base: &str, index: &VariantIndex, request_headers: &HeaderMap) -> (String, Bytes) {
+    let selecting = vary::vary_key(&index.names, request_headers);
+    let mut input = Vec::with_capacity(8 + selecting.len());
+    input.extend_from_slice(&index.epoch.to_be_bytes());
+    input.extend_from_slice(&selecting);
+    let hash = format!("{:032x}", xxh3_128(&input));
+    (CacheKey::variant_key(base, &hash), selecting)
+}
+
+/// Writes `entry` for the request it was made for. Returns whether it was
+/// stored.
+pub(crate) async fn write(
+    shared: &Shared,
+    backend: &Arc<dyn Backend>,
+    slot: &Slot,
+    entry: &CacheEntry,
+    request_headers: &HeaderMap,
+) -> bool {
+    let now = shared.clock.now();
+    let ttl = entry.storage_ttl_left(now);
+    if ttl.is_zero() {
+        return false;
+    }
+    let names = vary::vary_names(&entry.headers);
+    let record = CacheRecord::Response(entry.clone()).encode();
+    if names.is_empty() {
+        let call = backend.set(&slot.base, record, Some(ttl));
+        return with_timeout(shared, &**backend, "set", call)
+            .await
+            .is_some();
+    }
+    let index_ttl = ttl.max(MIN_INDEX_TTL);
+    let Some(index) = index_for(shared, backend, slot, names, index_ttl).await else {
+        return false;
+    };
+    let (key, _) = variant_key(&slot.base, &index, request_headers);
+    let call = backend.set(&key, record, Some(ttl));
+    with_timeout(shared, &**backend, "set", call)
+        .await
+        .is_some()
+}
+
+/// The index to store a variant under: the known one when its names
+/// match, else a new or updated one. A new index is created with `add`, so
+/// that of two instances storing the first variants of a key at once, both
+/// end up under the same epoch.
+async fn index_for(
+    shared: &Shared,
+    backend: &Arc<dyn Backend>,
+    slot: &Slot,
+    names: Vec<String>,
+    ttl: Duration,
+) -> Option<VariantIndex> {
+    match &slot.index {
+        Some(index) if index.names == names => return Some(index.clone()),
+        Some(index) => {
+            let index = VariantIndex {
+                names,
+                epoch: index.epoch,
+            };
+            return put_index(shared, backend, &slot.base, &index, ttl).await;
+        }
+        None => {}
+    }
+    let fresh = VariantIndex {
+        names,
+        epoch: random_epoch(),
+    };
+    let encoded = CacheRecord::Variants(fresh.clone()).encode();
+    let call = backend.add(&slot.base, encoded, Some(ttl));
+    if with_timeout(shared, &**backend, "add", call).await? {
+        return Some(fresh);
+    }
+    // Someone else wrote the base key first: use their index if it is one.
+    match read(shared, backend, &slot.base).await.ok()? {
+        Some(CacheRecord::Variants(theirs)) if theirs.names == fresh.names => Some(theirs),
+        Some(CacheRecord::Variants(theirs)) => {
+            let index = VariantIndex {
+                names: fresh.names,
+                epoch: theirs.epoch,
+            };
+            put_index(shared, backend, &slot.base, &index, ttl).await
+        }
+        _ => put_index(shared, backend, &slot.base, &fresh, ttl).await,
+    }
+}
+
+async fn put_index(
+    shared: &Shared,
+    backend: &Arc<dyn Backend>,
+    base: &str,
+    index: &VariantIndex,
+    ttl: Duration,
+) -> Option<VariantIndex> {
+    let encoded = CacheRecord::Variants(index.clone()).encode();
+    let call = backend.set(base, encoded, Some(ttl));
+    with_timeout(shared, &**backend, "set", call).await?;
+    Some(index.clone())
+}
+
+fn random_epoch() -> u64 {
+    let mut raw = [0u8; 8];
+    if getrandom::fill(&mut raw).is_err() {
+        // Uniqueness matters, not secrecy: fall back to the clock.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        return nanos as u64;
+    }
+    u64::from_le_bytes(raw)
+}
+
+/// Deletes a base key (and with it every variant), failing open.
+pub(crate) async fn delete(shared: &Shared, backend: &Arc<dyn Backend>, key: &str) {
+    let _ = with_timeout(shared, &**backend, "delete", backend.delete(key)).await;
+}
+
+/// Runs a backend call under the layer's timeout; failures are counted,
+/// logged (rate-limited) and turned into `None`: fail open.
+pub(crate) async fn with_timeout<T>(
+    shared: &Shared,
+    backend: &dyn Backend,
+    operation: &'static str,
+    call: impl Future<Output = Result<T, BackendError>>,
+) -> Option<T> {
+    let error = match tokio::time::timeout(shared.backend_timeout, call).await {
+        Ok(Ok(value)) => return Some(value),
+        Ok(Err(error)) => {
+            if matches!(error, BackendError::Timeout { .. }) {
+                bump(&shared.stats.backend_timeouts);
+            } else {
+                bump(&shared.stats.backend_errors);
+            }
+            error
+        }
+        Err(_) => {
+            bump(&shared.stats.backend_timeouts);
+            BackendError::Timeout {
+                backend: backend.name(),
+                timeout: shared.backend_timeout,
+            }
+        }
+    };
+    shared.failures.record(backend.name(), operation, &error);
+    None
+}
