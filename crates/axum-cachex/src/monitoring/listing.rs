@@ -51,13 +51,22 @@ pub(crate) async fn load(backend: &dyn Backend) -> Result<Loaded, BackendError> 
     let mut variants = Vec::new();
     for stored in values {
         if let Ok(CacheRecord::Response(entry)) = CacheRecord::decode(stored.value) {
-            variants.push((stored.key, entry));
+            variants.push((base_key(stored.key), entry));
         }
     }
     // Stable order (a stable sort keeps variants in stored order) so that
     // `offset` pages through the same sequence on every call.
     variants.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(Loaded::Listed(Listing { variants }))
+}
+
+/// A `Vary` variant is listed under its base key: the key that `delete`
+/// and invalidation act on.
+fn base_key(key: String) -> String {
+    match CacheKey::parse(&key) {
+        Some(k) if !k.variant.is_empty() => CacheKey { variant: "", ..k }.to_string(),
+        _ => key,
+    }
 }
 
 fn unsupported_message(backend: &str) -> String {
