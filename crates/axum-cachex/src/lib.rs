@@ -185,7 +185,7 @@ pub use app_cache::CacheManager;
 pub use axum_cachex_core::{CacheEntry, CacheKey, CacheRecord, DecodeError, VariantIndex};
 pub use cache::{
     CacheBackend, CacheLayer, CacheLayerBuilder, ConfigError, CredentialNames, Credentialed,
-    DefaultKeyBuilder, Freshness, KeyBuilder, Stale, StatsSnapshot, UserPartition,
+    DefaultKeyBuilder, Freshness, KeyBuilder, ShareGuard, Stale, StatsSnapshot, UserPartition,
 };
 pub use clock::{Clock, ManualClock};
 pub use manager_stats::{ManagerStats, manager_stats};

@@ -18,6 +18,11 @@
 //! The session layer's default names (`X-Session-Token`, cookie `session`)
 //! are known from the start.
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
 use arc_swap::ArcSwap;
 use http::{
     HeaderMap, HeaderName,
@@ -40,6 +45,39 @@ use http::{
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Credentialed;
+
+/// A flag that keeps the response to one request out of shared caches,
+/// set while the handler runs.
+///
+/// A middleware that runs outside the cache layer and may attach a
+/// credential to the response after the cache layer has seen it (the
+/// session layer issuing a token on login) puts one into the request's
+/// extensions and sets it when it does; the cache layer then neither
+/// stores the response nor hands it to coalesced requests.
+///
+/// ```
+/// use axum_cachex::ShareGuard;
+/// let guard = ShareGuard::default();
+/// let mut request = http::Request::new(());
+/// request.extensions_mut().insert(guard.clone());
+/// // ... later, while the handler runs:
+/// guard.forbid_sharing();
+/// assert!(guard.sharing_forbidden());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ShareGuard(Arc<AtomicBool>);
+
+impl ShareGuard {
+    /// Keeps the response out of shared caches.
+    pub fn forbid_sharing(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether [`forbid_sharing`](Self::forbid_sharing) was called.
+    pub fn sharing_forbidden(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
 
 /// The header and cookie names a middleware reads credentials from. The
 /// session layer puts it into every response's extensions; a cache layer

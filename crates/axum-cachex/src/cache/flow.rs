@@ -41,7 +41,7 @@ use super::{
     body::{self, Collected, Kept, PassReason},
     coalesce::{self, Flight, Leader},
     conditional::Conditions,
-    credentials::CredentialNames,
+    credentials::{CredentialNames, ShareGuard},
     decide::{self, Use},
     etag::etag_for,
     extract::CacheHandle,
@@ -80,6 +80,8 @@ struct Pending {
     write: bool,
     leader: Option<Leader>,
     lock: Option<HeldLock>,
+    /// Set by an outer middleware when the response must not be shared.
+    guard: Option<ShareGuard>,
 }
 
 /// Entry point: one request through the layer.
@@ -306,6 +308,7 @@ where
             write,
             leader,
             lock,
+            guard: parts.extensions.get::<ShareGuard>().cloned(),
         };
         let result = self.call(Request::from_parts(parts, body)).await;
         self.after_handler(result, stale, pending, fwd).await
@@ -448,11 +451,16 @@ where
         let (mut parts, body) = res.into_parts();
         self.learn_credentials(&parts);
         let now = self.shared.clock.now();
-        let admission = if plan::response_is_credentialed(&self.shared, &parts.extensions) {
-            Admission::Refuse("credentials")
-        } else {
-            admit::admit(&self.shared, parts.status, &parts.headers, now)
-        };
+        let guarded = pending
+            .guard
+            .as_ref()
+            .is_some_and(ShareGuard::sharing_forbidden);
+        let admission =
+            if guarded || plan::response_is_credentialed(&self.shared, &parts.extensions) {
+                Admission::Refuse("credentials")
+            } else {
+                admit::admit(&self.shared, parts.status, &parts.headers, now)
+            };
         let status = CacheStatus::forward(fwd);
         let policy = match admission {
             Admission::Store(policy) => policy,
@@ -581,6 +589,7 @@ where
             write: true,
             leader: Some(leader),
             lock: None,
+            guard: request.extensions().get::<ShareGuard>().cloned(),
         };
         match self.call(request).await {
             Ok(res) if !res.status().is_server_error() => {

@@ -139,7 +139,7 @@ fn is_valid_host(host: &str) -> bool {
         _ => (host, None),
     };
     let port_ok =
-        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+        port.is_none_or(|p| p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok());
     let name_ok = if let Some(literal) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
         !literal.is_empty()
             && literal

@@ -35,7 +35,7 @@ pub use config::{
     DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_REFRESHES, Freshness, Stale, UserPartition,
     default_cacheable_statuses,
 };
-pub use credentials::{CredentialNames, Credentialed};
+pub use credentials::{CredentialNames, Credentialed, ShareGuard};
 pub use extract::CacheBackend;
 pub use key::{DefaultKeyBuilder, KeyBuilder};
 pub use layer::CacheLayer;

@@ -23,7 +23,12 @@ use bytes::Bytes;
 use http::HeaderMap;
 use xxhash_rust::xxh3::xxh3_128;
 
-use super::{layer::Shared, response, stats::bump, vary};
+use super::{decide, layer::Shared, response, stats::bump, vary};
+
+/// How long past its stale windows an entry with a validator from the
+/// handler is kept: while it is kept, a stale entry is revalidated with a
+/// conditional request instead of being fetched whole.
+const REVALIDATION_GRACE: Duration = Duration::from_secs(3600);
 
 /// The smallest lifetime of a variant index: it is tiny, and outliving
 /// its variants only costs a `vary-miss`.
@@ -154,7 +159,10 @@ pub(crate) async fn write(
     request_headers: &HeaderMap,
 ) -> bool {
     let now = shared.clock.now();
-    let ttl = entry.storage_ttl_left(now);
+    let mut ttl = entry.storage_ttl_left(now);
+    if decide::has_validator(&entry.headers) {
+        ttl += REVALIDATION_GRACE;
+    }
     if ttl.is_zero() {
         return false;
     }

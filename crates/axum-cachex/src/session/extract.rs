@@ -15,6 +15,8 @@ use http::{HeaderValue, StatusCode, header, request::Parts};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
+use crate::cache::ShareGuard;
+
 use super::{
     FlashMessage, Session, SessionError, SessionManager, SessionStatus, SessionUser, TokenSource,
 };
@@ -52,6 +54,9 @@ pub(crate) struct ContextInner {
     pub(crate) user_agent: Option<String>,
     pub(crate) source: Option<TokenSource>,
     pub(crate) state: Mutex<CtxState>,
+    /// Set when this request issues, renews or removes a token: a cache
+    /// layer inside the session layer must not keep the response.
+    pub(crate) share_guard: ShareGuard,
 }
 
 /// The session machinery of one request, put in the request extensions by
@@ -94,6 +99,7 @@ impl SessionContext {
         client_ip: Option<IpAddr>,
         user_agent: Option<String>,
         source: Option<TokenSource>,
+        share_guard: ShareGuard,
     ) -> Self {
         Self {
             inner: Arc::new(ContextInner {
@@ -102,6 +108,7 @@ impl SessionContext {
                 user_agent,
                 source,
                 state: Mutex::new(CtxState::default()),
+                share_guard,
             }),
         }
     }
@@ -109,6 +116,7 @@ impl SessionContext {
     pub(crate) fn set_loaded(&self, session: Session, renewed_token: Option<String>) {
         let mut st = lock(&self.inner.state);
         if let Some(token) = renewed_token {
+            self.inner.share_guard.forbid_sharing();
             st.issued = Some(Issued {
                 token,
                 expires_at: session.expires_at(),
@@ -219,12 +227,8 @@ impl SessionContext {
             modified: false,
             deleted: false,
         }));
-        {
-            let mut st = lock(&self.inner.state);
-            st.handle = Some(Arc::clone(&state));
-            st.issued = Some(Issued { token, expires_at });
-            st.remove_cookie = false;
-        }
+        lock(&self.inner.state).handle = Some(Arc::clone(&state));
+        set_issued(&self.inner, token, expires_at);
         self.handle_from(state)
     }
 
@@ -452,6 +456,7 @@ impl SessionHandle {
             hs.modified = false;
             hs.session.invalidate();
         }
+        self.ctx.share_guard.forbid_sharing();
         let mut st = lock(&self.ctx.state);
         st.issued = None;
         st.remove_cookie = true;
@@ -459,6 +464,7 @@ impl SessionHandle {
 }
 
 fn set_issued(ctx: &ContextInner, token: String, expires_at: Option<SystemTime>) {
+    ctx.share_guard.forbid_sharing();
     let mut st = lock(&ctx.state);
     st.issued = Some(Issued { token, expires_at });
     st.remove_cookie = false;

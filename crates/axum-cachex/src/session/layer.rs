@@ -11,7 +11,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::{debug, warn};
 
-use crate::cache::{CredentialNames, Credentialed};
+use crate::cache::{CredentialNames, Credentialed, ShareGuard};
 
 use super::{
     SessionManager, TokenSource,
@@ -106,7 +106,9 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let manager = self.manager.clone();
         Box::pin(async move {
-            let (ctx, found) = prepare(&manager, &req);
+            let share_guard = ShareGuard::default();
+            req.extensions_mut().insert(share_guard.clone());
+            let (ctx, found) = prepare(&manager, &req, share_guard);
             if found.is_some() {
                 // A cache layer inside this one must not share the answer.
                 req.extensions_mut().insert(Credentialed);
@@ -129,6 +131,7 @@ where
 fn prepare<B>(
     manager: &SessionManager,
     req: &Request<B>,
+    share_guard: ShareGuard,
 ) -> (SessionContext, Option<(String, TokenSource)>) {
     let config = manager.config();
     let headers = req.headers();
@@ -138,7 +141,13 @@ fn prepare<B>(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let found = transport::find_token(headers, config);
-    let ctx = SessionContext::new(manager.clone(), ip, ua, found.as_ref().map(|(_, s)| *s));
+    let ctx = SessionContext::new(
+        manager.clone(),
+        ip,
+        ua,
+        found.as_ref().map(|(_, s)| *s),
+        share_guard,
+    );
     (ctx, found)
 }
 
@@ -156,6 +165,7 @@ async fn load(
                 ctx.mark_rejected();
                 if source == TokenSource::Cookie {
                     // Stop the browser from sending a dead token forever.
+                    ctx.inner.share_guard.forbid_sharing();
                     lock(&ctx.inner.state).remove_cookie = true;
                 }
             }
