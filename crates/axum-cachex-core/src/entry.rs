@@ -182,6 +182,10 @@ impl CacheEntry {
 /// byte round-trips, and bytes of another version decode to an error (a
 /// miss), never a panic.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "responses are the common case; boxing them would cost an allocation per cache hit"
+)]
 pub enum CacheRecord {
     /// A stored response.
     Response(CacheEntry),

@@ -62,24 +62,28 @@
 //!
 //! ```text
 //! request
-//!  ├─ not GET/HEAD ───────────────► handler ─► (unsafe method + 2xx/3xx: delete the GET entry)   Cache-Status: fwd=bypass; detail=method
-//!  ├─ no_store route ─────────────► handler, Cache-Control: no-store                             fwd=bypass; detail=no-store
-//!  ├─ Authorization, not public ──► handler, ETag + 304, nothing stored (RFC 9111 §3.5)           fwd=bypass; detail=authorization
-//!  ├─ no_cache / no ttl ──────────► handler every time, ETag + 304                                fwd=miss
+//!  ├─ not GET/HEAD ───────────────► handler ─► (2xx/3xx: delete the URI's entries, RFC 9111 §4.4)  Cache-Status: fwd=method
+//!  ├─ no_store route ─────────────► handler, Cache-Control: no-store                               fwd=bypass; detail=no-store
+//!  ├─ credentials, not public ────► handler, ETag + 304, nothing stored (RFC 9111 §3.5)             fwd=bypass; detail=credentials
+//!  ├─ invalid Host ───────────────► handler, nothing stored                                         fwd=bypass; detail=invalid-host
+//!  ├─ no_cache / private / no ttl ► handler every time, ETag + 304                                  fwd=miss
 //!  └─ look the key up (backend call under a timeout; failure = miss, fail open)
-//!      ├─ variant for this request's Vary values?
-//!      ├─ fresh ─────────────────── 304 if If-None-Match/If-Modified-Since match, else 200     hit; ttl=N
-//!      ├─ stale, in SWR window ──── same, at once + one background refresh per key            hit; detail=stale-while-revalidate
-//!      └─ miss, or too stale
-//!          ├─ another request for the key is running its handler ─► wait, share its response  fwd=miss; collapsed
-//!          │     (not shareable / timeout ─► run the handler ourselves)
-//!          └─ leader [cross-instance lock, opt-in] ─► handler
-//!                ├─ 5xx or error inside the stale-if-error window ─► the stale entry          fwd=stale; fwd-status=500
-//!                ├─ not storable (status, Set-Cookie, no-store, private, Vary: *, too large)  fwd=miss; detail=…
-//!                └─ buffer body, ETag, Cache-Control, store, 304 or 200                       fwd=miss; stored
+//!      ├─ fresh ─────────────────── 304 if If-None-Match/If-Modified-Since match (2xx only), else 200  hit; ttl=N
+//!      ├─ stale, in SWR window ──── same, at once + one background refresh per key                  hit; detail=stale-while-revalidate
+//!      └─ miss, or stale
+//!          ├─ another request for the variant is running its handler ─► wait, share its response  fwd=miss; collapsed
+//!          └─ leader [cross-instance lock, opt-in] ─► handler (If-None-Match / If-Modified-Since
+//!             │                                        when the stale entry has a validator)
+//!                ├─ 304 ─► freshen the stored entry, serve it                                     fwd=stale; fwd-status=304
+//!                ├─ 5xx or error inside the stale-if-error window ─► the stale entry              fwd=stale; fwd-status=500
+//!                ├─ not storable (status, Set-Cookie, no-store, private, Vary: *, credentials)    fwd=miss; detail=…
+//!                └─ store: known length within the limit → buffer, ETag, store, 304 or 200      fwd=miss; stored
+//!                          unknown length → stream to the client, store the copy at its end
 //! ```
 //!
-//! `HEAD` requests are answered from the `GET` entry (headers, no body).
+//! `HEAD` requests are answered from the `GET` entry (headers, no body); a
+//! `HEAD` miss is forwarded as `GET`. The README's "Shared-cache rules"
+//! table says what is stored, what is shared and what bypasses.
 //!
 //! # Options
 //!
@@ -90,7 +94,10 @@
 //! | [`stale_ttl`](CacheLayerBuilder::stale_ttl) + [`stale`](CacheLayerBuilder::stale) | `stale-while-revalidate=N` / `stale-if-error=N`, honoured server-side |
 //! | [`no_cache`](CacheLayerBuilder::no_cache) | `no-cache`; handler runs every time, 304 on a matching ETag |
 //! | [`no_store`](CacheLayerBuilder::no_store) | only `no-store`; nothing stored |
-//! | [`public`](CacheLayerBuilder::public) / [`private`](CacheLayerBuilder::private) | `public` / `private` |
+//! | [`public`](CacheLayerBuilder::public) / [`private`](CacheLayerBuilder::private) | `public` (shares responses to requests with credentials) / `private` (never stored server-side) |
+//! | [`private_per_user`](CacheLayerBuilder::private_per_user) | `private`, stored once per verified user |
+//! | [`credential_header`](CacheLayerBuilder::credential_header) / [`credential_cookie`](CacheLayerBuilder::credential_cookie) | more credentials that bypass the cache |
+//! | [`freshness`](CacheLayerBuilder::freshness) | whether the layer's ttl or the response's own headers decide freshness ([`Freshness`]) |
 //! | [`immutable`](CacheLayerBuilder::immutable) | `immutable` |
 //! | [`must_revalidate`](CacheLayerBuilder::must_revalidate) / [`proxy_revalidate`](CacheLayerBuilder::proxy_revalidate) | `must-revalidate` / `proxy-revalidate` |
 //! | [`no_transform`](CacheLayerBuilder::no_transform) / [`must_understand`](CacheLayerBuilder::must_understand) | `no-transform` / `must-understand` |
@@ -114,11 +121,16 @@
 //!
 //! Not stored: responses whose status is not in
 //! [`cacheable_statuses`](CacheLayerBuilder::cacheable_statuses) (default
-//! 200, 203, 204, 300, 301, 308), responses with `Set-Cookie`, responses the
-//! handler marks `Cache-Control: no-store` or `private`, `Vary: *`, and
-//! bodies larger than [`max_body_size`](CacheLayerBuilder::max_body_size)
-//! (1 MiB), which stream through unbuffered. The handler's own headers on
-//! such responses are left as it made them.
+//! 200, 203, 204, 300, 301, 308), responses with `Set-Cookie`, a credential
+//! header or a value marked sensitive, responses the handler marks
+//! `Cache-Control: no-store` or `private`, `Vary: *`, `text/event-stream`,
+//! responses to requests with credentials (unless the route is
+//! [`public`](CacheLayerBuilder::public)), and bodies larger than
+//! [`max_body_size`](CacheLayerBuilder::max_body_size) (1 MiB), which stream
+//! through unbuffered. The handler's own headers on such responses are left
+//! as it made them. Entries read back are checked again: a planted
+//! `Set-Cookie`, credential or framing header is dropped, and a status a
+//! cache may not serve is a miss.
 //!
 //! # Invalidation
 //!

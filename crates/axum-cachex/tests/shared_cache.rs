@@ -772,8 +772,7 @@ async fn stale_if_error_waiters_share_the_leaders_stale_answer() {
     let leader = get(&app, "/r", &[]);
     let waiter = async {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let r = get(&app, "/r", &[]).await;
-        r
+        get(&app, "/r", &[]).await
     };
     let release = async {
         tokio::time::sleep(Duration::from_millis(60)).await;

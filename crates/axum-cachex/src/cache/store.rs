@@ -55,6 +55,10 @@ impl Slot {
 }
 
 /// What a lookup found.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a hit is the hot path: boxing the entry would cost an allocation per hit"
+)]
 pub(crate) enum Found {
     /// A stored response for this request (checked, see
     /// [`response::sanitize`]).
