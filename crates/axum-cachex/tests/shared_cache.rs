@@ -463,7 +463,48 @@ async fn directives_survive_several_lines_and_non_utf8_bytes() {
     assert_eq!(get(&app, "/r", &[]).await.body, "#2");
 }
 
+#[tokio::test]
+async fn only_if_cached_miss_is_answered_504() {
+    let app = app(ttl60(), |n, _| plain(n));
+    let miss = get(&app, "/r", &[("cache-control", "only-if-cached")]).await;
+    assert_eq!(miss.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(app.calls.get(), 0);
+    get(&app, "/r", &[]).await;
+    let hit = get(&app, "/r", &[("cache-control", "only-if-cached")]).await;
+    assert_eq!(
+        (hit.status, hit.body.as_ref()),
+        (StatusCode::OK, &b"#1"[..])
+    );
+}
+
+#[tokio::test]
+async fn client_no_cache_and_pragma_do_not_empty_the_shared_cache() {
+    let app = app(ttl60(), |n, _| plain(n));
+    get(&app, "/r", &[]).await;
+    for header in [
+        ("cache-control", "no-cache"),
+        ("cache-control", "max-age=0"),
+        ("pragma", "no-cache"),
+    ] {
+        assert_eq!(get(&app, "/r", &[header]).await.body, "#1", "{header:?}");
+    }
+}
+
 // 6. Preconditions and partial content.
+
+#[tokio::test]
+async fn origin_preconditions_go_to_the_handler() {
+    let app = app(ttl60(), |n, p| {
+        let mut res = reply(n, &[("etag", "\"v1\"")]);
+        if p.headers.get("if-match").is_some_and(|v| v != "\"v1\"") {
+            *res.status_mut() = StatusCode::PRECONDITION_FAILED;
+        }
+        std::future::ready(res)
+    });
+    get(&app, "/r", &[]).await;
+    let r = get(&app, "/r", &[("if-match", "\"other\"")]).await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+}
 
 #[tokio::test]
 async fn conditional_requests_never_turn_a_non_2xx_into_304() {

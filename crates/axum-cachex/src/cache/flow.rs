@@ -408,15 +408,8 @@ where
             Some(entry) => (entry, true),
             None => (old, false),
         };
-        if storable && pending.write {
-            status.stored = store::write(
-                &self.shared,
-                &self.backend,
-                &pending.slot,
-                &entry,
-                &pending.selecting,
-            )
-            .await;
+        if storable {
+            status.stored = pending.store(&self.shared, &self.backend, &entry).await;
         }
         pending.finish(&self.shared, &self.backend, storable.then(|| entry.clone()));
         (self.answer_entry(entry, now), status)
@@ -507,16 +500,7 @@ where
         let now = self.shared.clock.now();
         let entry = new_entry(&parts, bytes.clone(), &pending, now);
         parts.headers.insert(ETAG, entry.etag.clone());
-        if pending.write {
-            status.stored = store::write(
-                &self.shared,
-                &self.backend,
-                &pending.slot,
-                &entry,
-                &pending.selecting,
-            )
-            .await;
-        }
+        status.stored = pending.store(&self.shared, &self.backend, &entry).await;
         pending.finish(&self.shared, &self.backend, Some(entry));
         (self.answer_bytes(parts, bytes), status)
     }
@@ -537,10 +521,7 @@ where
             };
             let entry = new_entry(&head, bytes, &pending, shared.clock.now());
             spawn(async move {
-                if pending.write
-                    && store::write(&shared, &backend, &pending.slot, &entry, &pending.selecting)
-                        .await
-                {
+                if pending.store(&shared, &backend, &entry).await {
                     bump(&shared.stats.stores);
                 }
                 pending.finish(&shared, &backend, Some(entry));
@@ -688,6 +669,17 @@ impl Stale {
 }
 
 impl Pending {
+    /// Writes `entry` where it belongs, unless writing is off. Returns
+    /// whether it was stored.
+    async fn store(
+        &self,
+        shared: &Arc<Shared>,
+        backend: &Arc<dyn Backend>,
+        entry: &CacheEntry,
+    ) -> bool {
+        self.write && store::write(shared, backend, &self.slot, entry, &self.selecting).await
+    }
+
     /// Hands the outcome to coalesced waiters and releases the
     /// cross-instance lock, off the response path.
     fn finish(self, shared: &Arc<Shared>, backend: &Arc<dyn Backend>, entry: Option<CacheEntry>) {

@@ -43,7 +43,8 @@ pub(crate) enum LockOutcome {
     Proceed,
 }
 
-fn token() -> Bytes {
+/// 16 random bytes: unique lock tokens and variant epochs.
+pub(crate) fn random_token() -> Bytes {
     let mut raw = [0u8; 16];
     if getrandom::fill(&mut raw).is_err() {
         // Uniqueness, not secrecy, matters here: fall back to the clock.
@@ -64,7 +65,7 @@ pub(crate) async fn acquire(
     lock_ttl: Duration,
 ) -> LockOutcome {
     let lock = lock_key(&slot.flight_key(request_headers));
-    let token = token();
+    let token = random_token();
     match tokio::time::timeout(
         shared.backend_timeout,
         backend.add(&lock, token.clone(), Some(lock_ttl)),

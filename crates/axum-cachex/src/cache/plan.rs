@@ -1,6 +1,10 @@
 //! The first step of a request: what kind of request it is for the cache.
 
-use http::{Method, request::Parts};
+use http::{
+    Method,
+    header::{IF_MATCH, IF_UNMODIFIED_SINCE},
+    request::Parts,
+};
 
 use super::{
     credentials::Credentialed, directives::Directives, key, layer::Shared, status::CacheStatus,
@@ -56,6 +60,11 @@ pub(crate) fn plan(shared: &Shared, parts: &Parts) -> Plan {
     let Some(key) = key::entry_key(shared, parts) else {
         return Plan::Uncached(CacheStatus::bypass("no-user"));
     };
+    if parts.headers.contains_key(IF_MATCH) || parts.headers.contains_key(IF_UNMODIFIED_SINCE) {
+        // RFC 9111 §4.3.2: preconditions meant for the origin server are
+        // not the cache's to evaluate; the handler answers them.
+        return Plan::Uncached(CacheStatus::forward("miss").with_detail("precondition"));
+    }
     let cc = Directives::from_headers(&parts.headers);
     Plan::Cached {
         key,

@@ -248,15 +248,9 @@ async fn put_index(
 }
 
 fn random_epoch() -> u64 {
+    let token = super::lock::random_token();
     let mut raw = [0u8; 8];
-    if getrandom::fill(&mut raw).is_err() {
-        // Uniqueness matters, not secrecy: fall back to the clock.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        return nanos as u64;
-    }
+    raw.copy_from_slice(&token[..8]);
     u64::from_le_bytes(raw)
 }
 
