@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, StatusCode, header};
 
 use super::{
     config::Freshness,
@@ -34,9 +34,6 @@ pub(crate) struct Policy {
     /// Age the response already had when the layer received it (`Age`,
     /// and with response-driven freshness the apparent age from `Date`).
     pub(crate) initial_age: Duration,
-    /// The `Cache-Control` to store and send: the handler's own, or the
-    /// layer's when the handler sent none.
-    pub(crate) cache_control: Option<HeaderValue>,
 }
 
 /// What the layer may do with a response.
@@ -75,11 +72,6 @@ pub(crate) fn admit(
         stale_while_revalidate,
         stale_if_error,
         initial_age: initial_age(shared, headers, now),
-        cache_control: if headers.contains_key(header::CACHE_CONTROL) {
-            None
-        } else {
-            Some(shared.cache_control.clone())
-        },
     })
 }
 
@@ -181,10 +173,18 @@ fn heuristic(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Option
 }
 
 /// Stale windows: none when the response must be revalidated once stale
-/// (`must-revalidate`, `proxy-revalidate`, `no-cache`).
+/// (`must-revalidate`, `proxy-revalidate`, `no-cache`), only its own with
+/// `s-maxage`, else the layer's (or, with response-driven freshness, its
+/// own first).
 fn stale_windows(shared: &Shared, cc: &Directives) -> (Duration, Duration) {
     if cc.must_revalidate || cc.proxy_revalidate || cc.no_cache {
         return (Duration::ZERO, Duration::ZERO);
+    }
+    let own = |window: Option<u64>| window.map_or(Duration::ZERO, Duration::from_secs);
+    if cc.s_maxage.is_some() {
+        // RFC 9111 §5.2.2.10: `s-maxage` implies `proxy-revalidate`; only
+        // the response's own stale directives can relax that.
+        return (own(cc.stale_while_revalidate), own(cc.stale_if_error));
     }
     match shared.freshness {
         Freshness::Layer => (shared.stale_while_revalidate, shared.stale_if_error),

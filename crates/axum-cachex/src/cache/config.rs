@@ -107,6 +107,8 @@ pub struct CacheLayerBuilder {
     pub(crate) no_transform: bool,
     pub(crate) must_understand: bool,
     pub(crate) key_builder: Arc<dyn KeyBuilder>,
+    /// Whether `key_builder` was replaced (the default one is inlined).
+    pub(crate) custom_keys: bool,
     pub(crate) backend: BackendSource,
     pub(crate) cacheable_statuses: HashSet<StatusCode>,
     pub(crate) max_body_size: usize,
@@ -191,6 +193,7 @@ impl Default for CacheLayerBuilder {
             no_transform: false,
             must_understand: false,
             key_builder: Arc::new(DefaultKeyBuilder),
+            custom_keys: false,
             backend: BackendSource::Proxy(BackendProxy::global().clone()),
             cacheable_statuses: default_cacheable_statuses(),
             max_body_size: DEFAULT_MAX_BODY_SIZE,
@@ -375,6 +378,7 @@ impl CacheLayerBuilder {
     /// [`DefaultKeyBuilder`](crate::DefaultKeyBuilder)).
     pub fn key_builder(mut self, key_builder: impl KeyBuilder) -> Self {
         self.key_builder = Arc::new(key_builder);
+        self.custom_keys = true;
         self
     }
 
@@ -611,6 +615,17 @@ impl CacheLayerBuilder {
         }
         // Only ASCII directive names and digits: always a valid value.
         HeaderValue::from_str(&parts.join(", ")).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// The `Cache-Control` for responses to requests with credentials:
+    /// `private`, without `public`, `s-maxage` or `proxy-revalidate`.
+    pub(crate) fn render_private_cache_control(&self) -> HeaderValue {
+        let mut private = self.clone();
+        private.public = false;
+        private.private = !private.no_store;
+        private.s_maxage = None;
+        private.proxy_revalidate = false;
+        private.render_cache_control()
     }
 
     pub(crate) fn stale_while_revalidate(&self) -> Duration {

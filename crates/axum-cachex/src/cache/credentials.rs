@@ -26,7 +26,9 @@ use std::sync::{
 use arc_swap::ArcSwap;
 use http::{
     HeaderMap, HeaderName,
-    header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION},
+    header::{
+        AUTHORIZATION, CACHE_CONTROL, COOKIE, IF_MATCH, IF_UNMODIFIED_SINCE, PROXY_AUTHORIZATION,
+    },
     request::Parts,
 };
 
@@ -134,18 +136,32 @@ impl CredentialCheck {
         }
     }
 
-    /// Whether the request carries a credential the application uses.
-    pub(crate) fn carries_credentials(&self, parts: &Parts) -> bool {
-        let headers = &parts.headers;
-        if parts.extensions.get::<Credentialed>().is_some()
-            || headers.contains_key(AUTHORIZATION)
-            || headers.contains_key(PROXY_AUTHORIZATION)
-        {
-            return true;
+    /// What the cache needs to know of a request's headers, in one pass
+    /// over their (few) names; the configured names are loaded only when
+    /// a header could be one of them.
+    pub(crate) fn scan(&self, parts: &Parts) -> RequestScan {
+        let mut scan = RequestScan {
+            credentialed: parts.extensions.get::<Credentialed>().is_some(),
+            ..RequestScan::default()
+        };
+        let mut names = None;
+        for name in parts.headers.keys() {
+            if name == AUTHORIZATION || name == PROXY_AUTHORIZATION {
+                scan.credentialed = true;
+            } else if name == CACHE_CONTROL {
+                scan.cache_control = true;
+            } else if name == IF_MATCH || name == IF_UNMODIFIED_SINCE {
+                scan.origin_precondition = true;
+            } else if !is_common_request_header(name) {
+                let names = names.get_or_insert_with(|| self.names.load());
+                scan.credentialed |= if name == COOKIE {
+                    has_cookie(&parts.headers, &names.cookies)
+                } else {
+                    names.headers.contains(name)
+                };
+            }
         }
-        let names = self.names.load();
-        names.headers.iter().any(|h| headers.contains_key(h))
-            || (headers.contains_key(COOKIE) && has_cookie(headers, &names.cookies))
+        scan
     }
 
     /// Whether response headers carry a token or secret: a credential
@@ -157,12 +173,13 @@ impl CredentialCheck {
             || headers.values().any(http::HeaderValue::is_sensitive)
     }
 
-    /// Whether `name` is a credential header (dropped from stored entries
-    /// on read).
-    pub(crate) fn is_credential_header(&self, name: &HeaderName) -> bool {
-        name == AUTHORIZATION
-            || name == PROXY_AUTHORIZATION
-            || self.names.load().headers.contains(name)
+    /// A test for credential headers (dropped from stored entries on
+    /// read), with the configured names loaded once.
+    pub(crate) fn credential_header_test(&self) -> impl Fn(&HeaderName) -> bool + use<> {
+        let names = self.names.load_full();
+        move |name| {
+            name == AUTHORIZATION || name == PROXY_AUTHORIZATION || names.headers.contains(name)
+        }
     }
 
     /// Adds names a response announced (the session layer's).
@@ -172,6 +189,39 @@ impl CredentialCheck {
         }
         self.names.rcu(|current| current.union(announced));
     }
+}
+
+/// What [`CredentialCheck::scan`] found in a request's headers.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RequestScan {
+    /// It carries a credential.
+    pub(crate) credentialed: bool,
+    /// It has `Cache-Control`.
+    pub(crate) cache_control: bool,
+    /// It has `If-Match` or `If-Unmodified-Since`: preconditions for the
+    /// origin server.
+    pub(crate) origin_precondition: bool,
+}
+
+/// Headers that are never credentials: skipped without a lookup.
+fn is_common_request_header(name: &HeaderName) -> bool {
+    use http::header::{
+        ACCEPT, ACCEPT_ENCODING, ACCEPT_LANGUAGE, CONNECTION, HOST, IF_MODIFIED_SINCE,
+        IF_NONE_MATCH, REFERER, USER_AGENT,
+    };
+    [
+        HOST,
+        ACCEPT,
+        ACCEPT_ENCODING,
+        ACCEPT_LANGUAGE,
+        USER_AGENT,
+        CONNECTION,
+        IF_NONE_MATCH,
+        IF_MODIFIED_SINCE,
+        REFERER,
+    ]
+    .iter()
+    .any(|common| common == name)
 }
 
 /// Whether a `Cookie` header names one of `cookies`.
@@ -203,7 +253,7 @@ mod tests {
             headers: vec![HeaderName::from_static("x-api-key")],
             cookies: vec!["sid".into()],
         });
-        assert!(!check.carries_credentials(&parts(&[("cookie", "theme=dark")])));
+        assert!(!check.scan(&parts(&[("cookie", "theme=dark")])).credentialed);
         for creds in [
             ("authorization", "Bearer x"),
             ("x-session-token", "t"),
@@ -211,22 +261,22 @@ mod tests {
             ("cookie", "theme=dark; session=abc"),
             ("cookie", "sid=1"),
         ] {
-            assert!(check.carries_credentials(&parts(&[creds])), "{creds:?}");
+            assert!(check.scan(&parts(&[creds])).credentialed, "{creds:?}");
         }
         let mut marked = parts(&[]);
         marked.extensions.insert(Credentialed);
-        assert!(check.carries_credentials(&marked));
+        assert!(check.scan(&marked).credentialed);
     }
 
     #[test]
     fn learns_announced_names() {
         let check = CredentialCheck::new(CredentialNames::default());
-        assert!(!check.carries_credentials(&parts(&[("x-auth", "1")])));
+        assert!(!check.scan(&parts(&[("x-auth", "1")])).credentialed);
         check.learn(&CredentialNames {
             headers: vec![HeaderName::from_static("x-auth")],
             cookies: vec!["__Host-s".into()],
         });
-        assert!(check.carries_credentials(&parts(&[("x-auth", "1")])));
-        assert!(check.carries_credentials(&parts(&[("cookie", "__Host-s=v")])));
+        assert!(check.scan(&parts(&[("x-auth", "1")])).credentialed);
+        assert!(check.scan(&parts(&[("cookie", "__Host-s=v")])).credentialed);
     }
 }

@@ -423,15 +423,14 @@ impl<'a> Elements<'a> {
         Arg::Malformed
     }
 
-    /// Skips to the next comma outside a quoted string.
+    /// Skips the rest of a malformed element, to the next comma. A `"`
+    /// here does not open a quoted string (a well-formed one was read by
+    /// [`quoted_string`](Self::quoted_string) already): a stray quote must
+    /// not hide the directives that follow it.
     fn skip_element(&mut self) {
-        let mut quoted = false;
         while let Some(byte) = self.peek() {
-            match byte {
-                b',' if !quoted => return,
-                b'"' => quoted = !quoted,
-                b'\\' if quoted => self.pos += 1,
-                _ => {}
+            if byte == b',' {
+                return;
             }
             self.pos += 1;
         }
@@ -722,10 +721,16 @@ mod tests {
         let d = one("no-store junk, private\"x\", public junk, immutable junk");
         assert!(d.no_store && d.private);
         assert!(!d.public && !d.immutable);
-        // Junk with a quoted comma is skipped as one element.
+        // A quote inside junk does not open a quoted string: what follows
+        // the next comma still counts, so a stray quote cannot hide a
+        // restriction (reading one too many is the safe direction).
         let d = one("foo bar\"a, no-store\", max-age=4");
-        assert!(!d.no_store);
+        assert!(d.no_store);
         assert_eq!(d.max_age, Some(4));
+        let d = one("max-age=60, x=a\"b, private");
+        assert!(d.private);
+        let d = one("max-age=60, ext=a\\\", no-store");
+        assert!(d.no_store);
     }
 
     #[test]

@@ -27,8 +27,8 @@ use bytes::Bytes;
 use http::{
     HeaderMap, HeaderValue, Method, Request, Response, StatusCode,
     header::{
-        CACHE_CONTROL, CONTENT_LENGTH, ETAG, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
-        IF_UNMODIFIED_SINCE, RANGE,
+        CACHE_CONTROL, CONTENT_LENGTH, ETAG, EXPIRES, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+        IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
     },
     request::Parts,
     response::Parts as ResParts,
@@ -101,7 +101,6 @@ where
     let (mut parts, body) = req.into_parts();
     shared.name_route(&parts);
     let backend = shared.backend.resolve();
-    parts.extensions.insert(CacheHandle::new(&shared, &backend));
     let head = parts.method == Method::HEAD;
     if head && !shared.no_store {
         parts.method = Method::GET;
@@ -114,10 +113,12 @@ where
         head,
         _request: PhantomData,
     };
+    // Paths other than the lookup are boxed: the hit path's future stays
+    // small, so it is cheap to create and move.
     let (res, status) = match plan::plan(&flow.shared, &parts) {
-        Plan::Unsafe => flow.unsafe_method(parts, body).await?,
-        Plan::NoStore => flow.no_store(parts, body).await?,
-        Plan::Uncached(status) => flow.uncached(parts, body, status).await?,
+        Plan::Unsafe => Box::pin(flow.unsafe_method(parts, body)).await?,
+        Plan::NoStore => Box::pin(flow.no_store(parts, body)).await?,
+        Plan::Uncached(status) => Box::pin(flow.uncached(parts, body, status)).await?,
         Plan::Cached {
             key,
             may_store,
@@ -139,7 +140,10 @@ where
     ResBody: HttpBody<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    async fn call(&mut self, req: Request<ReqBody>) -> Result<Response<ResBody>, S::Error> {
+    /// Runs the handler, with the [`CacheHandle`] its extractor reads.
+    async fn call(&mut self, mut req: Request<ReqBody>) -> Result<Response<ResBody>, S::Error> {
+        req.extensions_mut()
+            .insert(CacheHandle::new(&self.shared, &self.backend));
         std::future::poll_fn(|cx| self.inner.poll_ready(cx)).await?;
         self.inner.call(req).await
     }
@@ -204,15 +208,19 @@ where
             let res = self.bodiless_if_head(Response::from_parts(res_parts, Body::new(res_body)));
             return Ok((res, status.with_detail_if_none(reason)));
         }
-        if !res_parts.headers.contains_key(CACHE_CONTROL) {
-            res_parts
-                .headers
-                .insert(CACHE_CONTROL, self.shared.cache_control.clone());
-        }
-        let buffer = self.head
-            || body::exact_len(&res_body).is_some_and(|n| n <= self.shared.max_body_size as u64);
+        // A response to a request with credentials must not invite shared
+        // caches downstream to keep it.
+        let default = if status.detail == Some("credentials") {
+            &self.shared.private_cache_control
+        } else {
+            &self.shared.cache_control
+        };
+        add_default_cache_control(&mut res_parts.headers, default);
+        let buffer =
+            body::exact_len(&res_body).is_some_and(|n| n <= self.shared.max_body_size as u64);
         if !buffer {
-            return Ok((Response::from_parts(res_parts, Body::new(res_body)), status));
+            let res = Response::from_parts(res_parts, Body::new(res_body));
+            return Ok((self.bodiless_if_head(res), status));
         }
         match body::collect_limited(res_body, self.shared.max_body_size).await {
             Collected::Complete(bytes) => Ok((self.answer_bytes(res_parts, bytes), status)),
@@ -266,7 +274,7 @@ where
             let status = CacheStatus::forward(fwd).with_detail("only-if-cached");
             return Ok((gateway_timeout(), status));
         }
-        self.forward(parts, body, slot, stale, fwd, write).await
+        Box::pin(self.forward(parts, body, slot, stale, fwd, write)).await
     }
 
     /// The miss and revalidation path: coalesce, lock, run the handler,
@@ -298,6 +306,11 @@ where
             }
         };
         strip_conditionals(&mut parts.headers);
+        // If the handler's 304 turns out not to be about the stored entry,
+        // the request is sent again without conditions.
+        let retry = stale
+            .revalidating()
+            .map(|_| clean_request::<ReqBody>(&parts));
         if let Some(entry) = stale.revalidating() {
             decide::add_validators(&mut parts.headers, entry);
         }
@@ -311,7 +324,7 @@ where
             guard: parts.extensions.get::<ShareGuard>().cloned(),
         };
         let result = self.call(Request::from_parts(parts, body)).await;
-        self.after_handler(result, stale, pending, fwd).await
+        self.after_handler(result, stale, pending, fwd, retry).await
     }
 
     /// Joins the in-process flight of the request's variant. `Ok(leader)`
@@ -332,7 +345,14 @@ where
                 match coalesce::wait(waiting, self.shared.coalesce_timeout).await {
                     // A leader on a cold key may have produced another
                     // variant: not ours to serve.
-                    Some(Some(entry)) if vary::selects(&entry, selecting) => Err((*entry).clone()),
+                    // A `no-cache` response is not reused without
+                    // validation, even a just-made one.
+                    Some(Some(entry))
+                        if vary::selects(&entry, selecting)
+                            && usable_by_waiter(&entry, self.shared.clock.now()) =>
+                    {
+                        Err((*entry).clone())
+                    }
                     _ => Ok(None),
                 }
             }
@@ -369,15 +389,23 @@ where
         stale: Stale,
         pending: Pending,
         fwd: &'static str,
+        retry: Option<Request<ReqBody>>,
     ) -> Result<(Response<Body>, CacheStatus), S::Error> {
-        let res = match result {
-            Ok(res)
-                if res.status() == StatusCode::NOT_MODIFIED && stale.revalidating().is_some() =>
-            {
-                return Ok(self.freshen(res, stale, pending).await);
+        let revalidated = match (&result, stale.revalidating()) {
+            (Ok(res), Some(old)) if res.status() == StatusCode::NOT_MODIFIED => {
+                Some(validators_match(old, res.headers()))
             }
+            _ => None,
+        };
+        let result = match (revalidated, result, retry) {
+            (Some(true), Ok(res), _) => return Ok(self.freshen(res, stale, pending).await),
+            // A 304 about another response: ask again, without conditions.
+            (Some(false), Ok(_), Some(retry)) => self.call(retry).await,
+            (_, result, _) => result,
+        };
+        let res = match result {
             Ok(res) if !res.status().is_server_error() => res,
-            failed => match stale.if_error {
+            failed => match stale.into_if_error() {
                 Some(entry) => {
                     let code = failed.as_ref().ok().map(|r| r.status().as_u16());
                     return Ok(self.serve_stale_on_error(entry, pending, code));
@@ -463,19 +491,25 @@ where
                 return (res, status.with_detail(reason));
             }
         };
-        if let Some(cc) = &policy.cache_control {
-            parts.headers.insert(CACHE_CONTROL, cc.clone());
-        }
         pending.policy = policy;
         let limit = self.shared.max_body_size;
         match body::exact_len(&body) {
             Some(len) if len > limit as u64 => {
                 pending.finish(&self.shared, &self.backend, None);
+                add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
                 let res = self.bodiless_if_head(Response::from_parts(parts, Body::new(body)));
                 (res, status.with_detail("too-large"))
             }
             Some(_) => self.store_buffered(parts, body, pending, status).await,
-            None if self.head => self.store_buffered(parts, body, pending, status).await,
+            // An unknown length could be endless: answer HEAD at once.
+            None if self.head => {
+                pending.finish(&self.shared, &self.backend, None);
+                add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
+                (
+                    self.bodiless_if_head(Response::from_parts(parts, Body::empty())),
+                    status,
+                )
+            }
             None => (self.store_streaming(parts, body, pending), status),
         }
     }
@@ -500,6 +534,7 @@ where
         let now = self.shared.clock.now();
         let entry = new_entry(&parts, bytes.clone(), &pending, now);
         parts.headers.insert(ETAG, entry.etag.clone());
+        add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
         status.stored = pending.store(&self.shared, &self.backend, &entry).await;
         pending.finish(&self.shared, &self.backend, Some(entry));
         (self.answer_bytes(parts, bytes), status)
@@ -507,10 +542,21 @@ where
 
     /// A body of unknown length: it goes to the client as it arrives; a
     /// copy is stored once it ends, if it stayed within the limit.
-    fn store_streaming(&self, parts: ResParts, body: ResBody, pending: Pending) -> Response<Body> {
+    fn store_streaming(
+        &self,
+        mut parts: ResParts,
+        body: ResBody,
+        mut pending: Pending,
+    ) -> Response<Body> {
+        // A stream may last: requests waiting on this one go and run the
+        // handler themselves rather than wait for its end.
+        if let Some(leader) = pending.leader.take() {
+            leader.publish(None);
+        }
         let shared = Arc::clone(&self.shared);
         let backend = Arc::clone(&self.backend);
         let head = clone_head(&parts);
+        add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
         let teed = body::tee(body, self.shared.max_body_size, move |kept| {
             let Kept::Complete(bytes) = kept else {
                 if matches!(kept, Kept::Dropped(PassReason::TooLarge)) {
@@ -588,13 +634,16 @@ where
     /// A stored entry as the answer: 304 when the client's validators
     /// match, else the full response (bodiless for HEAD).
     fn answer_entry(&self, entry: CacheEntry, now: SystemTime) -> Response<Body> {
-        if self
+        let mut res = if self
             .cond
             .not_modified(entry.status, &entry.etag, &entry.headers)
         {
-            return response::not_modified_from_entry(&entry, now);
-        }
-        response::from_entry(entry, now, self.head)
+            response::not_modified_from_entry(&entry, now)
+        } else {
+            response::from_entry(entry, now, self.head)
+        };
+        add_default_cache_control(res.headers_mut(), &self.shared.cache_control);
+        res
     }
 
     /// A complete response as the answer: ETag added when the handler gave
@@ -633,11 +682,14 @@ where
     fn record(&self, mut res: Response<Body>, status: CacheStatus) -> Response<Body> {
         self.shared.stats.record(&status, res.status());
         let member = status.header_value();
-        if let Ok(text) = member.to_str() {
-            let decision = text.split_once("; ").map_or(text, |(_, d)| d);
-            tracing::Span::current().record("decision", decision);
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            if let Ok(text) = member.to_str() {
+                let decision = text.split_once("; ").map_or(text, |(_, d)| d);
+                span.record("decision", decision);
+            }
         }
-        response::set_status(&mut res, &status);
+        response::set_status(&mut res, member);
         res
     }
 }
@@ -645,26 +697,34 @@ where
 /// A stored entry that may still be of use on the forward path.
 #[derive(Default)]
 struct Stale {
-    /// The entry being revalidated with a conditional request.
-    revalidate: Option<CacheEntry>,
-    /// The entry to serve if the handler fails (stale-if-error).
-    if_error: Option<CacheEntry>,
+    entry: Option<CacheEntry>,
+    /// Revalidate it with a conditional request.
+    conditional: bool,
+    /// Serve it if the handler fails (stale-if-error).
+    if_error: bool,
 }
 
 impl Stale {
-    fn new(entry: CacheEntry, conditional: bool, stale_if_error: bool) -> Self {
+    fn new(entry: CacheEntry, conditional: bool, if_error: bool) -> Self {
         Self {
-            if_error: stale_if_error.then(|| entry.clone()),
-            revalidate: conditional.then_some(entry),
+            entry: (conditional || if_error).then_some(entry),
+            conditional,
+            if_error,
         }
     }
 
+    /// The entry being revalidated with a conditional request.
     fn revalidating(&self) -> Option<&CacheEntry> {
-        self.revalidate.as_ref()
+        self.entry.as_ref().filter(|_| self.conditional)
     }
 
     fn into_revalidating(self) -> Option<CacheEntry> {
-        self.revalidate
+        self.entry.filter(|_| self.conditional)
+    }
+
+    /// The entry to serve when the handler failed.
+    fn into_if_error(self) -> Option<CacheEntry> {
+        self.entry.filter(|_| self.if_error)
     }
 }
 
@@ -701,7 +761,6 @@ impl Policy {
             stale_while_revalidate: std::time::Duration::ZERO,
             stale_if_error: std::time::Duration::ZERO,
             initial_age: std::time::Duration::ZERO,
-            cache_control: None,
         }
     }
 }
@@ -737,6 +796,7 @@ fn freshened(
     now: SystemTime,
 ) -> Option<CacheEntry> {
     let mut headers = old.headers.clone();
+    let age = update.get(http::header::AGE).cloned();
     let update = response::storable_headers(update);
     for name in update.keys() {
         headers.remove(name);
@@ -744,12 +804,15 @@ fn freshened(
     for (name, value) in &update {
         headers.append(name.clone(), value.clone());
     }
-    let Admission::Store(policy) = admit::admit(shared, old.status, &headers, now) else {
+    // The 304's `Age` counts (RFC 9111 §4.2.3), but is not stored.
+    if let Some(age) = age {
+        headers.insert(http::header::AGE, age);
+    }
+    let admission = admit::admit(shared, old.status, &headers, now);
+    headers.remove(http::header::AGE);
+    let Admission::Store(policy) = admission else {
         return None;
     };
-    if let Some(cc) = policy.cache_control {
-        headers.insert(CACHE_CONTROL, cc);
-    }
     Some(CacheEntry {
         etag: etag_for(headers.get(ETAG), &old.body),
         headers,
@@ -761,6 +824,37 @@ fn freshened(
         stale_if_error: policy.stale_if_error,
         ..old.clone()
     })
+}
+
+/// The layer's `Cache-Control` for a response that has neither its own
+/// `Cache-Control` nor `Expires` (which the layer's `max-age` would
+/// override downstream). Never stored: added on the way out.
+fn add_default_cache_control(headers: &mut HeaderMap, default: &HeaderValue) {
+    if !headers.contains_key(CACHE_CONTROL) && !headers.contains_key(EXPIRES) {
+        headers.insert(CACHE_CONTROL, default.clone());
+    }
+}
+
+/// Whether a leader's entry may go to a waiter: fresh, or the stale
+/// answer a failing handler fell back to (within stale-if-error).
+fn usable_by_waiter(entry: &CacheEntry, now: SystemTime) -> bool {
+    entry.age(now) < entry.fresh_for + entry.stale_if_error
+}
+
+/// Whether a 304 is about the stored entry (RFC 9111 §4.3.4): its `ETag`,
+/// or without one its `Last-Modified`, matches the entry's.
+fn validators_match(stored: &CacheEntry, not_modified: &HeaderMap) -> bool {
+    use http::header::LAST_MODIFIED;
+    if let Some(etag) = not_modified.get(ETAG) {
+        return stored.headers.get(ETAG) == Some(etag);
+    }
+    match (
+        not_modified.get(LAST_MODIFIED),
+        stored.headers.get(LAST_MODIFIED),
+    ) {
+        (Some(new), Some(old)) => new == old,
+        _ => true,
+    }
 }
 
 fn collapsed_status(entry: &CacheEntry, now: SystemTime, fwd: &'static str) -> CacheStatus {

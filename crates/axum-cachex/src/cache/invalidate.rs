@@ -40,10 +40,13 @@ pub(crate) fn keys(shared: &Shared, target: &RequestTarget, response: &HeaderMap
         let Some(reference) = response.get(&name).and_then(|v| v.to_str().ok()) else {
             continue;
         };
-        let Some(path) = same_origin_path(reference.trim(), &host, target.get.uri.path()) else {
+        let request_path = key::request_uri(&target.get).path();
+        let Some(path) = same_origin_path(reference.trim(), &host, request_path) else {
             continue;
         };
         let mut parts = clone_parts(&target.get);
+        // The reference is a full path: no nesting prefix to restore.
+        parts.extensions.remove::<axum::extract::OriginalUri>();
         parts.uri = path;
         if let Some(key) = key::entry_key(shared, &parts) {
             if !keys.contains(&key) {

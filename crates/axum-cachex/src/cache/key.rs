@@ -2,8 +2,9 @@
 
 use std::borrow::Cow;
 
+use axum::extract::OriginalUri;
 use axum_cachex_core::CacheKey;
-use http::{Method, Request, header::HOST, request::Parts};
+use http::{Method, Request, Uri, header::HOST, request::Parts};
 
 use super::layer::Shared;
 
@@ -47,7 +48,8 @@ where
 
 /// The default key: method, host, path and raw query, each escaped and
 /// joined by `|||` (see [`CacheKey::encode`]), so that no two requests
-/// share a key unless they agree on all four.
+/// share a key unless they agree on all four. The path is the one the
+/// client sent, nesting prefixes included (axum's `OriginalUri`).
 ///
 /// The host is the URI's authority (absolute-form requests, HTTP/2) or the
 /// `Host` header, lowercased; empty when the request names none. A request
@@ -59,9 +61,25 @@ pub struct DefaultKeyBuilder;
 impl KeyBuilder for DefaultKeyBuilder {
     fn build_key(&self, parts: &Parts) -> String {
         let host = request_host(parts).unwrap_or_default();
-        let query = parts.uri.query().unwrap_or("");
-        CacheKey::encode(parts.method.as_str(), &host, parts.uri.path(), query)
+        default_key(parts, &host)
     }
+}
+
+fn default_key(parts: &Parts, host: &str) -> String {
+    let uri = request_uri(parts);
+    let query = uri.query().unwrap_or("");
+    CacheKey::encode(parts.method.as_str(), host, uri.path(), query)
+}
+
+/// The URI the client asked for. Inside `Router::nest` the request's URI
+/// lacks the nesting prefix (`/alice/profile` arrives as `/profile`), so
+/// axum's `OriginalUri` is used when present: two nested routers must not
+/// share keys.
+pub(crate) fn request_uri(parts: &Parts) -> &Uri {
+    parts
+        .extensions
+        .get::<OriginalUri>()
+        .map_or(&parts.uri, |original| &original.0)
 }
 
 /// The key a request's response is stored under: the key builder's, and
@@ -70,7 +88,18 @@ impl KeyBuilder for DefaultKeyBuilder {
 /// per user and the request has no user. `parts.method` must be `GET`
 /// (HEAD shares GET's entry).
 pub(crate) fn entry_key(shared: &Shared, parts: &Parts) -> Option<String> {
-    let base = shared.key_builder.build_key(parts);
+    let host = request_host(parts).unwrap_or_default();
+    entry_key_for_host(shared, parts, &host)
+}
+
+/// [`entry_key`] when the request's normalised host is already known:
+/// the default key builder then needs no second look at the headers.
+pub(crate) fn entry_key_for_host(shared: &Shared, parts: &Parts, host: &str) -> Option<String> {
+    let base = if shared.custom_keys {
+        shared.key_builder.build_key(parts)
+    } else {
+        default_key(parts, host)
+    };
     let Some(partition) = &shared.per_user else {
         return Some(base);
     };
@@ -102,17 +131,28 @@ pub(crate) fn key_for_request<B>(shared: &Shared, request: &Request<B>) -> Optio
 /// The host a request is for, normalised: lowercase `host[:port]`, empty
 /// when the request names none. `None` when it names an invalid one.
 pub(crate) fn request_host(parts: &Parts) -> Option<Cow<'_, str>> {
-    let raw = match parts.uri.authority() {
-        Some(authority) => authority.as_str().as_bytes(),
-        None => match parts.headers.get(HOST) {
-            Some(value) => value.as_bytes(),
-            None => return Some(Cow::Borrowed("")),
-        },
-    };
-    if parts.headers.get_all(HOST).iter().count() > 1 {
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
         // RFC 9112 §3.2: more than one Host is a bad request.
         return None;
     }
+    let raw = match (parts.uri.authority(), header) {
+        // An absolute-form target names the host (RFC 9112 §3.2.2); a
+        // `Host` header that disagrees could steer a handler that reads it
+        // into another host's entry: not cached.
+        (Some(authority), Some(value))
+            if !authority
+                .as_str()
+                .as_bytes()
+                .eq_ignore_ascii_case(value.as_bytes()) =>
+        {
+            return None;
+        }
+        (Some(authority), _) => authority.as_str().as_bytes(),
+        (None, Some(value)) => value.as_bytes(),
+        (None, None) => return Some(Cow::Borrowed("")),
+    };
     let host = std::str::from_utf8(raw).ok()?;
     if !is_valid_host(host) {
         return None;
@@ -197,8 +237,14 @@ mod tests {
             assert!(request_host(&parts("/", Some(bad))).is_none(), "{bad}");
         }
         assert_eq!(
-            request_host(&parts("http://Up.Example/p", Some("ignored"))).as_deref(),
+            request_host(&parts("http://Up.Example/p", Some("up.example"))).as_deref(),
             Some("up.example")
         );
+        assert_eq!(
+            request_host(&parts("http://up.example/p", None)).as_deref(),
+            Some("up.example")
+        );
+        // Target and Host disagree: no host to trust.
+        assert!(request_host(&parts("http://a.example/p", Some("b.example"))).is_none());
     }
 }

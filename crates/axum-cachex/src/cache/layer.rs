@@ -110,7 +110,11 @@ pub(crate) struct Shared {
     pub(crate) freshness: Freshness,
     pub(crate) credentials: CredentialCheck,
     pub(crate) cache_control: HeaderValue,
+    /// The same with `private` and without what lets shared caches keep
+    /// it: for responses to requests with credentials.
+    pub(crate) private_cache_control: HeaderValue,
     pub(crate) key_builder: Arc<dyn KeyBuilder>,
+    pub(crate) custom_keys: bool,
     pub(crate) backend: BackendSource,
     pub(crate) cacheable_statuses: HashSet<StatusCode>,
     pub(crate) max_body_size: usize,
@@ -135,6 +139,7 @@ impl CacheLayer {
     }
 
     pub(crate) fn from_builder(b: CacheLayerBuilder, cache_control: HeaderValue) -> Self {
+        let private_cache_control = b.render_private_cache_control();
         let shared = Shared {
             // Whole seconds, as `max-age` says: a fractional ttl must never
             // give a hit that is stale by its own headers.
@@ -149,7 +154,9 @@ impl CacheLayer {
             freshness: b.freshness,
             credentials: CredentialCheck::new(b.credentials),
             cache_control,
+            private_cache_control,
             key_builder: b.key_builder,
+            custom_keys: b.custom_keys,
             backend: b.backend,
             cacheable_statuses: b.cacheable_statuses,
             max_body_size: b.max_body_size,

@@ -1,10 +1,6 @@
 //! The first step of a request: what kind of request it is for the cache.
 
-use http::{
-    Method,
-    header::{IF_MATCH, IF_UNMODIFIED_SINCE},
-    request::Parts,
-};
+use http::{Method, request::Parts};
 
 use super::{
     credentials::Credentialed, directives::Directives, key, layer::Shared, status::CacheStatus,
@@ -40,9 +36,9 @@ pub(crate) fn plan(shared: &Shared, parts: &Parts) -> Plan {
     if shared.no_store {
         return Plan::NoStore;
     }
-    if key::request_host(parts).is_none() {
+    let Some(host) = key::request_host(parts) else {
         return Plan::Uncached(CacheStatus::bypass("invalid-host"));
-    }
+    };
     if !shared.stores() {
         let status = CacheStatus::forward("miss");
         return Plan::Uncached(match (shared.no_cache, shared.private) {
@@ -51,21 +47,25 @@ pub(crate) fn plan(shared: &Shared, parts: &Parts) -> Plan {
             _ => status,
         });
     }
-    let credentialed = shared.credentials.carries_credentials(parts);
-    if credentialed && !shared.public && shared.per_user.is_none() {
+    let scan = shared.credentials.scan(parts);
+    if scan.credentialed && !shared.public && shared.per_user.is_none() {
         // RFC 9111 §3.5, and the reverse: an authenticated request gets
         // neither a stored response nor its own response stored.
         return Plan::Uncached(CacheStatus::bypass("credentials"));
     }
-    let Some(key) = key::entry_key(shared, parts) else {
+    let Some(key) = key::entry_key_for_host(shared, parts, &host) else {
         return Plan::Uncached(CacheStatus::bypass("no-user"));
     };
-    if parts.headers.contains_key(IF_MATCH) || parts.headers.contains_key(IF_UNMODIFIED_SINCE) {
+    if scan.origin_precondition {
         // RFC 9111 §4.3.2: preconditions meant for the origin server are
         // not the cache's to evaluate; the handler answers them.
         return Plan::Uncached(CacheStatus::forward("miss").with_detail("precondition"));
     }
-    let cc = Directives::from_headers(&parts.headers);
+    let cc = if scan.cache_control {
+        Directives::from_headers(&parts.headers)
+    } else {
+        Directives::default()
+    };
     Plan::Cached {
         key,
         may_store: !cc.no_store,

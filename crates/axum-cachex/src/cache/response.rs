@@ -14,7 +14,7 @@ use http::{
     },
 };
 
-use super::status::{CACHE_STATUS, CacheStatus};
+use super::status::CACHE_STATUS;
 
 /// Headers a 304 repeats from the full response (RFC 9110 §15.4.5), plus
 /// `Last-Modified`, which guides cache updates.
@@ -171,22 +171,21 @@ pub(crate) fn from_parts(parts: http::response::Parts, body: Bytes, head: bool) 
 
 /// Adds this cache's member to `Cache-Status`, after any members caches
 /// nearer the origin put there (RFC 9211 §2).
-pub(crate) fn set_status<B>(res: &mut Response<B>, status: &CacheStatus) {
-    let ours = status.header_value();
-    let headers = res.headers_mut();
-    let value = match headers.get(CACHE_STATUS) {
-        None => ours,
-        Some(_) => {
-            let mut combined: Vec<u8> = Vec::with_capacity(64 + ours.len());
-            for line in headers.get_all(CACHE_STATUS) {
-                combined.extend_from_slice(line.as_bytes());
-                combined.extend_from_slice(b", ");
-            }
-            combined.extend_from_slice(ours.as_bytes());
-            HeaderValue::from_bytes(&combined).unwrap_or(ours)
+pub(crate) fn set_status<B>(res: &mut Response<B>, ours: HeaderValue) {
+    let mut lines = match res.headers_mut().entry(CACHE_STATUS) {
+        http::header::Entry::Vacant(slot) => {
+            slot.insert(ours);
+            return;
         }
+        http::header::Entry::Occupied(lines) => lines,
     };
-    headers.insert(CACHE_STATUS, value);
+    let mut combined: Vec<u8> = Vec::with_capacity(64 + ours.len());
+    for line in lines.iter() {
+        combined.extend_from_slice(line.as_bytes());
+        combined.extend_from_slice(b", ");
+    }
+    combined.extend_from_slice(ours.as_bytes());
+    lines.insert(HeaderValue::from_bytes(&combined).unwrap_or(ours));
 }
 
 #[cfg(test)]

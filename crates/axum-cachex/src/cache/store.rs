@@ -99,8 +99,7 @@ pub(crate) async fn lookup(
             }
         }
     };
-    let check = |name: &http::HeaderName| shared.credentials.is_credential_header(name);
-    match response::sanitize(entry, check) {
+    match response::sanitize(entry, shared.credentials.credential_header_test()) {
         Some(entry) if vary::selects(&entry, request_headers) => (Found::Entry(entry), slot),
         _ => {
             tracing::warn!(key = base, "stored entry refused on read");
@@ -124,7 +123,9 @@ async fn read(
             shared.failures.record(backend.name(), "get", &error);
             None
         }
-        None => with_timeout(shared, &**backend, "get", backend.get(key)).await,
+        // Boxed: a network round trip costs far more than the allocation,
+        // and in-process hits keep a small future.
+        None => Box::pin(with_timeout(shared, &**backend, "get", backend.get(key))).await,
     };
     let Some(bytes) = found.ok_or(())? else {
         return Ok(None);

@@ -74,6 +74,9 @@ fn trim_ows(value: &[u8]) -> &[u8] {
 
 /// Whether `entry` is the variant for a request with these headers.
 pub(crate) fn selects(entry: &CacheEntry, request_headers: &HeaderMap) -> bool {
+    if !entry.headers.contains_key(VARY) {
+        return entry.vary_key.is_empty();
+    }
     let names = vary_names(&entry.headers);
     entry.vary_key == vary_key(&names, request_headers)
 }

@@ -109,7 +109,8 @@ where
             let share_guard = ShareGuard::default();
             req.extensions_mut().insert(share_guard.clone());
             let (ctx, found) = prepare(&manager, &req, share_guard);
-            if found.is_some() {
+            let credentialed = found.is_some();
+            if credentialed {
                 // A cache layer inside this one must not share the answer.
                 req.extensions_mut().insert(Credentialed);
             }
@@ -117,6 +118,11 @@ where
             req.extensions_mut().insert(ctx.clone());
             let mut res = inner.call(req).await?;
             finish(&manager, &ctx, &mut res).await;
+            if credentialed {
+                // Nor a cache layer outside it, even before it has learned
+                // the names below.
+                res.extensions_mut().insert(Credentialed);
+            }
             // A cache layer outside this one learns which request headers
             // and cookies carry session tokens.
             res.extensions_mut()
