@@ -830,8 +830,11 @@ fn freshened(
 /// `Cache-Control` nor `Expires` (which the layer's `max-age` would
 /// override downstream). Never stored: added on the way out.
 fn add_default_cache_control(headers: &mut HeaderMap, default: &HeaderValue) {
-    if !headers.contains_key(CACHE_CONTROL) && !headers.contains_key(EXPIRES) {
-        headers.insert(CACHE_CONTROL, default.clone());
+    if headers.contains_key(EXPIRES) {
+        return;
+    }
+    if let http::header::Entry::Vacant(slot) = headers.entry(CACHE_CONTROL) {
+        slot.insert(default.clone());
     }
 }
 

@@ -96,8 +96,22 @@ pub(crate) fn sanitize(
 
 /// Whole seconds since `stored_at`, for `Age`.
 pub(crate) fn age_value(entry: &CacheEntry, now: SystemTime) -> HeaderValue {
-    HeaderValue::from(entry.age(now).as_secs())
+    let secs = entry.age(now).as_secs();
+    // Most hits are young: their `Age` comes from a table instead of being
+    // formatted on every hit.
+    match SMALL_AGES.get(secs as usize) {
+        Some(text) => HeaderValue::from_static(text),
+        None => HeaderValue::from(secs),
+    }
 }
+
+/// `Age` values 0 to 63, preformatted.
+const SMALL_AGES: [&str; 64] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31", "32",
+    "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46", "47", "48",
+    "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59", "60", "61", "62", "63",
+];
 
 /// Seconds of freshness left (negative once stale), for `Cache-Status`.
 pub(crate) fn ttl_left(entry: &CacheEntry, now: SystemTime) -> i64 {
