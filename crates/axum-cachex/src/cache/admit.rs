@@ -9,7 +9,7 @@ use http::{HeaderMap, StatusCode, header};
 use super::{
     config::Freshness,
     directives::{self, Directives},
-    layer::Shared,
+    shared::Shared,
     vary,
 };
 
@@ -101,7 +101,7 @@ pub(crate) fn refusal(
     if cc.no_store && !(cc.must_understand && understood) {
         return Some("no-store");
     }
-    if cc.private && shared.per_user.is_none() {
+    if cc.private && shared.options.per_user.is_none() {
         return Some("private");
     }
     if vary::varies_on_everything(headers) {
@@ -116,10 +116,10 @@ pub(crate) fn refusal(
 /// Statuses the layer stores: the configured ones; with response-driven
 /// freshness also any final status that carries explicit freshness.
 fn understood_status(shared: &Shared, status: StatusCode, cc: &Directives) -> bool {
-    if shared.cacheable_statuses.contains(&status) {
+    if shared.options.cacheable_statuses.contains(&status) {
         return true;
     }
-    shared.freshness == Freshness::FromResponse
+    shared.options.freshness == Freshness::FromResponse
         && (cc.max_age.is_some() || cc.s_maxage.is_some() || cc.public)
 }
 
@@ -144,9 +144,9 @@ fn lifetime(
         return Some(Duration::ZERO);
     }
     let explicit = directives::response_lifetime(cc, headers, now);
-    let lifetime = match shared.freshness {
+    let lifetime = match shared.options.freshness {
         // The handler may shorten the layer's ttl, never lengthen it.
-        Freshness::Layer => match (shared.ttl, explicit) {
+        Freshness::Layer => match (shared.options.ttl, explicit) {
             (Some(ttl), Some(own)) => Some(ttl.min(own)),
             (ttl, own) => ttl.or(own),
         },
@@ -161,8 +161,9 @@ fn lifetime(
 /// configured to store.
 fn default_ttl(shared: &Shared, status: StatusCode) -> Option<Duration> {
     shared
+        .options
         .ttl
-        .filter(|_| shared.cacheable_statuses.contains(&status))
+        .filter(|_| shared.options.cacheable_statuses.contains(&status))
 }
 
 fn heuristic(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
@@ -186,7 +187,7 @@ fn stale_windows(shared: &Shared, cc: &Directives) -> (Duration, Duration) {
         // the response's own stale directives can relax that.
         return (own(cc.stale_while_revalidate), own(cc.stale_if_error));
     }
-    match shared.freshness {
+    match shared.options.freshness {
         Freshness::Layer => (shared.stale_while_revalidate, shared.stale_if_error),
         Freshness::FromResponse => (
             cc.stale_while_revalidate
@@ -205,7 +206,7 @@ fn initial_age(shared: &Shared, headers: &HeaderMap, now: SystemTime) -> Duratio
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map_or(Duration::ZERO, Duration::from_secs);
-    if shared.freshness == Freshness::Layer {
+    if shared.options.freshness == Freshness::Layer {
         return age;
     }
     let apparent = headers

@@ -5,13 +5,24 @@ use std::{collections::HashSet, fmt, sync::Arc, time::Duration};
 use axum_cachex_core::Backend;
 use http::{HeaderName, HeaderValue, StatusCode, request::Parts};
 
-use super::{
-    KeyBuilder,
-    credentials::CredentialNames,
-    key::DefaultKeyBuilder,
-    layer::{BackendSource, CacheLayer},
-};
+use super::{KeyBuilder, credentials::CredentialNames, key::DefaultKeyBuilder};
 use crate::{BackendProxy, clock::Clock};
+
+/// Where a layer gets its backend from, per request.
+#[derive(Clone)]
+pub(crate) enum BackendSource {
+    Fixed(Arc<dyn Backend>),
+    Proxy(BackendProxy),
+}
+
+impl BackendSource {
+    pub(crate) fn resolve(&self) -> Arc<dyn Backend> {
+        match self {
+            Self::Fixed(b) => Arc::clone(b),
+            Self::Proxy(p) => p.backend(),
+        }
+    }
+}
 
 /// Which stale directive a [`stale_ttl`](CacheLayerBuilder::stale_ttl)
 /// window applies to (the original's `stale="revalidate" | "error"`).
@@ -85,7 +96,8 @@ pub const DEFAULT_COALESCE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default bound on background refreshes running at once: 64.
 pub const DEFAULT_MAX_REFRESHES: usize = 64;
 
-/// Builder of a [`CacheLayer`]; see [`CacheLayer::builder`].
+/// Builder of a [`CacheLayer`](super::CacheLayer); see
+/// [`CacheLayer::builder`](super::CacheLayer::builder).
 ///
 /// Option names follow the original's `@cache(...)` arguments and the
 /// `Cache-Control` directives they emit. [`build`](Self::build) checks the
@@ -467,19 +479,7 @@ impl CacheLayerBuilder {
         self
     }
 
-    /// Checks the combination and builds the layer.
-    ///
-    /// # Errors
-    ///
-    /// A [`ConfigError`] naming the options to change, e.g. `public` with
-    /// `private`, a stale window without a `ttl`, or `no_store` with a `ttl`.
-    pub fn build(self) -> Result<CacheLayer, ConfigError> {
-        self.validate()?;
-        let cache_control = self.render_cache_control();
-        Ok(CacheLayer::from_builder(self, cache_control))
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.public && self.private {
             return Err(ConfigError::PublicAndPrivate);
         }
@@ -564,7 +564,7 @@ impl CacheLayerBuilder {
     /// Renders the directives in the original's order: scope, `no-cache`,
     /// `max-age`, `s-maxage`, `must-revalidate`, `proxy-revalidate`, stale
     /// directives, `immutable`, `no-transform`, `must-understand`.
-    fn render_cache_control(&self) -> HeaderValue {
+    pub(crate) fn render_cache_control(&self) -> HeaderValue {
         if self.no_store {
             let value = if self.must_understand {
                 "no-store, must-understand"

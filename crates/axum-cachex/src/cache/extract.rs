@@ -9,7 +9,7 @@ use http::{Request, request::Parts};
 use super::{
     KeyBuilder,
     key::{DefaultKeyBuilder, key_for_request},
-    layer::Shared,
+    shared::Shared,
 };
 use crate::BackendProxy;
 

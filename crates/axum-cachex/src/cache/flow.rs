@@ -46,10 +46,10 @@ use super::{
     etag::etag_for,
     extract::CacheHandle,
     invalidate,
-    layer::Shared,
     lock::{self, HeldLock, LockOutcome},
     plan::{self, Plan},
     response,
+    shared::Shared,
     stats::bump,
     status::CacheStatus,
     store::{self, Found, Slot},
@@ -100,9 +100,9 @@ where
 {
     let (mut parts, body) = req.into_parts();
     shared.name_route(&parts);
-    let backend = shared.backend.resolve();
+    let backend = shared.options.backend.resolve();
     let head = parts.method == Method::HEAD;
-    if head && !shared.no_store {
+    if head && !shared.options.no_store {
         parts.method = Method::GET;
     }
     let mut flow = Flow {
@@ -216,13 +216,13 @@ where
             &self.shared.cache_control
         };
         add_default_cache_control(&mut res_parts.headers, default);
-        let buffer =
-            body::exact_len(&res_body).is_some_and(|n| n <= self.shared.max_body_size as u64);
+        let buffer = body::exact_len(&res_body)
+            .is_some_and(|n| n <= self.shared.options.max_body_size as u64);
         if !buffer {
             let res = Response::from_parts(res_parts, Body::new(res_body));
             return Ok((self.bodiless_if_head(res), status));
         }
-        match body::collect_limited(res_body, self.shared.max_body_size).await {
+        match body::collect_limited(res_body, self.shared.options.max_body_size).await {
             Collected::Complete(bytes) => Ok((self.answer_bytes(res_parts, bytes), status)),
             Collected::PassThrough(body, reason) => {
                 let res = self.bodiless_if_head(Response::from_parts(res_parts, body));
@@ -242,7 +242,7 @@ where
         only_if_cached: bool,
     ) -> Result<(Response<Body>, CacheStatus), S::Error> {
         let (found, slot) = store::lookup(&self.shared, &self.backend, &key, &parts.headers).await;
-        let now = self.shared.clock.now();
+        let now = self.shared.options.clock.now();
         let write = may_store && !matches!(found, Found::Failed);
         let mut fwd = match found {
             Found::Missing { vary_miss: true } => "vary-miss",
@@ -292,7 +292,7 @@ where
         let leader = match self.join_flight(&slot, &selecting).await {
             Ok(leader) => leader,
             Err(shared_entry) => {
-                let now = self.shared.clock.now();
+                let now = self.shared.options.clock.now();
                 let status = collapsed_status(&shared_entry, now, fwd);
                 return Ok((self.answer_entry(shared_entry, now), status));
             }
@@ -300,7 +300,7 @@ where
         let lock = match self.take_lock(&slot, &selecting, &leader, write).await {
             Ok(lock) => lock,
             Err(computed) => {
-                let now = self.shared.clock.now();
+                let now = self.shared.options.clock.now();
                 let status = collapsed_status(&computed, now, fwd);
                 return Ok((self.answer_entry(computed, now), status));
             }
@@ -335,21 +335,21 @@ where
         slot: &Slot,
         selecting: &HeaderMap,
     ) -> Result<Option<Leader>, CacheEntry> {
-        if !self.shared.coalesce {
+        if !self.shared.options.coalesce {
             return Ok(None);
         }
         match self.shared.inflight.join(&slot.flight_key(selecting)) {
             Flight::Leader(leader) => Ok(Some(leader)),
             Flight::Waiter(waiting) => {
                 bump(&self.shared.stats.coalesced_waits);
-                match coalesce::wait(waiting, self.shared.coalesce_timeout).await {
+                match coalesce::wait(waiting, self.shared.options.coalesce_timeout).await {
                     // A leader on a cold key may have produced another
                     // variant: not ours to serve.
                     // A `no-cache` response is not reused without
                     // validation, even a just-made one.
                     Some(Some(entry))
                         if vary::selects(&entry, selecting)
-                            && usable_by_waiter(&entry, self.shared.clock.now()) =>
+                            && usable_by_waiter(&entry, self.shared.options.clock.now()) =>
                     {
                         Err((*entry).clone())
                     }
@@ -367,7 +367,8 @@ where
         leader: &Option<Leader>,
         backend_up: bool,
     ) -> Result<Option<HeldLock>, CacheEntry> {
-        let (Some(lock_ttl), Some(leader), true) = (self.shared.lock_ttl, leader, backend_up)
+        let (Some(lock_ttl), Some(leader), true) =
+            (self.shared.options.lock_ttl, leader, backend_up)
         else {
             return Ok(None);
         };
@@ -424,7 +425,7 @@ where
         stale: Stale,
         pending: Pending,
     ) -> (Response<Body>, CacheStatus) {
-        let now = self.shared.clock.now();
+        let now = self.shared.options.clock.now();
         let Some(old) = stale.into_revalidating() else {
             return (gateway_timeout(), CacheStatus::forward("stale"));
         };
@@ -450,7 +451,7 @@ where
         fwd_status: Option<u16>,
     ) -> (Response<Body>, CacheStatus) {
         bump(&self.shared.stats.handler_failures);
-        let now = self.shared.clock.now();
+        let now = self.shared.options.clock.now();
         // Waiters share the stale answer instead of each re-running a
         // failing handler.
         pending.finish(&self.shared, &self.backend, Some(entry.clone()));
@@ -471,7 +472,7 @@ where
     ) -> (Response<Body>, CacheStatus) {
         let (mut parts, body) = res.into_parts();
         self.learn_credentials(&parts);
-        let now = self.shared.clock.now();
+        let now = self.shared.options.clock.now();
         let guarded = pending
             .guard
             .as_ref()
@@ -492,7 +493,7 @@ where
             }
         };
         pending.policy = policy;
-        let limit = self.shared.max_body_size;
+        let limit = self.shared.options.max_body_size;
         match body::exact_len(&body) {
             Some(len) if len > limit as u64 => {
                 pending.finish(&self.shared, &self.backend, None);
@@ -523,7 +524,7 @@ where
         pending: Pending,
         mut status: CacheStatus,
     ) -> (Response<Body>, CacheStatus) {
-        let bytes = match body::collect_limited(body, self.shared.max_body_size).await {
+        let bytes = match body::collect_limited(body, self.shared.options.max_body_size).await {
             Collected::Complete(bytes) => bytes,
             Collected::PassThrough(body, reason) => {
                 pending.finish(&self.shared, &self.backend, None);
@@ -531,7 +532,7 @@ where
                 return (res, status.with_detail(pass_detail(reason)));
             }
         };
-        let now = self.shared.clock.now();
+        let now = self.shared.options.clock.now();
         let entry = new_entry(&parts, bytes.clone(), &pending, now);
         parts.headers.insert(ETAG, entry.etag.clone());
         add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
@@ -557,7 +558,7 @@ where
         let backend = Arc::clone(&self.backend);
         let head = clone_head(&parts);
         add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
-        let teed = body::tee(body, self.shared.max_body_size, move |kept| {
+        let teed = body::tee(body, self.shared.options.max_body_size, move |kept| {
             let Kept::Complete(bytes) = kept else {
                 if matches!(kept, Kept::Dropped(PassReason::TooLarge)) {
                     bump(&shared.stats.bypass_too_large);
@@ -565,7 +566,7 @@ where
                 pending.finish(&shared, &backend, None);
                 return;
             };
-            let entry = new_entry(&head, bytes, &pending, shared.clock.now());
+            let entry = new_entry(&head, bytes, &pending, shared.options.clock.now());
             spawn(async move {
                 if pending.store(&shared, &backend, &entry).await {
                     bump(&shared.stats.stores);

@@ -9,7 +9,7 @@ use http::{
     request::Parts,
 };
 
-use super::{key, layer::Shared};
+use super::{key, shared::Shared};
 
 /// What invalidation needs of the request, kept while the handler runs.
 pub(crate) struct RequestTarget {

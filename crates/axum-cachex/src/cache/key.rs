@@ -6,7 +6,7 @@ use axum::extract::OriginalUri;
 use axum_cachex_core::CacheKey;
 use http::{Method, Request, Uri, header::HOST, request::Parts};
 
-use super::layer::Shared;
+use super::shared::Shared;
 
 /// Builds the cache key of a request.
 ///
@@ -95,12 +95,12 @@ pub(crate) fn entry_key(shared: &Shared, parts: &Parts) -> Option<String> {
 /// [`entry_key`] when the request's normalised host is already known:
 /// the default key builder then needs no second look at the headers.
 pub(crate) fn entry_key_for_host(shared: &Shared, parts: &Parts, host: &str) -> Option<String> {
-    let base = if shared.custom_keys {
-        shared.key_builder.build_key(parts)
+    let base = if shared.options.custom_keys {
+        shared.options.key_builder.build_key(parts)
     } else {
         default_key(parts, host)
     };
-    let Some(partition) = &shared.per_user else {
+    let Some(partition) = &shared.options.per_user else {
         return Some(base);
     };
     let user = partition.user(parts)?;

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 
 use super::{
-    layer::Shared,
+    shared::Shared,
     store::{self, Found, Slot},
 };
 
@@ -67,7 +67,7 @@ pub(crate) async fn acquire(
     let lock = lock_key(&slot.flight_key(request_headers));
     let token = random_token();
     match tokio::time::timeout(
-        shared.backend_timeout,
+        shared.options.backend_timeout,
         backend.add(&lock, token.clone(), Some(lock_ttl)),
     )
     .await
@@ -84,14 +84,15 @@ pub(crate) async fn acquire(
             .0
         {
             Found::Failed => return LockOutcome::Proceed,
-            Found::Entry(entry) if entry.is_fresh(shared.clock.now()) => {
+            Found::Entry(entry) if entry.is_fresh(shared.options.clock.now()) => {
                 return LockOutcome::Computed(Box::new(entry));
             }
             _ => {}
         }
         // The other instance finished without storing (or failed): stop
         // waiting once its lock is gone.
-        if let Ok(Ok(None)) = tokio::time::timeout(shared.backend_timeout, backend.get(&lock)).await
+        if let Ok(Ok(None)) =
+            tokio::time::timeout(shared.options.backend_timeout, backend.get(&lock)).await
         {
             return LockOutcome::Proceed;
         }
@@ -103,11 +104,12 @@ pub(crate) async fn release(shared: &Shared, backend: &Arc<dyn Backend>, held: H
     let call = backend.delete_if_equals(&held.key, &held.token);
     // On other failures the lock expires by itself.
     if let Ok(Err(BackendError::Unsupported { .. })) =
-        tokio::time::timeout(shared.backend_timeout, call).await
+        tokio::time::timeout(shared.options.backend_timeout, call).await
     {
         // Without compare-and-delete, a plain delete: at worst it drops a
         // lock another instance took after ours expired, which only costs a
         // duplicate computation.
-        let _ = tokio::time::timeout(shared.backend_timeout, backend.delete(&held.key)).await;
+        let _ =
+            tokio::time::timeout(shared.options.backend_timeout, backend.delete(&held.key)).await;
     }
 }

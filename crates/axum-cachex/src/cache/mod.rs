@@ -25,6 +25,7 @@ mod plan;
 mod registry;
 mod response;
 mod service;
+mod shared;
 mod stats;
 mod status;
 mod store;

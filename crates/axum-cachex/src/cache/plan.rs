@@ -3,7 +3,7 @@
 use http::{Method, request::Parts};
 
 use super::{
-    credentials::Credentialed, directives::Directives, key, layer::Shared, status::CacheStatus,
+    credentials::Credentialed, directives::Directives, key, shared::Shared, status::CacheStatus,
 };
 
 /// What the layer does with a request.
@@ -33,7 +33,7 @@ pub(crate) fn plan(shared: &Shared, parts: &Parts) -> Plan {
     if parts.method != Method::GET && parts.method != Method::HEAD {
         return Plan::Unsafe;
     }
-    if shared.no_store {
+    if shared.options.no_store {
         return Plan::NoStore;
     }
     let Some(host) = key::request_host(parts) else {
@@ -41,14 +41,14 @@ pub(crate) fn plan(shared: &Shared, parts: &Parts) -> Plan {
     };
     if !shared.stores() {
         let status = CacheStatus::forward("miss");
-        return Plan::Uncached(match (shared.no_cache, shared.private) {
+        return Plan::Uncached(match (shared.options.no_cache, shared.options.private) {
             (true, _) => status.with_detail("no-cache"),
             (_, true) => status.with_detail("private"),
             _ => status,
         });
     }
     let scan = shared.credentials.scan(parts);
-    if scan.credentialed && !shared.public && shared.per_user.is_none() {
+    if scan.credentialed && !shared.options.public && shared.options.per_user.is_none() {
         // RFC 9111 §3.5, and the reverse: an authenticated request gets
         // neither a stored response nor its own response stored.
         return Plan::Uncached(CacheStatus::bypass("credentials"));
@@ -77,5 +77,7 @@ pub(crate) fn plan(shared: &Shared, parts: &Parts) -> Plan {
 /// request looked like: an inner middleware (the session layer) saw
 /// credentials.
 pub(crate) fn response_is_credentialed(shared: &Shared, extensions: &http::Extensions) -> bool {
-    extensions.get::<Credentialed>().is_some() && !shared.public && shared.per_user.is_none()
+    extensions.get::<Credentialed>().is_some()
+        && !shared.options.public
+        && shared.options.per_user.is_none()
 }

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use super::{layer::Shared, stats::StatsSnapshot};
+use super::{shared::Shared, stats::StatsSnapshot};
 
 static LAYERS: OnceLock<Mutex<Vec<Weak<Shared>>>> = OnceLock::new();
 

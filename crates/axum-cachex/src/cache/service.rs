@@ -16,7 +16,7 @@ use tower_service::Service;
 
 use tracing::Instrument;
 
-use super::{flow, layer::Shared};
+use super::{flow, shared::Shared};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use xxhash_rust::xxh3::xxh3_128;
 
-use super::{decide, layer::Shared, response, stats::bump, vary};
+use super::{decide, response, shared::Shared, stats::bump, vary};
 
 /// How long past its stale windows an entry with a validator from the
 /// handler is kept: while it is kept, a stale entry is revalidated with a
@@ -163,7 +163,7 @@ pub(crate) async fn write(
     entry: &CacheEntry,
     request_headers: &HeaderMap,
 ) -> bool {
-    let now = shared.clock.now();
+    let now = shared.options.clock.now();
     let mut ttl = entry.storage_ttl_left(now);
     if decide::has_validator(&entry.headers) {
         ttl += REVALIDATION_GRACE;
@@ -268,7 +268,7 @@ pub(crate) async fn with_timeout<T>(
     operation: &'static str,
     call: impl Future<Output = Result<T, BackendError>>,
 ) -> Option<T> {
-    let error = match tokio::time::timeout(shared.backend_timeout, call).await {
+    let error = match tokio::time::timeout(shared.options.backend_timeout, call).await {
         Ok(Ok(value)) => return Some(value),
         Ok(Err(error)) => {
             if matches!(error, BackendError::Timeout { .. }) {
@@ -282,7 +282,7 @@ pub(crate) async fn with_timeout<T>(
             bump(&shared.stats.backend_timeouts);
             BackendError::Timeout {
                 backend: backend.name(),
-                timeout: shared.backend_timeout,
+                timeout: shared.options.backend_timeout,
             }
         }
     };

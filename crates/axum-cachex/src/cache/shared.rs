@@ -1,0 +1,90 @@
+//! What every request of one layer shares: the validated options, what is
+//! derived from them once, and the layer's live state.
+
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use http::HeaderValue;
+
+use super::{
+    coalesce::Coalescer,
+    config::{CacheLayerBuilder, Freshness},
+    credentials::CredentialCheck,
+    stats::{CacheStats, FailureLog},
+};
+
+/// Everything a request needs, built once by
+/// [`CacheLayerBuilder::build`].
+pub(crate) struct Shared {
+    /// The options as the builder validated them.
+    pub(crate) options: CacheLayerBuilder,
+    /// The `Cache-Control` the layer adds to responses without their own.
+    pub(crate) cache_control: HeaderValue,
+    /// The same with `private` and without what lets shared caches keep
+    /// it: for responses to requests with credentials.
+    pub(crate) private_cache_control: HeaderValue,
+    /// The stale windows the options give.
+    pub(crate) stale_while_revalidate: Duration,
+    pub(crate) stale_if_error: Duration,
+    pub(crate) credentials: CredentialCheck,
+    pub(crate) refresh_slots: Arc<tokio::sync::Semaphore>,
+    pub(crate) stats: CacheStats,
+    pub(crate) failures: FailureLog,
+    pub(crate) inflight: Coalescer,
+    /// Name for reports: from the builder, or the first matched route.
+    pub(crate) route: OnceLock<String>,
+}
+
+impl Shared {
+    /// The shared part of a layer built from validated `options`.
+    pub(crate) fn new(mut options: CacheLayerBuilder) -> Self {
+        // Whole seconds, as `max-age` says: a fractional ttl must never
+        // give a hit that is stale by its own headers.
+        options.ttl = options.ttl.map(|t| Duration::from_secs(t.as_secs()));
+        let route = OnceLock::new();
+        if let Some(name) = options.name.take() {
+            let _ = route.set(name);
+        }
+        Self {
+            cache_control: options.render_cache_control(),
+            private_cache_control: options.render_private_cache_control(),
+            stale_while_revalidate: options.stale_while_revalidate(),
+            stale_if_error: options.stale_if_error(),
+            credentials: CredentialCheck::new(std::mem::take(&mut options.credentials)),
+            refresh_slots: Arc::new(tokio::sync::Semaphore::new(options.max_refreshes)),
+            stats: CacheStats::default(),
+            failures: FailureLog::default(),
+            inflight: Coalescer::default(),
+            route,
+            options,
+        }
+    }
+
+    /// Names the layer after the first route it serves, unless named.
+    pub(crate) fn name_route(&self, parts: &http::request::Parts) {
+        if self.route.get().is_none() {
+            if let Some(matched) = parts.extensions.get::<axum::extract::MatchedPath>() {
+                let _ = self.route.set(matched.as_str().to_owned());
+            }
+        }
+    }
+
+    pub(crate) fn route_label(&self) -> String {
+        self.route
+            .get()
+            .cloned()
+            .unwrap_or_else(|| "unnamed".to_owned())
+    }
+
+    /// Whether responses are stored and served from the store: a ttl is
+    /// set (or the response decides freshness), and the route is neither
+    /// no-cache, no-store nor private (unless cached per user).
+    pub(crate) fn stores(&self) -> bool {
+        (self.options.ttl.is_some() || self.options.freshness == Freshness::FromResponse)
+            && !self.options.no_cache
+            && !self.options.no_store
+            && (!self.options.private || self.options.per_user.is_some())
+    }
+}
