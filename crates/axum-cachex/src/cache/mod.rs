@@ -1,10 +1,20 @@
 //! The HTTP response cache middleware: [`CacheLayer`] and its parts.
 //!
-//! Laid out like a tower-http middleware: `layer` (the `Layer`, plain
-//! shared configuration), `service` (the `Service` and its future), `flow`
-//! (what happens to one request), and one small module per concern (keys,
-//! ETags, the `Cache-Control` builder, body buffering, coalescing,
-//! `Cache-Status`).
+//! Laid out like a tower-http middleware: `config` (the builder and its
+//! validation), `layer` (the `Layer`), `shared` (what its services share),
+//! `service` (the `Service` and its future), and `flow` (what happens to
+//! one request), in steps of one module each:
+//!
+//! - `plan`: what kind of request it is (pure);
+//! - `store`: look it up, write it (one record per key and variant);
+//! - `decide`: what a stored entry is good for now (pure);
+//! - `coalesce` / `lock`: lead or wait;
+//! - `admit`: may the response be stored, and for how long (pure);
+//! - `body`: buffer or tee the body;
+//! - `status`: the `Cache-Status` that records the decision.
+//!
+//! and one small module per HTTP concern (keys, ETags, `Cache-Control`
+//! parsing, conditionals, `Vary`, credentials, invalidation).
 
 mod admit;
 mod body;
