@@ -1040,3 +1040,89 @@ impl futures_core::Stream for ChannelStream {
         self.0.poll_recv(cx)
     }
 }
+
+// Found by the public cache-tests suite run through a small proxy harness.
+
+#[tokio::test]
+async fn a_list_valued_age_counts_its_first_member() {
+    // RFC 9111 §5.1: `Age: 7200, 0` is 7200 seconds old.
+    let app = app(
+        CacheLayer::builder().freshness(Freshness::FromResponse),
+        |n, _| {
+            std::future::ready(reply(
+                n,
+                &[("cache-control", "max-age=3600"), ("age", "7200, 0")],
+            ))
+        },
+    );
+    get(&app, "/r", &[]).await;
+    assert_eq!(get(&app, "/r", &[]).await.body, "#2");
+}
+
+#[tokio::test]
+async fn must_understand_never_stores_an_unknown_status() {
+    let app = app(
+        CacheLayer::builder().freshness(Freshness::FromResponse),
+        |n, _| {
+            let mut res = reply(
+                n,
+                &[("cache-control", "max-age=3600, no-store, must-understand")],
+            );
+            *res.status_mut() = StatusCode::from_u16(599).expect("status");
+            std::future::ready(res)
+        },
+    );
+    get(&app, "/r", &[]).await;
+    assert_eq!(get(&app, "/r", &[]).await.body, "#2");
+    // A known status with `no-store, must-understand` is stored.
+    let known = app_with_status(StatusCode::OK);
+    get(&known, "/r", &[]).await;
+    assert_eq!(get(&known, "/r", &[]).await.body, "#1");
+}
+
+fn app_with_status(status: StatusCode) -> App {
+    app(
+        CacheLayer::builder().freshness(Freshness::FromResponse),
+        move |n, _| {
+            let mut res = reply(
+                n,
+                &[("cache-control", "max-age=3600, no-store, must-understand")],
+            );
+            *res.status_mut() = status;
+            std::future::ready(res)
+        },
+    )
+}
+
+#[tokio::test]
+async fn heuristic_freshness_covers_heuristically_cacheable_errors() {
+    let app = app(
+        CacheLayer::builder().freshness(Freshness::FromResponse),
+        |n, _| {
+            let mut res = reply(n, &[("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT")]);
+            *res.status_mut() = StatusCode::NOT_FOUND;
+            std::future::ready(res)
+        },
+    );
+    get(&app, "/gone", &[]).await;
+    let r = get(&app, "/gone", &[]).await;
+    assert_eq!(
+        (r.status, r.body.as_ref()),
+        (StatusCode::NOT_FOUND, &b"#1"[..])
+    );
+}
+
+#[tokio::test]
+async fn if_modified_since_on_a_stored_response_without_last_modified_uses_its_date() {
+    let app = app(ttl60(), |n, _| {
+        std::future::ready(reply(n, &[("date", "Wed, 21 Oct 2015 07:28:00 GMT")]))
+    });
+    get(&app, "/r", &[]).await;
+    let r = get(
+        &app,
+        "/r",
+        &[("if-modified-since", "Thu, 22 Oct 2015 07:28:00 GMT")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+}

@@ -21,6 +21,9 @@ const HEURISTIC_CAP: Duration = Duration::from_secs(24 * 3600);
 /// (this cache does not store partial content).
 const HEURISTIC_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
 
+/// The largest delta-seconds value kept (RFC 9111 §1.2.2).
+const MAX_DELTA_SECONDS: u64 = 2_147_483_648;
+
 /// How a storable response is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Policy {
@@ -86,8 +89,7 @@ pub(crate) fn refusal(
     if !(200..=599).contains(&code) || code == 206 || code == 304 {
         return Some("status");
     }
-    let understood = understood_status(shared, status, cc);
-    if !understood {
+    if !storable_status(shared, status, cc) {
         return Some("status");
     }
     if headers.contains_key(header::SET_COOKIE) {
@@ -97,8 +99,11 @@ pub(crate) fn refusal(
         return Some("credentials");
     }
     // RFC 9111 §5.2.2.3: `must-understand` overrides `no-store` for a
-    // status the cache understands.
-    if cc.no_store && !(cc.must_understand && understood) {
+    // status the cache understands, and forbids storing any other.
+    if cc.must_understand && !is_known_status(code) {
+        return Some("must-understand");
+    }
+    if cc.no_store && !cc.must_understand {
         return Some("no-store");
     }
     if cc.private && shared.options.per_user.is_none() {
@@ -114,13 +119,27 @@ pub(crate) fn refusal(
 }
 
 /// Statuses the layer stores: the configured ones; with response-driven
-/// freshness also any final status that carries explicit freshness.
-fn understood_status(shared: &Shared, status: StatusCode, cc: &Directives) -> bool {
+/// freshness also the heuristically cacheable ones and any final status
+/// that carries explicit freshness or `public` (RFC 9111 §3).
+fn storable_status(shared: &Shared, status: StatusCode, cc: &Directives) -> bool {
     if shared.options.cacheable_statuses.contains(&status) {
         return true;
     }
     shared.options.freshness == Freshness::FromResponse
-        && (cc.max_age.is_some() || cc.s_maxage.is_some() || cc.public)
+        && (HEURISTIC_STATUSES.contains(&status.as_u16())
+            || cc.max_age.is_some()
+            || cc.s_maxage.is_some()
+            || cc.public)
+}
+
+/// The final statuses RFC 9110 defines, whose semantics a cache knows
+/// (for `must-understand`).
+fn is_known_status(code: u16) -> bool {
+    matches!(
+        code,
+        200..=208 | 226 | 300..=305 | 307 | 308 | 400..=418 | 421..=426 | 428 | 429 | 431 | 451
+            | 500..=508 | 510 | 511
+    )
 }
 
 fn is_event_stream(headers: &HeaderMap) -> bool {
@@ -152,7 +171,7 @@ fn lifetime(
         },
         Freshness::FromResponse => explicit
             .or_else(|| default_ttl(shared, status))
-            .or_else(|| heuristic(status, headers, now)),
+            .or_else(|| heuristic(status, cc, headers, now)),
     }?;
     Some(Duration::from_secs(lifetime.as_secs()))
 }
@@ -166,8 +185,15 @@ fn default_ttl(shared: &Shared, status: StatusCode) -> Option<Duration> {
         .filter(|_| shared.options.cacheable_statuses.contains(&status))
 }
 
-fn heuristic(status: StatusCode, headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    if !HEURISTIC_STATUSES.contains(&status.as_u16()) {
+/// RFC 9111 §4.2.2: for heuristically cacheable statuses, and for any
+/// status the response marks `public`.
+fn heuristic(
+    status: StatusCode,
+    cc: &Directives,
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> Option<Duration> {
+    if !HEURISTIC_STATUSES.contains(&status.as_u16()) && !cc.public {
         return None;
     }
     directives::heuristic_lifetime(headers, now, HEURISTIC_CAP)
@@ -201,11 +227,16 @@ fn stale_windows(shared: &Shared, cc: &Directives) -> (Duration, Duration) {
 /// RFC 9111 §4.2.3: the `Age` the response arrived with, and with
 /// response-driven freshness the apparent age `now − Date` when larger.
 fn initial_age(shared: &Shared, headers: &HeaderMap, now: SystemTime) -> Duration {
+    // RFC 9111 §5.1: of a list, the first member counts; an invalid value
+    // is ignored.
     let age = headers
         .get(header::AGE)
         .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
+        .map_or(Duration::ZERO, |secs| {
+            Duration::from_secs(secs.min(MAX_DELTA_SECONDS))
+        });
     if shared.options.freshness == Freshness::Layer {
         return age;
     }

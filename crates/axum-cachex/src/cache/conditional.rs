@@ -3,9 +3,10 @@
 
 use std::time::SystemTime;
 
+use axum_cachex_core::CacheEntry;
 use http::{
     HeaderMap, HeaderValue, StatusCode,
-    header::{IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED},
+    header::{DATE, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED},
 };
 
 use super::etag::if_none_match_matches;
@@ -44,6 +45,26 @@ impl Conditions {
         etag: &HeaderValue,
         response_headers: &HeaderMap,
     ) -> bool {
+        self.evaluate(status, etag, response_headers.get(LAST_MODIFIED))
+    }
+
+    /// [`not_modified`](Self::not_modified) for a stored response, which
+    /// without `Last-Modified` counts as modified at its `Date` (RFC 9111
+    /// §4.3.2).
+    pub(crate) fn stored_not_modified(&self, entry: &CacheEntry) -> bool {
+        let modified = entry
+            .headers
+            .get(LAST_MODIFIED)
+            .or_else(|| entry.headers.get(DATE));
+        self.evaluate(entry.status, &entry.etag, modified)
+    }
+
+    fn evaluate(
+        &self,
+        status: StatusCode,
+        etag: &HeaderValue,
+        last_modified: Option<&HeaderValue>,
+    ) -> bool {
         if !status.is_success() {
             return false;
         }
@@ -53,8 +74,7 @@ impl Conditions {
         let Some(since) = self.if_modified_since else {
             return false;
         };
-        response_headers
-            .get(LAST_MODIFIED)
+        last_modified
             .and_then(|v| v.to_str().ok())
             .and_then(|v| httpdate::parse_http_date(v).ok())
             .is_some_and(|modified| modified <= since)

@@ -635,10 +635,7 @@ where
     /// A stored entry as the answer: 304 when the client's validators
     /// match, else the full response (bodiless for HEAD).
     fn answer_entry(&self, entry: CacheEntry, now: SystemTime) -> Response<Body> {
-        let mut res = if self
-            .cond
-            .not_modified(entry.status, &entry.etag, &entry.headers)
-        {
+        let mut res = if self.cond.stored_not_modified(&entry) {
             response::not_modified_from_entry(&entry, now)
         } else {
             response::from_entry(entry, now, self.head)
