@@ -591,6 +591,7 @@ async fn rule_streamed_body_shorter_than_content_length_stored_as_complete() {
         .backend(Arc::clone(&backend) as Arc<dyn axum_cachex::backend::Backend>)
         .build()
         .unwrap();
+    let layer_for_control = layer.clone();
     let app = Router::new().route(
         "/file",
         get(|| async {
@@ -604,6 +605,19 @@ async fn rule_streamed_body_shorter_than_content_length_stored_as_complete() {
     );
     let first = send(&app, get_req("/file")).await;
     assert_eq!(first.text(), "01234");
+    // A complete stream on the same layer, requested after the cut one:
+    // once it is stored, the cut one's background store has had its turn.
+    let control = Router::new()
+        .route(
+            "/ok",
+            get(|| async {
+                let chunks: Vec<Result<Bytes, std::io::Error>> =
+                    vec![Ok(Bytes::from_static(b"complete"))];
+                Body::from_stream(futures_stream(chunks)).into_response()
+            }),
+        )
+        .layer(layer_for_control);
+    assert_eq!(send(&control, get_req("/ok")).await.text(), "complete");
     wait_for_store(&backend).await;
     let second = send(&app, get_req("/file")).await;
     assert!(

@@ -896,11 +896,13 @@ async fn a_304_from_the_handler_freshens_the_stored_entry() {
     let revalidated = get(&app, "/r", &[]).await;
     assert_eq!(revalidated.body, "#1");
     assert_eq!(revalidated.header("x-version"), "2");
-    assert!(!revalidated.headers.contains_key("set-cookie"));
+    // The 304's cookie is for the client that asked, never stored.
+    assert_eq!(revalidated.header("set-cookie"), "evil=1");
     // Fresh again: served without the handler.
     app.clock.advance(secs(5));
     let hit = get(&app, "/r", &[]).await;
     assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    assert!(!hit.headers.contains_key("set-cookie"));
     assert_eq!(app.calls.get(), 2);
 }
 
@@ -1114,15 +1116,33 @@ async fn heuristic_freshness_covers_heuristically_cacheable_errors() {
 
 #[tokio::test]
 async fn if_modified_since_on_a_stored_response_without_last_modified_uses_its_date() {
-    let app = app(ttl60(), |n, _| {
-        std::future::ready(reply(n, &[("date", "Wed, 21 Oct 2015 07:28:00 GMT")]))
+    let start = std::time::SystemTime::now();
+    let date = httpdate::fmt_http_date(start);
+    let app = app(ttl60(), move |n, _| {
+        let mut res = reply(n, &[]);
+        res.headers_mut()
+            .insert("date", date.parse().expect("date"));
+        std::future::ready(res)
     });
     get(&app, "/r", &[]).await;
-    let r = get(
-        &app,
-        "/r",
-        &[("if-modified-since", "Thu, 22 Oct 2015 07:28:00 GMT")],
-    )
-    .await;
+    let later = httpdate::fmt_http_date(start + secs(5));
+    let r = get(&app, "/r", &[("if-modified-since", &later)]).await;
     assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    let earlier = httpdate::fmt_http_date(start - secs(5));
+    let r = get(&app, "/r", &[("if-modified-since", &earlier)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_response_already_old_by_its_date_is_stale() {
+    // RFC 9111 §4.2.3: the apparent age (now − Date) counts.
+    let app = app(ttl60(), |n, _| {
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now() - secs(3600));
+        let mut res = reply(n, &[]);
+        res.headers_mut()
+            .insert("date", date.parse().expect("date"));
+        std::future::ready(res)
+    });
+    get(&app, "/r", &[]).await;
+    assert_eq!(get(&app, "/r", &[]).await.body, "#2");
 }

@@ -24,6 +24,21 @@ const HEURISTIC_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 4
 /// The largest delta-seconds value kept (RFC 9111 §1.2.2).
 const MAX_DELTA_SECONDS: u64 = 2_147_483_648;
 
+/// An `Age` value (RFC 9111 §5.1): of a list, the first member counts;
+/// digits too many to hold are the largest value; anything else is
+/// ignored (`None`).
+fn delta_seconds(value: &[u8]) -> Option<u64> {
+    let first = value.split(|&b| b == b',').next()?.trim_ascii();
+    if first.is_empty() || !first.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let secs = std::str::from_utf8(first)
+        .ok()?
+        .parse::<u64>()
+        .unwrap_or(MAX_DELTA_SECONDS);
+    Some(secs.min(MAX_DELTA_SECONDS))
+}
+
 /// How a storable response is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Policy {
@@ -74,7 +89,7 @@ pub(crate) fn admit(
         fresh_for,
         stale_while_revalidate,
         stale_if_error,
-        initial_age: initial_age(shared, headers, now),
+        initial_age: initial_age(headers, now),
     })
 }
 
@@ -224,22 +239,13 @@ fn stale_windows(shared: &Shared, cc: &Directives) -> (Duration, Duration) {
     }
 }
 
-/// RFC 9111 §4.2.3: the `Age` the response arrived with, and with
-/// response-driven freshness the apparent age `now − Date` when larger.
-fn initial_age(shared: &Shared, headers: &HeaderMap, now: SystemTime) -> Duration {
-    // RFC 9111 §5.1: of a list, the first member counts; an invalid value
-    // is ignored.
+/// RFC 9111 §4.2.3: the `Age` the response arrived with, or the apparent
+/// age `now − Date` when larger.
+fn initial_age(headers: &HeaderMap, now: SystemTime) -> Duration {
     let age = headers
         .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, |secs| {
-            Duration::from_secs(secs.min(MAX_DELTA_SECONDS))
-        });
-    if shared.options.freshness == Freshness::Layer {
-        return age;
-    }
+        .and_then(|v| delta_seconds(v.as_bytes()))
+        .map_or(Duration::ZERO, Duration::from_secs);
     let apparent = headers
         .get(header::DATE)
         .and_then(|v| v.to_str().ok())

@@ -45,7 +45,7 @@ use super::{
     decide::{self, Use},
     etag::etag_for,
     extract::CacheHandle,
-    invalidate,
+    invalidate::{self, Invalidation},
     lock::{self, HeldLock, LockOutcome},
     plan::{self, Plan},
     response,
@@ -119,6 +119,7 @@ where
         Plan::Unsafe => Box::pin(flow.unsafe_method(parts, body)).await?,
         Plan::NoStore => Box::pin(flow.no_store(parts, body)).await?,
         Plan::Uncached(status) => Box::pin(flow.uncached(parts, body, status)).await?,
+        Plan::OnlyIfCachedMiss => only_if_cached_miss(),
         Plan::Cached {
             key,
             may_store,
@@ -163,8 +164,15 @@ where
             && (status.is_success() || status.is_redirection())
             && self.shared.stores();
         if invalidates {
-            for key in invalidate::keys(&self.shared, &request, res.headers()) {
-                store::delete(&self.shared, &self.backend, &key).await;
+            for target in invalidate::targets(&self.shared, &request, res.headers()) {
+                match target {
+                    Invalidation::Key(key) => {
+                        store::delete(&self.shared, &self.backend, &key).await
+                    }
+                    Invalidation::Path(path) => {
+                        store::clear_path(&self.shared, &self.backend, &path).await;
+                    }
+                }
             }
         }
         Ok((res.map(Body::new), CacheStatus::forward("method")))
@@ -223,7 +231,11 @@ where
             return Ok((self.bodiless_if_head(res), status));
         }
         match body::collect_limited(res_body, self.shared.options.max_body_size).await {
-            Collected::Complete(bytes) => Ok((self.answer_bytes(res_parts, bytes), status)),
+            Collected::Complete(bytes) => {
+                let mut status = status;
+                let res = self.answer_bytes(res_parts, bytes, &mut status);
+                Ok((res, status))
+            }
             Collected::PassThrough(body, reason) => {
                 let res = self.bodiless_if_head(Response::from_parts(res_parts, body));
                 Ok((res, status.with_detail_if_none(pass_detail(reason))))
@@ -257,7 +269,11 @@ where
                     return Ok((self.answer_entry(entry, now), status));
                 }
                 Use::StaleWhileRevalidate => {
-                    self.spawn_refresh(&parts, slot);
+                    // A `no-store` request must not cause a store, even in
+                    // the background.
+                    if write {
+                        self.spawn_refresh(&parts, slot);
+                    }
                     let status = CacheStatus::hit(response::ttl_left(&entry, now))
                         .with_detail("stale-while-revalidate");
                     return Ok((self.answer_entry(entry, now), status));
@@ -271,8 +287,7 @@ where
         if only_if_cached {
             // RFC 9111 §5.2.1.7: nothing usable stored, and the client
             // does not want the handler asked.
-            let status = CacheStatus::forward(fwd).with_detail("only-if-cached");
-            return Ok((gateway_timeout(), status));
+            return Ok(only_if_cached_miss());
         }
         Box::pin(self.forward(parts, body, slot, stale, fwd, write)).await
     }
@@ -433,14 +448,20 @@ where
             fwd_status: Some(304),
             ..CacheStatus::forward("stale")
         };
-        let (entry, storable) = match freshened(&self.shared, &old, not_modified.headers(), now) {
-            Some(entry) => (entry, true),
-            None => (old, false),
-        };
-        if storable {
-            status.stored = pending.store(&self.shared, &self.backend, &entry).await;
+        let update = not_modified.headers();
+        let stored = freshened(&self.shared, &old, update, now);
+        if let Some(entry) = &stored {
+            status.stored = pending.store(&self.shared, &self.backend, entry).await;
         }
-        pending.finish(&self.shared, &self.backend, storable.then(|| entry.clone()));
+        pending.finish(&self.shared, &self.backend, stored.clone());
+        // This client gets the stored response updated with all the 304
+        // says, its cookies and `Cache-Control` included (RFC 9111 §4.3.4);
+        // the store keeps what may be shared.
+        let headers = merged(&old.headers, &response::end_to_end_headers(update, true));
+        let entry = CacheEntry {
+            headers,
+            ..stored.unwrap_or(old)
+        };
         (self.answer_entry(entry, now), status)
     }
 
@@ -532,13 +553,21 @@ where
                 return (res, status.with_detail(pass_detail(reason)));
             }
         };
+        add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
+        if !declared_length_matches(&parts.headers, bytes.len()) {
+            // A body that ended short of its `Content-Length` is not the
+            // response (RFC 9111 §3.3): not stored, not shared.
+            pending.finish(&self.shared, &self.backend, None);
+            let res = self.answer_bytes(parts, bytes, &mut status);
+            return (res, status.with_detail("incomplete"));
+        }
         let now = self.shared.options.clock.now();
         let entry = new_entry(&parts, bytes.clone(), &pending, now);
         parts.headers.insert(ETAG, entry.etag.clone());
-        add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
         status.stored = pending.store(&self.shared, &self.backend, &entry).await;
         pending.finish(&self.shared, &self.backend, Some(entry));
-        (self.answer_bytes(parts, bytes), status)
+        let res = self.answer_bytes(parts, bytes, &mut status);
+        (res, status)
     }
 
     /// A body of unknown length: it goes to the client as it arrives; a
@@ -559,6 +588,12 @@ where
         let head = clone_head(&parts);
         add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
         let teed = body::tee(body, self.shared.options.max_body_size, move |kept| {
+            let kept = match kept {
+                Kept::Complete(bytes) if !declared_length_matches(&head.headers, bytes.len()) => {
+                    Kept::Dropped(PassReason::Error)
+                }
+                kept => kept,
+            };
             let Kept::Complete(bytes) = kept else {
                 if matches!(kept, Kept::Dropped(PassReason::TooLarge)) {
                     bump(&shared.stats.bypass_too_large);
@@ -646,10 +681,17 @@ where
 
     /// A complete response as the answer: ETag added when the handler gave
     /// none, 304 when the client's validators match.
-    fn answer_bytes(&self, mut parts: ResParts, bytes: Bytes) -> Response<Body> {
+    fn answer_bytes(
+        &self,
+        mut parts: ResParts,
+        bytes: Bytes,
+        status: &mut CacheStatus,
+    ) -> Response<Body> {
         let etag = etag_for(parts.headers.get(ETAG), &bytes);
         parts.headers.insert(ETAG, etag.clone());
         if self.cond.not_modified(parts.status, &etag, &parts.headers) {
+            // RFC 9211 §2.3: the handler answered otherwise.
+            status.fwd_status = Some(parts.status.as_u16());
             return response::not_modified(&parts.headers, &etag, None);
         }
         if self.head {
@@ -793,15 +835,8 @@ fn freshened(
     update: &HeaderMap,
     now: SystemTime,
 ) -> Option<CacheEntry> {
-    let mut headers = old.headers.clone();
     let age = update.get(http::header::AGE).cloned();
-    let update = response::storable_headers(update);
-    for name in update.keys() {
-        headers.remove(name);
-    }
-    for (name, value) in &update {
-        headers.append(name.clone(), value.clone());
-    }
+    let mut headers = merged(&old.headers, &response::storable_headers(update));
     // The 304's `Age` counts (RFC 9111 §4.2.3), but is not stored.
     if let Some(age) = age {
         headers.insert(http::header::AGE, age);
@@ -824,6 +859,18 @@ fn freshened(
     })
 }
 
+/// `base` with every field `update` has replaced by `update`'s lines.
+fn merged(base: &HeaderMap, update: &HeaderMap) -> HeaderMap {
+    let mut headers = base.clone();
+    for name in update.keys() {
+        headers.remove(name);
+    }
+    for (name, value) in update {
+        headers.append(name.clone(), value.clone());
+    }
+    headers
+}
+
 /// The layer's `Cache-Control` for a response that has neither its own
 /// `Cache-Control` nor `Expires` (which the layer's `max-age` would
 /// override downstream). Never stored: added on the way out.
@@ -834,6 +881,16 @@ fn add_default_cache_control(headers: &mut HeaderMap, default: &HeaderValue) {
     if let http::header::Entry::Vacant(slot) = headers.entry(CACHE_CONTROL) {
         slot.insert(default.clone());
     }
+}
+
+/// Whether a complete body has the length its `Content-Length` declared
+/// (true when none is declared).
+fn declared_length_matches(headers: &HeaderMap, len: usize) -> bool {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_none_or(|declared| declared == len as u64)
 }
 
 /// Whether a leader's entry may go to a waiter: fresh, or the stale
@@ -912,6 +969,15 @@ fn clone_head(parts: &ResParts) -> ResParts {
     head.version = parts.version;
     head.headers = parts.headers.clone();
     head
+}
+
+/// 504 for `only-if-cached` when the store cannot answer. Nothing was
+/// forwarded, so `Cache-Status` has no `fwd` (RFC 9211 §2.2).
+fn only_if_cached_miss() -> (Response<Body>, CacheStatus) {
+    (
+        gateway_timeout(),
+        CacheStatus::default().with_detail("only-if-cached"),
+    )
 }
 
 fn gateway_timeout() -> Response<Body> {

@@ -32,15 +32,30 @@ impl RequestTarget {
     }
 }
 
-/// The keys to delete after a successful unsafe request.
-pub(crate) fn keys(shared: &Shared, target: &RequestTarget, response: &HeaderMap) -> Vec<String> {
-    let mut keys: Vec<String> = key::entry_key(shared, &target.get).into_iter().collect();
+/// What to delete after a successful unsafe request.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Invalidation {
+    /// One stored response (every `Vary` variant of it).
+    Key(String),
+    /// Every stored response of a path, all users and queries: on a route
+    /// cached per user, where one user's write changes what all see.
+    Path(String),
+}
+
+/// What a successful unsafe request invalidates: its own target, and the
+/// same-host `Location` and `Content-Location` of its response.
+pub(crate) fn targets(
+    shared: &Shared,
+    target: &RequestTarget,
+    response: &HeaderMap,
+) -> Vec<Invalidation> {
+    let mut heads = vec![clone_parts(&target.get)];
     let host = key::request_host(&target.get).unwrap_or_default();
+    let request_path = key::request_path(&target.get);
     for name in [LOCATION, CONTENT_LOCATION] {
         let Some(reference) = response.get(&name).and_then(|v| v.to_str().ok()) else {
             continue;
         };
-        let request_path = key::request_uri(&target.get).path();
         let Some(path) = same_origin_path(reference.trim(), &host, request_path) else {
             continue;
         };
@@ -48,13 +63,20 @@ pub(crate) fn keys(shared: &Shared, target: &RequestTarget, response: &HeaderMap
         // The reference is a full path: no nesting prefix to restore.
         parts.extensions.remove::<axum::extract::OriginalUri>();
         parts.uri = path;
-        if let Some(key) = key::entry_key(shared, &parts) {
-            if !keys.contains(&key) {
-                keys.push(key);
-            }
+        heads.push(parts);
+    }
+    let mut out = Vec::with_capacity(heads.len());
+    for parts in &heads {
+        let found = if shared.options.per_user.is_some() {
+            Some(Invalidation::Path(key::request_path(parts).to_owned()))
+        } else {
+            key::entry_key(shared, parts).map(Invalidation::Key)
+        };
+        if let Some(found) = found.filter(|f| !out.contains(f)) {
+            out.push(found);
         }
     }
-    keys
+    out
 }
 
 /// The path and query of a `Location`-style reference when it names a

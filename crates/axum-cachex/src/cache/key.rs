@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use axum::extract::OriginalUri;
 use axum_cachex_core::CacheKey;
-use http::{Method, Request, Uri, header::HOST, request::Parts};
+use http::{Method, Request, header::HOST, request::Parts};
 
 use super::shared::Shared;
 
@@ -66,20 +66,22 @@ impl KeyBuilder for DefaultKeyBuilder {
 }
 
 fn default_key(parts: &Parts, host: &str) -> String {
-    let uri = request_uri(parts);
-    let query = uri.query().unwrap_or("");
-    CacheKey::encode(parts.method.as_str(), host, uri.path(), query)
+    let query = parts.uri.query().unwrap_or("");
+    CacheKey::encode(parts.method.as_str(), host, request_path(parts), query)
 }
 
-/// The URI the client asked for. Inside `Router::nest` the request's URI
-/// lacks the nesting prefix (`/alice/profile` arrives as `/profile`), so
-/// axum's `OriginalUri` is used when present: two nested routers must not
-/// share keys.
-pub(crate) fn request_uri(parts: &Parts) -> &Uri {
-    parts
-        .extensions
-        .get::<OriginalUri>()
-        .map_or(&parts.uri, |original| &original.0)
+/// The path that names what the handler answers. Inside `Router::nest`
+/// the request's URI lacks the nesting prefix (`/alice/profile` arrives
+/// as `/profile`, and axum keeps `/alice/profile` as `OriginalUri`): the
+/// full path is used then, so that two nested routers never share keys.
+/// When the two do not match that way, a middleware rewrote the URI after
+/// axum recorded it, and the rewritten one is what the handler answers.
+pub(crate) fn request_path(parts: &Parts) -> &str {
+    let path = parts.uri.path();
+    match parts.extensions.get::<OriginalUri>() {
+        Some(original) if original.0.path().ends_with(path) => original.0.path(),
+        _ => path,
+    }
 }
 
 /// The key a request's response is stored under: the key builder's, and

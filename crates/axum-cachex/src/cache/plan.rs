@@ -1,9 +1,15 @@
 //! The first step of a request: what kind of request it is for the cache.
 
+use std::borrow::Cow;
+
 use http::{Method, request::Parts};
 
 use super::{
-    credentials::Credentialed, directives::Directives, key, shared::Shared, status::CacheStatus,
+    credentials::{Credentialed, RequestScan},
+    directives::Directives,
+    key,
+    shared::Shared,
+    status::CacheStatus,
 };
 
 /// What the layer does with a request.
@@ -16,6 +22,8 @@ pub(crate) enum Plan {
     /// To the handler, never stored nor served from the store; ETag and
     /// 304 still work. The status says why.
     Uncached(CacheStatus),
+    /// `only-if-cached`, and the store cannot answer: 504 at once.
+    OnlyIfCachedMiss,
     /// Served from the store when possible, stored under `key` otherwise.
     Cached {
         /// The base key of the request (HEAD shares GET's).
@@ -33,44 +41,65 @@ pub(crate) fn plan(shared: &Shared, parts: &Parts) -> Plan {
     if parts.method != Method::GET && parts.method != Method::HEAD {
         return Plan::Unsafe;
     }
-    if shared.options.no_store {
-        return Plan::NoStore;
-    }
-    let Some(host) = key::request_host(parts) else {
-        return Plan::Uncached(CacheStatus::bypass("invalid-host"));
-    };
-    if !shared.stores() {
-        let status = CacheStatus::forward("miss");
-        return Plan::Uncached(match (shared.options.no_cache, shared.options.private) {
-            (true, _) => status.with_detail("no-cache"),
-            (_, true) => status.with_detail("private"),
-            _ => status,
-        });
-    }
     let scan = shared.credentials.scan(parts);
-    if scan.credentialed && !shared.options.public && shared.options.per_user.is_none() {
-        // RFC 9111 §3.5, and the reverse: an authenticated request gets
-        // neither a stored response nor its own response stored.
-        return Plan::Uncached(CacheStatus::bypass("credentials"));
-    }
-    let Some(key) = key::entry_key_for_host(shared, parts, &host) else {
-        return Plan::Uncached(CacheStatus::bypass("no-user"));
-    };
-    if scan.origin_precondition {
-        // RFC 9111 §4.3.2: preconditions meant for the origin server are
-        // not the cache's to evaluate; the handler answers them.
-        return Plan::Uncached(CacheStatus::forward("miss").with_detail("precondition"));
-    }
     let cc = if scan.cache_control {
         Directives::from_headers(&parts.headers)
     } else {
         Directives::default()
+    };
+    let host = match cacheable_host(shared, parts, scan) {
+        Ok(host) => host,
+        // RFC 9111 §5.2.1.7: nothing may come from the store, and the
+        // client does not want the handler asked.
+        Err(_) if cc.only_if_cached => return Plan::OnlyIfCachedMiss,
+        Err(plan) => return plan,
+    };
+    let Some(key) = key::entry_key_for_host(shared, parts, &host) else {
+        return Plan::Uncached(CacheStatus::bypass("no-user"));
     };
     Plan::Cached {
         key,
         may_store: !cc.no_store,
         only_if_cached: cc.only_if_cached,
     }
+}
+
+/// The request's normalised host when the store may answer it, else the
+/// plan that says why not.
+fn cacheable_host<'a>(
+    shared: &Shared,
+    parts: &'a Parts,
+    scan: RequestScan,
+) -> Result<Cow<'a, str>, Plan> {
+    if shared.options.no_store {
+        return Err(Plan::NoStore);
+    }
+    let Some(host) = key::request_host(parts) else {
+        return Err(Plan::Uncached(CacheStatus::bypass("invalid-host")));
+    };
+    if scan.credentialed && !shared.options.public && shared.options.per_user.is_none() {
+        // RFC 9111 §3.5, and the reverse: an authenticated request gets
+        // neither a stored response nor its own response stored.
+        return Err(Plan::Uncached(CacheStatus::bypass("credentials")));
+    }
+    if !shared.stores() {
+        let status = CacheStatus::forward("miss");
+        return Err(Plan::Uncached(
+            match (shared.options.no_cache, shared.options.private) {
+                (true, _) => status.with_detail("no-cache"),
+                (_, true) => status.with_detail("private"),
+                _ => status,
+            },
+        ));
+    }
+    if scan.origin_precondition {
+        // RFC 9111 §4.3.2: preconditions meant for the origin server are
+        // not the cache's to evaluate; the handler answers them.
+        return Err(Plan::Uncached(
+            CacheStatus::forward("miss").with_detail("precondition"),
+        ));
+    }
+    Ok(host)
 }
 
 /// Whether the response the handler made must not be shared, whatever the

@@ -49,6 +49,12 @@ fn is_unstorable(name: &HeaderName) -> bool {
 
 /// The end-to-end headers of a response, as stored.
 pub(crate) fn storable_headers(headers: &HeaderMap) -> HeaderMap {
+    end_to_end_headers(headers, false)
+}
+
+/// The end-to-end headers of a response: without hop-by-hop, framing and
+/// cache-written fields, and without `Set-Cookie` unless `cookies`.
+pub(crate) fn end_to_end_headers(headers: &HeaderMap, cookies: bool) -> HeaderMap {
     // Headers listed in `Connection` are hop-by-hop too.
     let listed: Vec<String> = headers
         .get_all(CONNECTION)
@@ -59,7 +65,8 @@ pub(crate) fn storable_headers(headers: &HeaderMap) -> HeaderMap {
         .collect();
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        if !is_unstorable(name) && !listed.iter().any(|l| l == name.as_str()) {
+        let kept = !is_unstorable(name) || (cookies && name == SET_COOKIE);
+        if kept && !listed.iter().any(|l| l == name.as_str()) {
             out.append(name.clone(), value.clone());
         }
     }

@@ -260,6 +260,13 @@ pub(crate) async fn delete(shared: &Shared, backend: &Arc<dyn Backend>, key: &st
     let _ = with_timeout(shared, &**backend, "delete", backend.delete(key)).await;
 }
 
+/// Deletes every stored response of `path` (all hosts, queries, users
+/// and variants), failing open.
+pub(crate) async fn clear_path(shared: &Shared, backend: &Arc<dyn Backend>, path: &str) {
+    let call = backend.clear_path(path, true);
+    let _ = with_timeout(shared, &**backend, "clear_path", call).await;
+}
+
 /// Runs a backend call under the layer's timeout; failures are counted,
 /// logged (rate-limited) and turned into `None`: fail open.
 pub(crate) async fn with_timeout<T>(
