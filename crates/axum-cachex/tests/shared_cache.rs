@@ -1146,3 +1146,24 @@ async fn a_response_already_old_by_its_date_is_stale() {
     get(&app, "/r", &[]).await;
     assert_eq!(get(&app, "/r", &[]).await.body, "#2");
 }
+
+#[tokio::test]
+async fn the_layers_cache_control_is_sent_but_never_stored() {
+    // Stored, it would later read as the handler's own freshness (and
+    // outlive a change of the layer's configuration).
+    let app = app(ttl60(), |n, _| plain(n));
+    let first = get(&app, "/r", &[]).await;
+    assert_eq!(first.header("cache-control"), "max-age=60");
+    let hit = get(&app, "/r", &[]).await;
+    assert_eq!(hit.header("cache-control"), "max-age=60");
+    let stored = app
+        .backend
+        .get(&key_of(&app, "/r"))
+        .await
+        .expect("get")
+        .expect("stored");
+    let CacheRecord::Response(entry) = CacheRecord::decode(stored).expect("decode") else {
+        panic!("a response record");
+    };
+    assert!(!entry.headers.contains_key("cache-control"));
+}

@@ -175,8 +175,8 @@ impl CredentialCheck {
 
     /// A test for credential headers (dropped from stored entries on
     /// read), with the configured names loaded once.
-    pub(crate) fn credential_header_test(&self) -> impl Fn(&HeaderName) -> bool + use<> {
-        let names = self.names.load_full();
+    pub(crate) fn credential_header_test(&self) -> impl Fn(&HeaderName) -> bool + '_ {
+        let names = self.names.load();
         move |name| {
             name == AUTHORIZATION || name == PROXY_AUTHORIZATION || names.headers.contains(name)
         }

@@ -124,10 +124,13 @@ where
             key,
             may_store,
             only_if_cached,
-        } => {
-            flow.cached(parts, body, key, may_store, only_if_cached)
-                .await?
-        }
+        } => match flow.fresh_hit_now(&parts, &key) {
+            Some(hit) => hit,
+            None => {
+                flow.cached(parts, body, key, may_store, only_if_cached)
+                    .await?
+            }
+        },
     };
     Ok(flow.record(res, status))
 }
@@ -241,6 +244,23 @@ where
                 Ok((res, status.with_detail_if_none(pass_detail(reason))))
             }
         }
+    }
+
+    /// The hot path, without an await: a fresh hit from a store that
+    /// answers from process memory. `None` sends the request down the
+    /// full path.
+    fn fresh_hit_now(&self, parts: &Parts, key: &str) -> Option<(Response<Body>, CacheStatus)> {
+        let Found::Entry(entry) =
+            store::lookup_now(&self.shared, &self.backend, key, &parts.headers)?
+        else {
+            return None;
+        };
+        let now = self.shared.options.clock.now();
+        if decide::decide(&entry, now) != Use::Fresh {
+            return None;
+        }
+        let status = CacheStatus::hit(response::ttl_left(&entry, now));
+        Some((self.answer_entry(entry, now), status))
     }
 
     /// The cacheable path: look up, decide, and go to the handler when the
@@ -553,17 +573,20 @@ where
                 return (res, status.with_detail(pass_detail(reason)));
             }
         };
-        add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
         if !declared_length_matches(&parts.headers, bytes.len()) {
             // A body that ended short of its `Content-Length` is not the
             // response (RFC 9111 §3.3): not stored, not shared.
             pending.finish(&self.shared, &self.backend, None);
+            add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
             let res = self.answer_bytes(parts, bytes, &mut status);
             return (res, status.with_detail("incomplete"));
         }
         let now = self.shared.options.clock.now();
+        // The entry keeps the handler's headers only: the layer's default
+        // `Cache-Control` is added on the way out, never stored.
         let entry = new_entry(&parts, bytes.clone(), &pending, now);
         parts.headers.insert(ETAG, entry.etag.clone());
+        add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
         status.stored = pending.store(&self.shared, &self.backend, &entry).await;
         pending.finish(&self.shared, &self.backend, Some(entry));
         let res = self.answer_bytes(parts, bytes, &mut status);

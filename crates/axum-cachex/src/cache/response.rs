@@ -75,15 +75,15 @@ pub(crate) fn end_to_end_headers(headers: &HeaderMap, cookies: bool) -> HeaderMa
 
 /// Checks an entry read from a store that others may write to: a status a
 /// cache may serve, and no header that must never be served from a store
-/// (cookies, credentials, framing). `None` when the status is unusable;
+/// (cookies, credentials, framing). False when the status is unusable;
 /// offending headers are dropped.
 pub(crate) fn sanitize(
-    mut entry: CacheEntry,
+    entry: &mut CacheEntry,
     is_credential: impl Fn(&HeaderName) -> bool,
-) -> Option<CacheEntry> {
+) -> bool {
     let status = entry.status.as_u16();
     if !(200..=599).contains(&status) || status == 206 || status == 304 {
-        return None;
+        return false;
     }
     let bad = |name: &HeaderName| is_unstorable(name) || is_credential(name);
     if entry.headers.keys().any(bad) {
@@ -95,10 +95,7 @@ pub(crate) fn sanitize(
         }
         entry.headers = clean;
     }
-    if entry.headers.values().any(HeaderValue::is_sensitive) {
-        return None;
-    }
-    Some(entry)
+    true
 }
 
 /// Whole seconds since `stored_at`, for `Age`.

@@ -76,35 +76,103 @@ pub(crate) async fn lookup(
     base: &str,
     request_headers: &HeaderMap,
 ) -> (Found, Slot) {
-    let mut slot = Slot {
+    let (step, index) = base_step(read(shared, backend, base).await, base, request_headers);
+    let found = match step {
+        Step::Done(found) => found,
+        Step::Variant { key, selecting } => {
+            variant_step(read(shared, backend, &key).await, &selecting)
+        }
+    };
+    let slot = Slot {
         base: base.to_owned(),
-        index: None,
+        index,
     };
-    let record = match read(shared, backend, base).await {
-        Err(()) => return (Found::Failed, slot),
-        Ok(None) => return (Found::Missing { vary_miss: false }, slot),
-        Ok(Some(record)) => record,
+    (checked(shared, found, base, request_headers), slot)
+}
+
+/// [`lookup`] without awaiting, for stores that answer from process
+/// memory (see [`Backend::get_now`]); `None` when the store cannot, or
+/// when something needs an await (a corrupt record to delete).
+pub(crate) fn lookup_now(
+    shared: &Shared,
+    backend: &Arc<dyn Backend>,
+    base: &str,
+    request_headers: &HeaderMap,
+) -> Option<Found> {
+    let found = match base_step(read_now(backend, base)?, base, request_headers).0 {
+        Step::Done(found) => found,
+        Step::Variant { key, selecting } => variant_step(read_now(backend, &key)?, &selecting),
     };
-    let entry = match record {
+    Some(checked(shared, found, base, request_headers))
+}
+
+/// What the record under the base key says.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "moved once per lookup; boxing would cost an allocation per hit"
+)]
+enum Step {
+    Done(Found),
+    /// Read this variant key next.
+    Variant {
+        key: String,
+        selecting: Bytes,
+    },
+}
+
+/// What the record under `base` says, and the variant index it holds.
+fn base_step(
+    record: Result<Option<CacheRecord>, ()>,
+    base: &str,
+    request_headers: &HeaderMap,
+) -> (Step, Option<VariantIndex>) {
+    let step = match record {
+        Err(()) => Step::Done(Found::Failed),
+        Ok(None) => Step::Done(Found::Missing { vary_miss: false }),
         // A plain record must be a response without `Vary` selection.
-        CacheRecord::Response(entry) if entry.vary_key.is_empty() => entry,
-        CacheRecord::Response(_) => return (Found::Missing { vary_miss: false }, slot),
-        CacheRecord::Variants(index) => {
+        Ok(Some(CacheRecord::Response(entry))) if entry.vary_key.is_empty() => {
+            Step::Done(Found::Entry(entry))
+        }
+        Ok(Some(CacheRecord::Response(_))) => Step::Done(Found::Missing { vary_miss: false }),
+        Ok(Some(CacheRecord::Variants(index))) => {
             let (key, selecting) = variant_key(base, &index, request_headers);
-            slot.index = Some(index);
-            match read(shared, backend, &key).await {
-                Err(()) => return (Found::Failed, slot),
-                Ok(Some(CacheRecord::Response(entry))) if entry.vary_key == selecting => entry,
-                Ok(_) => return (Found::Missing { vary_miss: true }, slot),
-            }
+            return (Step::Variant { key, selecting }, Some(index));
         }
     };
-    match response::sanitize(entry, shared.credentials.credential_header_test()) {
-        Some(entry) if vary::selects(&entry, request_headers) => (Found::Entry(entry), slot),
-        _ => {
-            tracing::warn!(key = base, "stored entry refused on read");
-            (Found::Missing { vary_miss: false }, slot)
+    (step, None)
+}
+
+fn variant_step(record: Result<Option<CacheRecord>, ()>, selecting: &Bytes) -> Found {
+    match record {
+        Err(()) => Found::Failed,
+        Ok(Some(CacheRecord::Response(entry))) if entry.vary_key == *selecting => {
+            Found::Entry(entry)
         }
+        Ok(_) => Found::Missing { vary_miss: true },
+    }
+}
+
+/// The found entry after the checks every read gets (see
+/// [`response::sanitize`]).
+fn checked(shared: &Shared, mut found: Found, base: &str, request_headers: &HeaderMap) -> Found {
+    if let Found::Entry(entry) = &mut found {
+        let usable = response::sanitize(entry, shared.credentials.credential_header_test())
+            && vary::selects(entry, request_headers);
+        if !usable {
+            tracing::warn!(key = base, "stored entry refused on read");
+            found = Found::Missing { vary_miss: false };
+        }
+    }
+    found
+}
+
+/// [`read`] through [`Backend::get_now`]: `None` when the store cannot
+/// answer without awaiting, or the record does not decode.
+fn read_now(backend: &Arc<dyn Backend>, key: &str) -> Option<Result<Option<CacheRecord>, ()>> {
+    match backend.get_now(key)? {
+        Ok(None) => Some(Ok(None)),
+        Ok(Some(bytes)) => CacheRecord::decode(bytes).ok().map(|r| Ok(Some(r))),
+        Err(_) => None,
     }
 }
 
