@@ -83,7 +83,8 @@ impl CacheEntry {
     /// How long a store should keep the entry: freshness plus the longest
     /// stale window.
     pub fn storage_ttl(&self) -> Duration {
-        self.fresh_for + self.stale_while_revalidate.max(self.stale_if_error)
+        self.fresh_for
+            .saturating_add(self.stale_while_revalidate.max(self.stale_if_error))
     }
 
     /// How much of [`storage_ttl`](Self::storage_ttl) is left at `now`.

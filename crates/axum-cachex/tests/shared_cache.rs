@@ -1167,3 +1167,23 @@ async fn the_layers_cache_control_is_sent_but_never_stored() {
     };
     assert!(!entry.headers.contains_key("cache-control"));
 }
+
+#[tokio::test]
+async fn vary_on_credentials_never_writes_them_into_the_store() {
+    let app = app(ttl60().public(), |n, _| {
+        std::future::ready(reply(n, &[("vary", "Authorization")]))
+    });
+    get(&app, "/r", &[("authorization", "Bearer very-secret-token")]).await;
+    let stored = app.backend.entries().await.expect("entries");
+    assert!(!stored.is_empty());
+    for value in stored {
+        let raw = String::from_utf8_lossy(&value.value);
+        assert!(!raw.contains("very-secret-token"), "{}", value.key);
+        assert!(!value.key.contains("very-secret-token"));
+    }
+    // And the variant is still served to the same credentials only.
+    let again = get(&app, "/r", &[("authorization", "Bearer very-secret-token")]).await;
+    assert!(again.cache_status().contains("hit"));
+    let other = get(&app, "/r", &[("authorization", "Bearer other")]).await;
+    assert_eq!(other.body, "#2");
+}

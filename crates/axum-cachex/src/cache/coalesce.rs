@@ -13,10 +13,18 @@ use std::{
 use axum_cachex_core::CacheEntry;
 use tokio::sync::watch;
 
-/// What a leader hands its waiters: the response to share, or `None` when
-/// it was not shareable (uncacheable, too large, failed) and each waiter
-/// must run the handler itself.
-pub(crate) type Outcome = Option<Arc<CacheEntry>>;
+/// What a leader hands its waiters.
+#[derive(Debug, Clone)]
+pub(crate) enum Outcome {
+    /// Nothing to share (uncacheable, too large, streamed, failed): each
+    /// waiter runs the handler itself.
+    Nothing,
+    /// The response the handler just made.
+    Made(Arc<CacheEntry>),
+    /// The stale entry the leader served because the handler failed
+    /// (stale-if-error): waiters share it rather than each fail again.
+    StaleOnError(Arc<CacheEntry>),
+}
 
 type Slot = watch::Receiver<Option<Outcome>>;
 

@@ -80,6 +80,9 @@ pub enum ConfigError {
     /// A zero body limit.
     #[error("`max_body_size` must be greater than zero")]
     ZeroBodyLimit,
+    /// A number too large for what it counts.
+    #[error("`{0}` is too large: use a bound the process can honour")]
+    OutOfRange(&'static str),
     /// A status that a cache can never store and replay.
     #[error(
         "status {0} cannot be cached: 1xx, 206 Partial Content and 304 Not Modified are never stored; remove it from `cacheable_statuses`"
@@ -380,7 +383,10 @@ impl CacheLayerBuilder {
     }
 
     /// `must-understand`: caches that do not understand the status code must
-    /// not store the response.
+    /// not store the response. With [`no_store`](Self::no_store) it also
+    /// lets caches that *do* understand the status store the response
+    /// despite `no-store` (RFC 9111 §5.2.2.3): set it only if that is
+    /// meant.
     pub fn must_understand(mut self) -> Self {
         self.must_understand = true;
         self
@@ -557,6 +563,9 @@ impl CacheLayerBuilder {
         }
         if self.max_body_size == 0 {
             return Err(ConfigError::ZeroBodyLimit);
+        }
+        if self.max_refreshes > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(ConfigError::OutOfRange("max_refreshes_in_flight"));
         }
         Ok(())
     }

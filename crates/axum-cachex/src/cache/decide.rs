@@ -33,12 +33,12 @@ pub(crate) fn decide(entry: &CacheEntry, now: SystemTime) -> Use {
     if age < entry.fresh_for {
         return Use::Fresh;
     }
-    if age < entry.fresh_for + entry.stale_while_revalidate {
+    if age < entry.fresh_for.saturating_add(entry.stale_while_revalidate) {
         return Use::StaleWhileRevalidate;
     }
     Use::Revalidate {
         conditional: has_validator(&entry.headers),
-        stale_if_error: age < entry.fresh_for + entry.stale_if_error,
+        stale_if_error: age < entry.fresh_for.saturating_add(entry.stale_if_error),
     }
 }
 

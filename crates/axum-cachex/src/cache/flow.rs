@@ -39,7 +39,7 @@ use tower_service::Service;
 use super::{
     admit::{self, Admission, Policy},
     body::{self, Collected, Kept, PassReason},
-    coalesce::{self, Flight, Leader},
+    coalesce::{self, Flight, Leader, Outcome},
     conditional::Conditions,
     credentials::{CredentialNames, ShareGuard},
     decide::{self, Use},
@@ -209,6 +209,13 @@ where
         let res = self.call(Request::from_parts(parts, body)).await?;
         let (mut res_parts, res_body) = res.into_parts();
         self.learn_credentials(&res_parts);
+        // A response made for a request with credentials must not invite
+        // shared caches downstream to keep it, whatever it says.
+        if status.detail == Some("credentials")
+            || plan::response_is_credentialed(&self.shared, &res_parts.extensions)
+        {
+            keep_private(&mut res_parts.headers, &self.shared.private_cache_control);
+        }
         let refused = admit::refusal(
             &self.shared,
             res_parts.status,
@@ -219,14 +226,7 @@ where
             let res = self.bodiless_if_head(Response::from_parts(res_parts, Body::new(res_body)));
             return Ok((res, status.with_detail_if_none(reason)));
         }
-        // A response to a request with credentials must not invite shared
-        // caches downstream to keep it.
-        let default = if status.detail == Some("credentials") {
-            &self.shared.private_cache_control
-        } else {
-            &self.shared.cache_control
-        };
-        add_default_cache_control(&mut res_parts.headers, default);
+        add_default_cache_control(&mut res_parts.headers, &self.shared.cache_control);
         let buffer = body::exact_len(&res_body)
             .is_some_and(|n| n <= self.shared.options.max_body_size as u64);
         if !buffer {
@@ -326,9 +326,9 @@ where
         let selecting = parts.headers.clone();
         let leader = match self.join_flight(&slot, &selecting).await {
             Ok(leader) => leader,
-            Err(shared_entry) => {
+            Err((shared_entry, stale)) => {
                 let now = self.shared.options.clock.now();
-                let status = collapsed_status(&shared_entry, now, fwd);
+                let status = collapsed_status(&shared_entry, now, fwd, stale);
                 return Ok((self.answer_entry(shared_entry, now), status));
             }
         };
@@ -336,7 +336,7 @@ where
             Ok(lock) => lock,
             Err(computed) => {
                 let now = self.shared.options.clock.now();
-                let status = collapsed_status(&computed, now, fwd);
+                let status = collapsed_status(&computed, now, fwd, false);
                 return Ok((self.answer_entry(computed, now), status));
             }
         };
@@ -369,7 +369,7 @@ where
         &mut self,
         slot: &Slot,
         selecting: &HeaderMap,
-    ) -> Result<Option<Leader>, CacheEntry> {
+    ) -> Result<Option<Leader>, (CacheEntry, bool)> {
         if !self.shared.options.coalesce {
             return Ok(None);
         }
@@ -377,16 +377,19 @@ where
             Flight::Leader(leader) => Ok(Some(leader)),
             Flight::Waiter(waiting) => {
                 bump(&self.shared.stats.coalesced_waits);
-                match coalesce::wait(waiting, self.shared.options.coalesce_timeout).await {
+                let outcome = coalesce::wait(waiting, self.shared.options.coalesce_timeout).await;
+                let now = self.shared.options.clock.now();
+                match outcome {
                     // A leader on a cold key may have produced another
-                    // variant: not ours to serve.
-                    // A `no-cache` response is not reused without
-                    // validation, even a just-made one.
-                    Some(Some(entry))
-                        if vary::selects(&entry, selecting)
-                            && usable_by_waiter(&entry, self.shared.options.clock.now()) =>
+                    // variant: not ours to serve. A `no-cache` response is
+                    // not reused without validation, even a just-made one.
+                    Some(Outcome::Made(entry))
+                        if vary::selects(&entry, selecting) && entry.is_fresh(now) =>
                     {
-                        Err((*entry).clone())
+                        Err(((*entry).clone(), false))
+                    }
+                    Some(Outcome::StaleOnError(entry)) if vary::selects(&entry, selecting) => {
+                        Err(((*entry).clone(), true))
                     }
                     _ => Ok(None),
                 }
@@ -410,7 +413,7 @@ where
         match lock::acquire(&self.shared, &self.backend, slot, selecting, lock_ttl).await {
             LockOutcome::Held(held) => Ok(Some(held)),
             LockOutcome::Computed(entry) => {
-                leader.publish(Some(Arc::new((*entry).clone())));
+                leader.publish(Outcome::Made(Arc::new((*entry).clone())));
                 Err(*entry)
             }
             LockOutcome::Proceed => Ok(None),
@@ -495,7 +498,8 @@ where
         let now = self.shared.options.clock.now();
         // Waiters share the stale answer instead of each re-running a
         // failing handler.
-        pending.finish(&self.shared, &self.backend, Some(entry.clone()));
+        let shared_stale = Outcome::StaleOnError(Arc::new(entry.clone()));
+        pending.finish_with(&self.shared, &self.backend, shared_stale);
         let status = CacheStatus {
             fwd_status,
             ttl: Some(response::ttl_left(&entry, now)),
@@ -604,7 +608,7 @@ where
         // A stream may last: requests waiting on this one go and run the
         // handler themselves rather than wait for its end.
         if let Some(leader) = pending.leader.take() {
-            leader.publish(None);
+            leader.publish(Outcome::Nothing);
         }
         let shared = Arc::clone(&self.shared);
         let backend = Arc::clone(&self.backend);
@@ -743,6 +747,11 @@ where
     /// Writes `Cache-Status`, the counters and the span field from one
     /// status value.
     fn record(&self, mut res: Response<Body>, status: CacheStatus) -> Response<Body> {
+        if self.shared.options.private {
+            // `private` routes say so whatever the handler's own
+            // `Cache-Control` says: only the client may keep them.
+            keep_private(res.headers_mut(), &self.shared.private_cache_control);
+        }
         self.shared.stats.record(&status, res.status());
         let member = status.header_value();
         let span = tracing::Span::current();
@@ -806,8 +815,14 @@ impl Pending {
     /// Hands the outcome to coalesced waiters and releases the
     /// cross-instance lock, off the response path.
     fn finish(self, shared: &Arc<Shared>, backend: &Arc<dyn Backend>, entry: Option<CacheEntry>) {
+        let outcome = entry.map_or(Outcome::Nothing, |e| Outcome::Made(Arc::new(e)));
+        self.finish_with(shared, backend, outcome);
+    }
+
+    /// [`finish`](Self::finish) with any outcome.
+    fn finish_with(self, shared: &Arc<Shared>, backend: &Arc<dyn Backend>, outcome: Outcome) {
         if let Some(leader) = &self.leader {
-            leader.publish(entry.map(Arc::new));
+            leader.publish(outcome);
         }
         if let Some(held) = self.lock {
             let (shared, backend) = (Arc::clone(shared), Arc::clone(backend));
@@ -894,6 +909,37 @@ fn merged(base: &HeaderMap, update: &HeaderMap) -> HeaderMap {
     headers
 }
 
+/// Makes `Cache-Control` say `private`: the layer's private value when the
+/// response has none, else `private, ` in front of the handler's own,
+/// unless it already says `private`, `no-store` or `public` (an explicit
+/// choice of the handler).
+fn keep_private(headers: &mut HeaderMap, private_default: &HeaderValue) {
+    let directives = super::directives::Directives::from_headers(headers);
+    if directives.private || directives.no_store || directives.public {
+        return;
+    }
+    let lines: Vec<&[u8]> = headers
+        .get_all(CACHE_CONTROL)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    let value = if lines.is_empty() {
+        if headers.contains_key(EXPIRES) {
+            HeaderValue::from_static("private")
+        } else {
+            private_default.clone()
+        }
+    } else {
+        let mut value = b"private".to_vec();
+        for line in lines {
+            value.extend_from_slice(b", ");
+            value.extend_from_slice(line);
+        }
+        HeaderValue::from_bytes(&value).unwrap_or_else(|_| HeaderValue::from_static("private"))
+    };
+    headers.insert(CACHE_CONTROL, value);
+}
+
 /// The layer's `Cache-Control` for a response that has neither its own
 /// `Cache-Control` nor `Expires` (which the layer's `max-age` would
 /// override downstream). Never stored: added on the way out.
@@ -916,12 +962,6 @@ fn declared_length_matches(headers: &HeaderMap, len: usize) -> bool {
         .is_none_or(|declared| declared == len as u64)
 }
 
-/// Whether a leader's entry may go to a waiter: fresh, or the stale
-/// answer a failing handler fell back to (within stale-if-error).
-fn usable_by_waiter(entry: &CacheEntry, now: SystemTime) -> bool {
-    entry.age(now) < entry.fresh_for + entry.stale_if_error
-}
-
 /// Whether a 304 is about the stored entry (RFC 9111 §4.3.4): its `ETag`,
 /// or without one its `Last-Modified`, matches the entry's.
 fn validators_match(stored: &CacheEntry, not_modified: &HeaderMap) -> bool {
@@ -938,15 +978,23 @@ fn validators_match(stored: &CacheEntry, not_modified: &HeaderMap) -> bool {
     }
 }
 
-fn collapsed_status(entry: &CacheEntry, now: SystemTime, fwd: &'static str) -> CacheStatus {
+fn collapsed_status(
+    entry: &CacheEntry,
+    now: SystemTime,
+    fwd: &'static str,
+    stale_on_error: bool,
+) -> CacheStatus {
     let status = CacheStatus {
         collapsed: true,
         ..CacheStatus::forward(fwd)
     };
-    if entry.is_fresh(now) {
-        status
+    if stale_on_error {
+        CacheStatus {
+            ttl: Some(response::ttl_left(entry, now)),
+            ..status.with_detail("stale-if-error")
+        }
     } else {
-        status.with_detail("stale-if-error")
+        status
     }
 }
 

@@ -51,12 +51,12 @@ pub(crate) fn targets(
 ) -> Vec<Invalidation> {
     let mut heads = vec![clone_parts(&target.get)];
     let host = key::request_host(&target.get).unwrap_or_default();
-    let request_path = key::request_path(&target.get);
+    let (request_path, _) = key::request_target(&target.get);
     for name in [LOCATION, CONTENT_LOCATION] {
         let Some(reference) = response.get(&name).and_then(|v| v.to_str().ok()) else {
             continue;
         };
-        let Some(path) = same_origin_path(reference.trim(), &host, request_path) else {
+        let Some(path) = same_origin_path(reference.trim(), &host, &request_path) else {
             continue;
         };
         let mut parts = clone_parts(&target.get);
@@ -68,9 +68,13 @@ pub(crate) fn targets(
     let mut out = Vec::with_capacity(heads.len());
     for parts in &heads {
         let found = if shared.options.per_user.is_some() {
-            Some(Invalidation::Path(key::request_path(parts).to_owned()))
+            Some(Invalidation::Path(
+                key::request_target(parts).0.into_owned(),
+            ))
         } else {
-            key::entry_key(shared, parts).map(Invalidation::Key)
+            // The request's host, also for a target rebuilt from a path
+            // (an HTTP/2 request names its host in the URI only).
+            key::entry_key_for_host(shared, parts, &host).map(Invalidation::Key)
         };
         if let Some(found) = found.filter(|f| !out.contains(f)) {
             out.push(found);
@@ -96,12 +100,43 @@ fn same_origin_path(reference: &str, host: &str, request_path: &str) -> Option<U
     if reference.starts_with("//") {
         return None;
     }
-    if reference.starts_with('/') {
-        return reference.parse().ok();
+    let absolute = if reference.starts_with('/') {
+        reference.to_owned()
+    } else {
+        // A relative path: replace the last segment of the request's path.
+        let dir = request_path.rsplit_once('/').map_or("", |(dir, _)| dir);
+        format!("{dir}/{reference}")
+    };
+    let (path, query) = match absolute.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (absolute.as_str(), None),
+    };
+    let path = remove_dot_segments(path);
+    match query {
+        Some(query) => format!("{path}?{query}").parse().ok(),
+        None => path.parse().ok(),
     }
-    // A relative path: replace the last segment of the request's path.
-    let dir = request_path.rsplit_once('/').map_or("", |(dir, _)| dir);
-    format!("{dir}/{reference}").parse().ok()
+}
+
+/// RFC 3986 §5.2.4 for an absolute path: `.` and `..` segments resolved.
+fn remove_dot_segments(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, segment) in segments.iter().enumerate() {
+        match *segment {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+        // A trailing `.` or `..` names a directory: keep its slash.
+        if i == last && (*segment == "." || *segment == "..") {
+            out.push("");
+        }
+    }
+    format!("/{}", out.join("/"))
 }
 
 fn clone_parts(parts: &Parts) -> Parts {
@@ -125,5 +160,14 @@ mod tests {
         assert_eq!(same_origin_path("http://other/a", "h", "/x"), None);
         assert_eq!(same_origin_path("//other/a", "h", "/x"), None);
         assert_eq!(same_origin_path("z", "h", "/x/y"), Some(uri("/x/z")));
+        assert_eq!(
+            same_origin_path("../list", "h", "/items/1"),
+            Some(uri("/list"))
+        );
+        assert_eq!(
+            same_origin_path("/a/./b/../c?q=1", "h", "/"),
+            Some(uri("/a/c?q=1"))
+        );
+        assert_eq!(same_origin_path("..", "h", "/a/b/c"), Some(uri("/a/")));
     }
 }

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use axum::extract::OriginalUri;
+use axum::extract::{NestedPath, OriginalUri};
 use axum_cachex_core::CacheKey;
 use http::{Method, Request, header::HOST, request::Parts};
 
@@ -66,22 +66,59 @@ impl KeyBuilder for DefaultKeyBuilder {
 }
 
 fn default_key(parts: &Parts, host: &str) -> String {
-    let query = parts.uri.query().unwrap_or("");
-    CacheKey::encode(parts.method.as_str(), host, request_path(parts), query)
+    let (path, query) = request_target(parts);
+    CacheKey::encode(parts.method.as_str(), host, &path, &query)
 }
 
-/// The path that names what the handler answers. Inside `Router::nest`
-/// the request's URI lacks the nesting prefix (`/alice/profile` arrives
-/// as `/profile`, and axum keeps `/alice/profile` as `OriginalUri`): the
-/// full path is used then, so that two nested routers never share keys.
-/// When the two do not match that way, a middleware rewrote the URI after
-/// axum recorded it, and the rewritten one is what the handler answers.
-pub(crate) fn request_path(parts: &Parts) -> &str {
-    let path = parts.uri.path();
-    match parts.extensions.get::<OriginalUri>() {
-        Some(original) if original.0.path().ends_with(path) => original.0.path(),
-        _ => path,
+/// The path and query that name what the handler answers.
+///
+/// Inside `Router::nest` the request's URI lacks the nesting prefix
+/// (`/users` arrives as `/`, `/alice/profile` as `/profile`); axum keeps
+/// the full URI as `OriginalUri` and the prefix's pattern as `NestedPath`.
+/// The full URI is used then, so that two nested routers never share keys
+/// and invalidation by the URL clients use reaches the entry. When the two
+/// differ otherwise, a middleware rewrote the URI after routing: the key
+/// keeps the full path and adds the rewritten target after a NUL (which no
+/// URI contains), so that two rewrites of one URL never share a key.
+pub(crate) fn request_target(parts: &Parts) -> (Cow<'_, str>, Cow<'_, str>) {
+    let (path, query) = (parts.uri.path(), parts.uri.query().unwrap_or(""));
+    let Some(OriginalUri(original)) = parts.extensions.get::<OriginalUri>() else {
+        return (Cow::Borrowed(path), Cow::Borrowed(query));
+    };
+    let original_query = original.query().unwrap_or("");
+    if original.path() == path && original_query == query {
+        return (Cow::Borrowed(path), Cow::Borrowed(query));
     }
+    let nesting = parts
+        .extensions
+        .get::<NestedPath>()
+        .map_or(0, |nested| segments(nested.as_str()));
+    if strip_segments(original.path(), nesting) == path && original_query == query {
+        return (
+            Cow::Borrowed(original.path()),
+            Cow::Borrowed(original_query),
+        );
+    }
+    let rewritten = parts.uri.path_and_query().map_or(path, |pq| pq.as_str());
+    (
+        Cow::Borrowed(original.path()),
+        Cow::Owned(format!("{original_query}\0{rewritten}")),
+    )
+}
+
+/// How many path segments a route pattern has (`/{tenant}/api` has 2).
+fn segments(pattern: &str) -> usize {
+    pattern.split('/').filter(|s| !s.is_empty()).count()
+}
+
+/// `path` without its first `n` segments; `/` when nothing is left.
+fn strip_segments(path: &str, n: usize) -> &str {
+    let mut rest = path;
+    for _ in 0..n {
+        let trimmed = rest.strip_prefix('/').unwrap_or(rest);
+        rest = trimmed.find('/').map_or("", |i| &trimmed[i..]);
+    }
+    if rest.is_empty() { "/" } else { rest }
 }
 
 /// The key a request's response is stored under: the key builder's, and
@@ -219,6 +256,15 @@ mod tests {
             DefaultKeyBuilder.build_key(&parts("/x", None)),
             "GET||||||/x|||"
         );
+    }
+
+    #[test]
+    fn nesting_strips_whole_segments() {
+        assert_eq!(strip_segments("/users", 1), "/");
+        assert_eq!(strip_segments("/users/", 1), "/");
+        assert_eq!(strip_segments("/t1/api/x", 2), "/x");
+        assert_eq!(strip_segments("/a", 0), "/a");
+        assert_eq!(segments("/{tenant}/api"), 2);
     }
 
     #[test]

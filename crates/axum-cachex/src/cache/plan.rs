@@ -55,6 +55,9 @@ pub(crate) fn plan(shared: &Shared, parts: &Parts) -> Plan {
         Err(plan) => return plan,
     };
     let Some(key) = key::entry_key_for_host(shared, parts, &host) else {
+        if cc.only_if_cached {
+            return Plan::OnlyIfCachedMiss;
+        }
         return Plan::Uncached(CacheStatus::bypass("no-user"));
     };
     Plan::Cached {

@@ -123,10 +123,14 @@ pub(crate) fn ttl_left(entry: &CacheEntry, now: SystemTime) -> i64 {
     let fresh = entry.fresh_for;
     if age <= fresh {
         // Rounded up: an entry stored a moment ago still has its whole ttl.
-        ((fresh - age) + Duration::from_millis(999)).as_secs() as i64
+        secs_i64((fresh - age).saturating_add(Duration::from_millis(999)))
     } else {
-        -(((age - fresh) + Duration::from_millis(999)).as_secs() as i64)
+        -secs_i64((age - fresh).saturating_add(Duration::from_millis(999)))
     }
+}
+
+fn secs_i64(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 /// A full answer from a stored entry (an empty body for HEAD). The entry's

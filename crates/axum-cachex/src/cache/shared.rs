@@ -15,6 +15,9 @@ use super::{
     stats::{CacheStats, FailureLog},
 };
 
+/// The largest delta-seconds value a cache keeps (RFC 9111 §1.2.2).
+const MAX_DELTA_SECONDS: u64 = 2_147_483_648;
+
 /// Everything a request needs, built once by
 /// [`CacheLayerBuilder::build`].
 pub(crate) struct Shared {
@@ -42,7 +45,18 @@ impl Shared {
     pub(crate) fn new(mut options: CacheLayerBuilder) -> Self {
         // Whole seconds, as `max-age` says: a fractional ttl must never
         // give a hit that is stale by its own headers.
-        options.ttl = options.ttl.map(|t| Duration::from_secs(t.as_secs()));
+        // Lifetimes past 2^31 seconds are that (RFC 9111 §1.2.2), so that
+        // no sum of them can overflow.
+        options.ttl = options
+            .ttl
+            .map(|t| Duration::from_secs(t.as_secs().min(MAX_DELTA_SECONDS)));
+        for lifetime in [
+            &mut options.s_maxage,
+            &mut options.stale_ttl,
+            &mut options.lock_ttl,
+        ] {
+            *lifetime = lifetime.map(|d| d.min(Duration::from_secs(MAX_DELTA_SECONDS)));
+        }
         let route = OnceLock::new();
         if let Some(name) = options.name.take() {
             let _ = route.set(name);

@@ -234,7 +234,7 @@ pub(crate) async fn write(
     let now = shared.options.clock.now();
     let mut ttl = entry.storage_ttl_left(now);
     if decide::has_validator(&entry.headers) {
-        ttl += REVALIDATION_GRACE;
+        ttl = ttl.saturating_add(REVALIDATION_GRACE);
     }
     if ttl.is_zero() {
         return false;

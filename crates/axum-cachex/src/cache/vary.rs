@@ -3,6 +3,7 @@
 use axum_cachex_core::CacheEntry;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, header::VARY};
+use xxhash_rust::xxh3::xxh3_128;
 
 /// The header names a response varies on: lowercased, sorted,
 /// deduplicated. (`*` is handled before: such a response is not stored.)
@@ -30,13 +31,15 @@ pub(crate) fn varies_on_everything(response_headers: &HeaderMap) -> bool {
         .any(|n| n.trim_ascii() == b"*")
 }
 
-/// The selecting key of a request for `names`: per name, `name\n` when the
-/// request lacks the header, `name=value\n` otherwise, where value is the
-/// request's field lines combined with `, ` and each trimmed of optional
-/// whitespace, and nothing more (RFC 9111 §4.1): values that differ in
-/// case or inner spacing select different variants. Field values cannot
-/// contain a newline, so the key is unambiguous. Empty when there are no
-/// names.
+/// The selecting key of a request for `names`: a 128-bit hash of, per
+/// name, `name\n` when the request lacks the header, `name=value\n`
+/// otherwise, where value is the request's field lines combined with `, `
+/// and each trimmed of optional whitespace, and nothing more (RFC 9111
+/// §4.1): values that differ in case or inner spacing select different
+/// variants. Field values cannot contain a newline, so the input is
+/// unambiguous; it is hashed so that a response varying on `Cookie` or
+/// `Authorization` never writes those values into the store. Empty when
+/// there are no names.
 pub(crate) fn vary_key(names: &[String], request_headers: &HeaderMap) -> Bytes {
     if names.is_empty() {
         return Bytes::new();
@@ -56,7 +59,7 @@ pub(crate) fn vary_key(names: &[String], request_headers: &HeaderMap) -> Bytes {
         }
         out.put_u8(b'\n');
     }
-    out.freeze()
+    Bytes::copy_from_slice(&xxh3_128(&out).to_be_bytes())
 }
 
 /// Trims spaces and tabs (OWS) from both ends.
