@@ -1187,3 +1187,21 @@ async fn vary_on_credentials_never_writes_them_into_the_store() {
     let other = get(&app, "/r", &[("authorization", "Bearer other")]).await;
     assert_eq!(other.body, "#2");
 }
+
+#[tokio::test]
+async fn credentialed_bypasses_keep_downstream_caches_from_sharing() {
+    // `Authorization` is known to every shared cache (RFC 9111 §3.5): the
+    // handler's own Cache-Control is left as it is.
+    let own = app(ttl60(), |n, _| {
+        std::future::ready(reply(n, &[("cache-control", "max-age=100")]))
+    });
+    let r = get(&own, "/r", &[("authorization", "Bearer a")]).await;
+    assert_eq!(r.header("cache-control"), "max-age=100");
+    // A session cookie is not: the response is made private.
+    let r = get(&own, "/r", &[("cookie", "session=abc")]).await;
+    assert_eq!(r.header("cache-control"), "private, max-age=100");
+    // Without the handler's own, the layer's default is private either way.
+    let layer_default = app(ttl60().s_maxage(secs(60)), |n, _| plain(n));
+    let r = get(&layer_default, "/r", &[("authorization", "Bearer a")]).await;
+    assert_eq!(r.header("cache-control"), "private, max-age=60");
+}

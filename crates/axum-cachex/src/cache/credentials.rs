@@ -140,27 +140,32 @@ impl CredentialCheck {
     /// over their (few) names; the configured names are loaded only when
     /// a header could be one of them.
     pub(crate) fn scan(&self, parts: &Parts) -> RequestScan {
+        let marked = parts.extensions.get::<Credentialed>().is_some();
         let mut scan = RequestScan {
-            credentialed: parts.extensions.get::<Credentialed>().is_some(),
+            credentialed: marked,
             ..RequestScan::default()
         };
         let mut names = None;
         for name in parts.headers.keys() {
             if name == AUTHORIZATION || name == PROXY_AUTHORIZATION {
                 scan.credentialed = true;
+                scan.authorization = true;
             } else if name == CACHE_CONTROL {
                 scan.cache_control = true;
             } else if name == IF_MATCH || name == IF_UNMODIFIED_SINCE {
                 scan.origin_precondition = true;
             } else if !is_common_request_header(name) {
                 let names = names.get_or_insert_with(|| self.names.load());
-                scan.credentialed |= if name == COOKIE {
+                let found = if name == COOKIE {
                     has_cookie(&parts.headers, &names.cookies)
                 } else {
                     names.headers.contains(name)
                 };
+                scan.credentialed |= found;
+                scan.other_credentials |= found;
             }
         }
+        scan.other_credentials |= marked;
         scan
     }
 
@@ -196,6 +201,12 @@ impl CredentialCheck {
 pub(crate) struct RequestScan {
     /// It carries a credential.
     pub(crate) credentialed: bool,
+    /// Among them `Authorization` (or `Proxy-Authorization`), which every
+    /// shared cache downstream recognises (RFC 9111 §3.5).
+    pub(crate) authorization: bool,
+    /// Credentials a cache downstream cannot recognise: a session token, a
+    /// configured header or cookie, a [`Credentialed`] mark.
+    pub(crate) other_credentials: bool,
     /// It has `Cache-Control`.
     pub(crate) cache_control: bool,
     /// It has `If-Match` or `If-Unmodified-Since`: preconditions for the

@@ -210,11 +210,16 @@ where
         let (mut res_parts, res_body) = res.into_parts();
         self.learn_credentials(&res_parts);
         // A response made for a request with credentials must not invite
-        // shared caches downstream to keep it, whatever it says.
+        // shared caches downstream to keep it. Caches know `Authorization`
+        // (RFC 9111 §3.5): the handler's own `Cache-Control` is left to say
+        // what it says, only the layer's default is made private. Other
+        // credentials they cannot see: the response says `private`.
         if status.detail == Some("credentials")
             || plan::response_is_credentialed(&self.shared, &res_parts.extensions)
         {
             keep_private(&mut res_parts.headers, &self.shared.private_cache_control);
+        } else if status.detail == Some("authorization") {
+            add_default_cache_control(&mut res_parts.headers, &self.shared.private_cache_control);
         }
         let refused = admit::refusal(
             &self.shared,

@@ -83,7 +83,12 @@ fn cacheable_host<'a>(
     if scan.credentialed && !shared.options.public && shared.options.per_user.is_none() {
         // RFC 9111 §3.5, and the reverse: an authenticated request gets
         // neither a stored response nor its own response stored.
-        return Err(Plan::Uncached(CacheStatus::bypass("credentials")));
+        let detail = if scan.other_credentials {
+            "credentials"
+        } else {
+            "authorization"
+        };
+        return Err(Plan::Uncached(CacheStatus::bypass(detail)));
     }
     if !shared.stores() {
         let status = CacheStatus::forward("miss");

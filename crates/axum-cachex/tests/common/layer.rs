@@ -432,7 +432,7 @@ pub async fn authorization_bypasses_unless_public(be: B) {
     );
     assert_eq!(
         r.cache_status(),
-        "axum-cachex; fwd=bypass; detail=credentials"
+        "axum-cachex; fwd=bypass; detail=authorization"
     );
     let r = get_with(&app, "/r", "authorization", "Bearer secret").await;
     assert_eq!(r.body, "response #3");
