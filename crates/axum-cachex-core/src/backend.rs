@@ -197,6 +197,13 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Lists the values of this namespace with their remaining lifetime.
     async fn entries(&self) -> Result<Vec<StoredValue>, BackendError>;
 
+    /// The largest value the store accepts, when it has such a limit
+    /// (Memcached's item size). The HTTP layer never buffers a response it
+    /// could not store. Default: `None` (no limit).
+    fn max_value_size(&self) -> Option<usize> {
+        None
+    }
+
     /// How many values the backend dropped to stay within its size bound,
     /// when it keeps count (the memory backend does). Default: `None`.
     fn eviction_count(&self) -> Option<u64> {

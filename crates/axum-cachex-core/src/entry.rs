@@ -87,6 +87,22 @@ impl CacheEntry {
             .saturating_add(self.stale_while_revalidate.max(self.stale_if_error))
     }
 
+    /// Whether the format can hold the entry exactly: the ETag and the
+    /// selecting key within 64 KiB, at most 65 535 headers, each name
+    /// within 64 KiB. An entry that cannot is not stored (encoding it
+    /// would truncate it).
+    pub fn is_encodable(&self) -> bool {
+        let short = |n: usize| n <= usize::from(u16::MAX);
+        short(self.etag.len())
+            && short(self.vary_key.len())
+            && short(self.headers.len())
+            && self.headers.keys().all(|name| short(name.as_str().len()))
+            && self
+                .headers
+                .values()
+                .all(|value| u32::try_from(value.len()).is_ok())
+    }
+
     /// How much of [`storage_ttl`](Self::storage_ttl) is left at `now`.
     pub fn storage_ttl_left(&self, now: SystemTime) -> Duration {
         self.storage_ttl().saturating_sub(self.age(now))
@@ -265,8 +281,9 @@ impl CacheRecord {
     }
 }
 
-/// Most header names a [`VariantIndex`] holds.
-const MAX_VARY_NAMES: usize = 64;
+/// Most header names a [`VariantIndex`] holds: a response varying on more
+/// is not stored.
+pub const MAX_VARY_NAMES: usize = 64;
 
 impl VariantIndex {
     fn write_to(&self, out: &mut BytesMut) {

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use axum_cachex_core::MAX_VARY_NAMES;
 use http::{HeaderMap, StatusCode, header};
 
 use super::{
@@ -126,6 +127,10 @@ pub(crate) fn refusal(
     }
     if vary::varies_on_everything(headers) {
         return Some("vary-star");
+    }
+    if vary::vary_names(headers).len() > MAX_VARY_NAMES {
+        // More selecting headers than a variant index holds.
+        return Some("vary-too-wide");
     }
     if is_event_stream(headers) {
         return Some("event-stream");

@@ -58,6 +58,10 @@ use super::{
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Room left for the status, headers and bookkeeping of a stored entry
+/// when a backend limits the size of a value.
+const STORED_HEAD_ROOM: usize = 64 * 1024;
+
 /// One request's view of the layer.
 pub(crate) struct Flow<S, ReqBody> {
     pub(crate) shared: Arc<Shared>,
@@ -477,9 +481,13 @@ where
             ..CacheStatus::forward("stale")
         };
         let update = not_modified.headers();
-        let stored = freshened(&self.shared, &old, update, now);
-        if let Some(entry) = &stored {
-            status.stored = pending.store(&self.shared, &self.backend, entry).await;
+        let stored = freshened(&self.shared, &old, update, &pending.selecting, now);
+        match &stored {
+            Some(entry) => status.stored = pending.store(&self.shared, &self.backend, entry).await,
+            // The handler now says the response may not be stored (`private`,
+            // `no-store`, `Vary: *`): the old copy must not outlive that,
+            // not even for stale-if-error.
+            None => store::delete(&self.shared, &self.backend, &pending.slot.base).await,
         }
         pending.finish(&self.shared, &self.backend, stored.clone());
         // This client gets the stored response updated with all the 304
@@ -543,7 +551,7 @@ where
             }
         };
         pending.policy = policy;
-        let limit = self.shared.options.max_body_size;
+        let limit = self.store_limit();
         match body::exact_len(&body) {
             Some(len) if len > limit as u64 => {
                 pending.finish(&self.shared, &self.backend, None);
@@ -574,7 +582,7 @@ where
         pending: Pending,
         mut status: CacheStatus,
     ) -> (Response<Body>, CacheStatus) {
-        let bytes = match body::collect_limited(body, self.shared.options.max_body_size).await {
+        let bytes = match body::collect_limited(body, self.store_limit()).await {
             Collected::Complete(bytes) => bytes,
             Collected::PassThrough(body, reason) => {
                 pending.finish(&self.shared, &self.backend, None);
@@ -619,7 +627,7 @@ where
         let backend = Arc::clone(&self.backend);
         let head = clone_head(&parts);
         add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
-        let teed = body::tee(body, self.shared.options.max_body_size, move |kept| {
+        let teed = body::tee(body, self.store_limit(), move |kept| {
             let kept = match kept {
                 Kept::Complete(bytes) if !declared_length_matches(&head.headers, bytes.len()) => {
                     Kept::Dropped(PassReason::Error)
@@ -732,6 +740,17 @@ where
                 .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
         }
         response::from_parts(parts, bytes, self.head)
+    }
+
+    /// The largest body the layer buffers to store: its own limit, within
+    /// what the backend can hold (Memcached's item size) with room for the
+    /// stored head.
+    fn store_limit(&self) -> usize {
+        let own = self.shared.options.max_body_size;
+        match self.backend.max_value_size() {
+            Some(max) => own.min(max.saturating_sub(STORED_HEAD_ROOM)),
+            None => own,
+        }
     }
 
     /// For HEAD, the same response without its body.
@@ -876,6 +895,7 @@ fn freshened(
     shared: &Shared,
     old: &CacheEntry,
     update: &HeaderMap,
+    selecting: &HeaderMap,
     now: SystemTime,
 ) -> Option<CacheEntry> {
     let age = update.get(http::header::AGE).cloned();
@@ -889,8 +909,11 @@ fn freshened(
     let Admission::Store(policy) = admission else {
         return None;
     };
+    // A 304 may change `Vary`: the entry is selected by the new names.
+    let vary_key = vary::vary_key(&vary::vary_names(&headers), selecting);
     Some(CacheEntry {
         etag: etag_for(headers.get(ETAG), &old.body),
+        vary_key,
         headers,
         stored_at: whole_millis(now)
             .checked_sub(policy.initial_age)

@@ -51,12 +51,12 @@ pub(crate) fn targets(
 ) -> Vec<Invalidation> {
     let mut heads = vec![clone_parts(&target.get)];
     let host = key::request_host(&target.get).unwrap_or_default();
-    let (request_path, _) = key::request_target(&target.get);
+    let request_path = key::request_target(&target.get).path;
     for name in [LOCATION, CONTENT_LOCATION] {
         let Some(reference) = response.get(&name).and_then(|v| v.to_str().ok()) else {
             continue;
         };
-        let Some(path) = same_origin_path(reference.trim(), &host, &request_path) else {
+        let Some(path) = same_origin_path(reference.trim(), &host, request_path) else {
             continue;
         };
         let mut parts = clone_parts(&target.get);
@@ -69,7 +69,7 @@ pub(crate) fn targets(
     for parts in &heads {
         let found = if shared.options.per_user.is_some() {
             Some(Invalidation::Path(
-                key::request_target(parts).0.into_owned(),
+                key::request_target(parts).path.to_owned(),
             ))
         } else {
             // The request's host, also for a target rebuilt from a path

@@ -66,8 +66,25 @@ impl KeyBuilder for DefaultKeyBuilder {
 }
 
 fn default_key(parts: &Parts, host: &str) -> String {
-    let (path, query) = request_target(parts);
-    CacheKey::encode(parts.method.as_str(), host, &path, &query)
+    let target = request_target(parts);
+    let method = match &target.rewritten {
+        // In the method part, which path invalidation does not read: the
+        // entry stays under its URL's path and query.
+        Some(rewritten) => Cow::Owned(format!("{}\0{rewritten}", parts.method)),
+        None => Cow::Borrowed(parts.method.as_str()),
+    };
+    CacheKey::encode(&method, host, target.path, target.query)
+}
+
+/// What names the response to a request; see [`request_target`].
+pub(crate) struct Target<'a> {
+    /// The path clients use.
+    pub(crate) path: &'a str,
+    /// The query clients use.
+    pub(crate) query: &'a str,
+    /// The target the handler saw, when a middleware rewrote it after
+    /// routing.
+    pub(crate) rewritten: Option<&'a str>,
 }
 
 /// The path and query that name what the handler answers.
@@ -78,32 +95,34 @@ fn default_key(parts: &Parts, host: &str) -> String {
 /// The full URI is used then, so that two nested routers never share keys
 /// and invalidation by the URL clients use reaches the entry. When the two
 /// differ otherwise, a middleware rewrote the URI after routing: the key
-/// keeps the full path and adds the rewritten target after a NUL (which no
-/// URI contains), so that two rewrites of one URL never share a key.
-pub(crate) fn request_target(parts: &Parts) -> (Cow<'_, str>, Cow<'_, str>) {
+/// keeps the client's path and query, and the rewritten target rides along
+/// (see [`Target::rewritten`]) so that two rewrites of one URL never share
+/// a key.
+pub(crate) fn request_target(parts: &Parts) -> Target<'_> {
     let (path, query) = (parts.uri.path(), parts.uri.query().unwrap_or(""));
+    let same = Target {
+        path,
+        query,
+        rewritten: None,
+    };
     let Some(OriginalUri(original)) = parts.extensions.get::<OriginalUri>() else {
-        return (Cow::Borrowed(path), Cow::Borrowed(query));
+        return same;
     };
     let original_query = original.query().unwrap_or("");
     if original.path() == path && original_query == query {
-        return (Cow::Borrowed(path), Cow::Borrowed(query));
+        return same;
     }
     let nesting = parts
         .extensions
         .get::<NestedPath>()
         .map_or(0, |nested| segments(nested.as_str()));
-    if strip_segments(original.path(), nesting) == path && original_query == query {
-        return (
-            Cow::Borrowed(original.path()),
-            Cow::Borrowed(original_query),
-        );
+    let nested_only = strip_segments(original.path(), nesting) == path && original_query == query;
+    Target {
+        path: original.path(),
+        query: original_query,
+        rewritten: (!nested_only)
+            .then(|| parts.uri.path_and_query().map_or(path, |pq| pq.as_str())),
     }
-    let rewritten = parts.uri.path_and_query().map_or(path, |pq| pq.as_str());
-    (
-        Cow::Borrowed(original.path()),
-        Cow::Owned(format!("{original_query}\0{rewritten}")),
-    )
 }
 
 /// How many path segments a route pattern has (`/{tenant}/api` has 2).

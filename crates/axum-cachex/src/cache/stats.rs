@@ -100,8 +100,8 @@ impl CacheStats {
             Some("stale-if-error") => bump(&self.stale_if_error_served),
             Some("too-large") => bump(&self.bypass_too_large),
             Some(
-                "status" | "set-cookie" | "no-store" | "private" | "vary-star" | "credentials"
-                | "event-stream" | "no-freshness" | "no-cache",
+                "status" | "set-cookie" | "no-store" | "private" | "vary-star" | "vary-too-wide"
+                | "credentials" | "event-stream" | "no-freshness" | "no-cache",
             ) if status.fwd != Some("bypass") => bump(&self.not_storable),
             _ => {}
         }

@@ -18,7 +18,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use axum_cachex_core::{Backend, BackendError, CacheEntry, CacheKey, CacheRecord, VariantIndex};
+use axum_cachex_core::{
+    Backend, BackendError, CacheEntry, CacheKey, CacheRecord, MAX_VARY_NAMES, VariantIndex,
+};
 use bytes::Bytes;
 use http::HeaderMap;
 use xxhash_rust::xxh3::xxh3_128;
@@ -240,6 +242,11 @@ pub(crate) async fn write(
         return false;
     }
     let names = vary::vary_names(&entry.headers);
+    if !entry.is_encodable() || names.len() > MAX_VARY_NAMES {
+        // Stored, it would come back different (truncated) or never be
+        // selected: not stored.
+        return false;
+    }
     let record = CacheRecord::Response(entry.clone()).encode();
     if names.is_empty() {
         let call = backend.set(&slot.base, record, Some(ttl));

@@ -39,6 +39,9 @@ pub const DEFAULT_MEMCACHED_TIMEOUT: Duration = Duration::from_millis(250);
 /// Default connections per server of [`MemcachedConfig::pool_size`]: 8.
 pub const DEFAULT_MEMCACHED_POOL_SIZE: usize = 8;
 
+/// Default of [`MemcachedConfig::max_item_size`]: 1 MiB, Memcached's own.
+pub const DEFAULT_MEMCACHED_ITEM_SIZE: usize = 1024 * 1024;
+
 /// Default of [`MemcachedConfig::down_backoff`]: 1 s.
 pub const DEFAULT_MEMCACHED_DOWN_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -74,6 +77,11 @@ pub struct MemcachedConfig {
     /// one per request. Zero retries on every call. Default: 1 s
     /// ([`DEFAULT_MEMCACHED_DOWN_BACKOFF`]).
     pub down_backoff: Duration,
+    /// The servers' item size limit (`memcached -I`), envelope and key
+    /// included: the HTTP layer never buffers a response too large to
+    /// store. Default: 1 MiB ([`DEFAULT_MEMCACHED_ITEM_SIZE`]), Memcached's
+    /// own default.
+    pub max_item_size: usize,
 }
 
 impl Default for MemcachedConfig {
@@ -84,6 +92,7 @@ impl Default for MemcachedConfig {
             timeout: DEFAULT_MEMCACHED_TIMEOUT,
             pool_size: DEFAULT_MEMCACHED_POOL_SIZE,
             down_backoff: DEFAULT_MEMCACHED_DOWN_BACKOFF,
+            max_item_size: DEFAULT_MEMCACHED_ITEM_SIZE,
         }
     }
 }
@@ -167,6 +176,12 @@ impl MemcachedBackendBuilder {
     /// Most connections per server. Default: 8.
     pub fn pool_size(mut self, connections: usize) -> Self {
         self.config.pool_size = connections;
+        self
+    }
+
+    /// The servers' item size limit (`memcached -I`). Default: 1 MiB.
+    pub fn max_item_size(mut self, bytes: usize) -> Self {
+        self.config.max_item_size = bytes;
         self
     }
 
@@ -325,6 +340,7 @@ struct Inner {
     prefix: String,
     timeout: Duration,
     down_backoff: Duration,
+    max_item_size: usize,
 }
 
 impl std::fmt::Debug for MemcachedBackend {
@@ -389,6 +405,7 @@ impl MemcachedBackend {
                 prefix: config.prefix,
                 timeout: config.timeout,
                 down_backoff: config.down_backoff,
+                max_item_size: config.max_item_size,
             }),
         })
     }
@@ -542,6 +559,10 @@ impl Backend for MemcachedBackend {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities::unlisted()
+    }
+
+    fn max_value_size(&self) -> Option<usize> {
+        Some(self.inner.max_item_size)
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
