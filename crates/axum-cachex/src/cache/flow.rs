@@ -26,10 +26,7 @@ use axum_cachex_core::{Backend, CacheEntry};
 use bytes::Bytes;
 use http::{
     HeaderMap, HeaderValue, Method, Request, Response, StatusCode,
-    header::{
-        CACHE_CONTROL, CONTENT_LENGTH, ETAG, EXPIRES, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
-        IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
-    },
+    header::{CACHE_CONTROL, CONTENT_LENGTH, ETAG},
     request::Parts,
     response::Parts as ResParts,
 };
@@ -43,8 +40,10 @@ use super::{
     conditional::Conditions,
     credentials::{CredentialNames, ShareGuard},
     decide::{self, Use},
+    entry,
     etag::etag_for,
     extract::CacheHandle,
+    headers,
     invalidate::{self, Invalidation},
     lock::{self, HeldLock, LockOutcome},
     plan::{self, Plan},
@@ -221,9 +220,12 @@ where
         if status.detail == Some("credentials")
             || plan::response_is_credentialed(&self.shared, &res_parts.extensions)
         {
-            keep_private(&mut res_parts.headers, &self.shared.private_cache_control);
+            headers::keep_private(&mut res_parts.headers, &self.shared.private_cache_control);
         } else if status.detail == Some("authorization") {
-            add_default_cache_control(&mut res_parts.headers, &self.shared.private_cache_control);
+            headers::add_default_cache_control(
+                &mut res_parts.headers,
+                &self.shared.private_cache_control,
+            );
         }
         let refused = admit::refusal(
             &self.shared,
@@ -235,7 +237,7 @@ where
             let res = self.bodiless_if_head(Response::from_parts(res_parts, Body::new(res_body)));
             return Ok((res, status.with_detail_if_none(reason)));
         }
-        add_default_cache_control(&mut res_parts.headers, &self.shared.cache_control);
+        headers::add_default_cache_control(&mut res_parts.headers, &self.shared.cache_control);
         let buffer = body::exact_len(&res_body)
             .is_some_and(|n| n <= self.shared.options.max_body_size as u64);
         if !buffer {
@@ -349,7 +351,7 @@ where
                 return Ok((self.answer_entry(computed, now), status));
             }
         };
-        strip_conditionals(&mut parts.headers);
+        headers::strip_conditionals(&mut parts.headers);
         // If the handler's 304 turns out not to be about the stored entry,
         // the request is sent again without conditions.
         let retry = stale
@@ -441,7 +443,7 @@ where
     ) -> Result<(Response<Body>, CacheStatus), S::Error> {
         let revalidated = match (&result, stale.revalidating()) {
             (Ok(res), Some(old)) if res.status() == StatusCode::NOT_MODIFIED => {
-                Some(validators_match(old, res.headers()))
+                Some(entry::validators_match(old, res.headers()))
             }
             _ => None,
         };
@@ -481,7 +483,7 @@ where
             ..CacheStatus::forward("stale")
         };
         let update = not_modified.headers();
-        let stored = freshened(&self.shared, &old, update, &pending.selecting, now);
+        let stored = entry::freshened(&self.shared, &old, update, &pending.selecting, now);
         match &stored {
             Some(entry) => status.stored = pending.store(&self.shared, &self.backend, entry).await,
             // The handler now says the response may not be stored (`private`,
@@ -493,7 +495,7 @@ where
         // This client gets the stored response updated with all the 304
         // says, its cookies and `Cache-Control` included (RFC 9111 §4.3.4);
         // the store keeps what may be shared.
-        let headers = merged(&old.headers, &response::end_to_end_headers(update, true));
+        let headers = headers::merged(&old.headers, &response::end_to_end_headers(update, true));
         let entry = CacheEntry {
             headers,
             ..stored.unwrap_or(old)
@@ -555,7 +557,7 @@ where
         match body::exact_len(&body) {
             Some(len) if len > limit as u64 => {
                 pending.finish(&self.shared, &self.backend, None);
-                add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
+                headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
                 let res = self.bodiless_if_head(Response::from_parts(parts, Body::new(body)));
                 (res, status.with_detail("too-large"))
             }
@@ -563,7 +565,7 @@ where
             // An unknown length could be endless: answer HEAD at once.
             None if self.head => {
                 pending.finish(&self.shared, &self.backend, None);
-                add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
+                headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
                 (
                     self.bodiless_if_head(Response::from_parts(parts, Body::empty())),
                     status,
@@ -590,20 +592,26 @@ where
                 return (res, status.with_detail(pass_detail(reason)));
             }
         };
-        if !declared_length_matches(&parts.headers, bytes.len()) {
+        if !headers::declared_length_matches(&parts.headers, bytes.len()) {
             // A body that ended short of its `Content-Length` is not the
             // response (RFC 9111 §3.3): not stored, not shared.
             pending.finish(&self.shared, &self.backend, None);
-            add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
+            headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
             let res = self.answer_bytes(parts, bytes, &mut status);
             return (res, status.with_detail("incomplete"));
         }
         let now = self.shared.options.clock.now();
         // The entry keeps the handler's headers only: the layer's default
         // `Cache-Control` is added on the way out, never stored.
-        let entry = new_entry(&parts, bytes.clone(), &pending, now);
+        let entry = entry::new_entry(
+            &parts,
+            bytes.clone(),
+            &pending.policy,
+            &pending.selecting,
+            now,
+        );
         parts.headers.insert(ETAG, entry.etag.clone());
-        add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
+        headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
         status.stored = pending.store(&self.shared, &self.backend, &entry).await;
         pending.finish(&self.shared, &self.backend, Some(entry));
         let res = self.answer_bytes(parts, bytes, &mut status);
@@ -626,10 +634,12 @@ where
         let shared = Arc::clone(&self.shared);
         let backend = Arc::clone(&self.backend);
         let head = clone_head(&parts);
-        add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
+        headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
         let teed = body::tee(body, self.store_limit(), move |kept| {
             let kept = match kept {
-                Kept::Complete(bytes) if !declared_length_matches(&head.headers, bytes.len()) => {
+                Kept::Complete(bytes)
+                    if !headers::declared_length_matches(&head.headers, bytes.len()) =>
+                {
                     Kept::Dropped(PassReason::Error)
                 }
                 kept => kept,
@@ -641,7 +651,13 @@ where
                 pending.finish(&shared, &backend, None);
                 return;
             };
-            let entry = new_entry(&head, bytes, &pending, shared.options.clock.now());
+            let entry = entry::new_entry(
+                &head,
+                bytes,
+                &pending.policy,
+                &pending.selecting,
+                shared.options.clock.now(),
+            );
             spawn(async move {
                 if pending.store(&shared, &backend, &entry).await {
                     bump(&shared.stats.stores);
@@ -715,7 +731,7 @@ where
         } else {
             response::from_entry(entry, now, self.head)
         };
-        add_default_cache_control(res.headers_mut(), &self.shared.cache_control);
+        headers::add_default_cache_control(res.headers_mut(), &self.shared.cache_control);
         res
     }
 
@@ -774,7 +790,7 @@ where
         if self.shared.options.private {
             // `private` routes say so whatever the handler's own
             // `Cache-Control` says: only the client may keep them.
-            keep_private(res.headers_mut(), &self.shared.private_cache_control);
+            headers::keep_private(res.headers_mut(), &self.shared.private_cache_control);
         }
         self.shared.stats.record(&status, res.status());
         let member = status.header_value();
@@ -867,145 +883,6 @@ impl Policy {
     }
 }
 
-/// The entry for a complete response.
-fn new_entry(parts: &ResParts, body: Bytes, pending: &Pending, now: SystemTime) -> CacheEntry {
-    let policy = &pending.policy;
-    let names = vary::vary_names(&parts.headers);
-    CacheEntry {
-        status: parts.status,
-        headers: response::storable_headers(&parts.headers),
-        etag: etag_for(parts.headers.get(ETAG), &body),
-        body,
-        // Whole milliseconds, as the entry format keeps them, so that `Age`
-        // reads the same before and after a round trip; moved back by the
-        // age the response arrived with.
-        stored_at: whole_millis(now)
-            .checked_sub(policy.initial_age)
-            .unwrap_or(std::time::UNIX_EPOCH),
-        fresh_for: policy.fresh_for,
-        stale_while_revalidate: policy.stale_while_revalidate,
-        stale_if_error: policy.stale_if_error,
-        vary_key: vary::vary_key(&names, &pending.selecting),
-    }
-}
-
-/// The stored entry updated by a 304's headers (RFC 9111 §4.3.4), or
-/// `None` when the updated response may not be stored.
-fn freshened(
-    shared: &Shared,
-    old: &CacheEntry,
-    update: &HeaderMap,
-    selecting: &HeaderMap,
-    now: SystemTime,
-) -> Option<CacheEntry> {
-    let age = update.get(http::header::AGE).cloned();
-    let mut headers = merged(&old.headers, &response::storable_headers(update));
-    // The 304's `Age` counts (RFC 9111 §4.2.3), but is not stored.
-    if let Some(age) = age {
-        headers.insert(http::header::AGE, age);
-    }
-    let admission = admit::admit(shared, old.status, &headers, now);
-    headers.remove(http::header::AGE);
-    let Admission::Store(policy) = admission else {
-        return None;
-    };
-    // A 304 may change `Vary`: the entry is selected by the new names.
-    let vary_key = vary::vary_key(&vary::vary_names(&headers), selecting);
-    Some(CacheEntry {
-        etag: etag_for(headers.get(ETAG), &old.body),
-        vary_key,
-        headers,
-        stored_at: whole_millis(now)
-            .checked_sub(policy.initial_age)
-            .unwrap_or(std::time::UNIX_EPOCH),
-        fresh_for: policy.fresh_for,
-        stale_while_revalidate: policy.stale_while_revalidate,
-        stale_if_error: policy.stale_if_error,
-        ..old.clone()
-    })
-}
-
-/// `base` with every field `update` has replaced by `update`'s lines.
-fn merged(base: &HeaderMap, update: &HeaderMap) -> HeaderMap {
-    let mut headers = base.clone();
-    for name in update.keys() {
-        headers.remove(name);
-    }
-    for (name, value) in update {
-        headers.append(name.clone(), value.clone());
-    }
-    headers
-}
-
-/// Makes `Cache-Control` say `private`: the layer's private value when the
-/// response has none, else `private, ` in front of the handler's own,
-/// unless it already says `private`, `no-store` or `public` (an explicit
-/// choice of the handler).
-fn keep_private(headers: &mut HeaderMap, private_default: &HeaderValue) {
-    let directives = super::directives::Directives::from_headers(headers);
-    if directives.private || directives.no_store || directives.public {
-        return;
-    }
-    let lines: Vec<&[u8]> = headers
-        .get_all(CACHE_CONTROL)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .collect();
-    let value = if lines.is_empty() {
-        if headers.contains_key(EXPIRES) {
-            HeaderValue::from_static("private")
-        } else {
-            private_default.clone()
-        }
-    } else {
-        let mut value = b"private".to_vec();
-        for line in lines {
-            value.extend_from_slice(b", ");
-            value.extend_from_slice(line);
-        }
-        HeaderValue::from_bytes(&value).unwrap_or_else(|_| HeaderValue::from_static("private"))
-    };
-    headers.insert(CACHE_CONTROL, value);
-}
-
-/// The layer's `Cache-Control` for a response that has neither its own
-/// `Cache-Control` nor `Expires` (which the layer's `max-age` would
-/// override downstream). Never stored: added on the way out.
-fn add_default_cache_control(headers: &mut HeaderMap, default: &HeaderValue) {
-    if headers.contains_key(EXPIRES) {
-        return;
-    }
-    if let http::header::Entry::Vacant(slot) = headers.entry(CACHE_CONTROL) {
-        slot.insert(default.clone());
-    }
-}
-
-/// Whether a complete body has the length its `Content-Length` declared
-/// (true when none is declared).
-fn declared_length_matches(headers: &HeaderMap, len: usize) -> bool {
-    headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .is_none_or(|declared| declared == len as u64)
-}
-
-/// Whether a 304 is about the stored entry (RFC 9111 §4.3.4): its `ETag`,
-/// or without one its `Last-Modified`, matches the entry's.
-fn validators_match(stored: &CacheEntry, not_modified: &HeaderMap) -> bool {
-    use http::header::LAST_MODIFIED;
-    if let Some(etag) = not_modified.get(ETAG) {
-        return stored.headers.get(ETAG) == Some(etag);
-    }
-    match (
-        not_modified.get(LAST_MODIFIED),
-        stored.headers.get(LAST_MODIFIED),
-    ) {
-        (Some(new), Some(old)) => new == old,
-        _ => true,
-    }
-}
-
 fn collapsed_status(
     entry: &CacheEntry,
     now: SystemTime,
@@ -1034,21 +911,6 @@ fn pass_detail(reason: PassReason) -> &'static str {
     }
 }
 
-/// Removes the client's conditionals and `Range`: the layer evaluates
-/// them itself against a complete response, which it can then store.
-fn strip_conditionals(headers: &mut HeaderMap) {
-    for name in [
-        IF_NONE_MATCH,
-        IF_MODIFIED_SINCE,
-        IF_MATCH,
-        IF_UNMODIFIED_SINCE,
-        IF_RANGE,
-        RANGE,
-    ] {
-        headers.remove(name);
-    }
-}
-
 /// A clean GET for a background refresh: the client's headers without
 /// conditionals or `Range`, no body, the client's extensions.
 fn clean_request<ReqBody: Default>(parts: &Parts) -> Request<ReqBody> {
@@ -1057,7 +919,7 @@ fn clean_request<ReqBody: Default>(parts: &Parts) -> Request<ReqBody> {
     *req.uri_mut() = parts.uri.clone();
     *req.version_mut() = parts.version;
     *req.headers_mut() = parts.headers.clone();
-    strip_conditionals(req.headers_mut());
+    headers::strip_conditionals(req.headers_mut());
     *req.extensions_mut() = parts.extensions.clone();
     req
 }
@@ -1083,11 +945,6 @@ fn gateway_timeout() -> Response<Body> {
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::GATEWAY_TIMEOUT;
     res
-}
-
-fn whole_millis(t: SystemTime) -> SystemTime {
-    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    std::time::UNIX_EPOCH + std::time::Duration::from_millis(since.as_millis() as u64)
 }
 
 /// Spawns on the current runtime; outside one (a body dropped after its
