@@ -1205,3 +1205,57 @@ async fn credentialed_bypasses_keep_downstream_caches_from_sharing() {
     let r = get(&layer_default, "/r", &[("authorization", "Bearer a")]).await;
     assert_eq!(r.header("cache-control"), "private, max-age=60");
 }
+
+#[tokio::test]
+async fn sse_over_a_real_connection_delivers_its_first_event_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let rx = Arc::new(Mutex::new(Some(rx)));
+    let app = app(ttl60(), move |_, _| {
+        let rx = rx.lock().expect("lock").take();
+        async move {
+            let mut res = Response::new(Body::from_stream(ChannelStream(rx.expect("one request"))));
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            res
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let router = app.router.clone();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    conn.write_all(b"GET /events HTTP/1.1\r\nhost: example.com\r\n\r\n")
+        .await
+        .expect("write");
+    tx.send(Ok(Bytes::from_static(b"data: one\n\n")))
+        .await
+        .expect("send");
+    // The stream stays open; the first event must arrive anyway. (A hang
+    // here is the bug; the bound only keeps a failing run from hanging.)
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&seen).contains("data: one") {
+            let n = conn.read(&mut buf).await.expect("read");
+            assert!(n > 0, "connection closed");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the first event did not arrive while the stream was open"
+    );
+    let head = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("cache-status: axum-cachex; fwd=miss; detail=event-stream"),
+        "{head}"
+    );
+    drop(tx);
+}
