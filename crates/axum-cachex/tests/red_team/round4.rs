@@ -2,16 +2,10 @@
 //! invalidation API, streaming, response-driven freshness, hostile input.
 //! Each test names the rule it breaks; every test here failed against the
 //! code it was written for, unless marked `GUARD`.
-#![cfg(all(feature = "session", feature = "redis", feature = "memcached"))]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-mod common;
-
+use super::support::*;
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -27,63 +21,13 @@ use axum_cachex::{
     backend::{Backend, MemcachedBackend, MemoryBackend, RedisBackend},
 };
 use bytes::Bytes;
-use http_body_util::BodyExt;
-use tower::ServiceExt;
-
-/// Fails a test that hangs instead of hanging the suite.
-const HANG: Duration = Duration::from_secs(30);
-
-struct Got {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Got {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-    fn header(&self, name: &str) -> String {
-        self.headers
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-async fn send(app: &Router, req: Request<Body>) -> Got {
-    let fut = async {
-        let res = app.clone().oneshot(req).await.expect("infallible");
-        let (parts, body) = res.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
-        Got {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
-    };
-    tokio::time::timeout(HANG, fut).await.expect("request hung")
-}
-
-fn get_req(uri: &str) -> Request<Body> {
-    Request::get(uri)
-        .header(header::HOST, "shop.example")
-        .body(Body::empty())
-        .unwrap()
-}
-
-fn counter() -> Arc<AtomicUsize> {
-    Arc::new(AtomicUsize::new(0))
-}
 
 /// The suite's Redis, in a namespace of this test's own.
 fn redis() -> Option<Arc<dyn Backend>> {
-    let url = common::redis_url()?;
+    let url = crate::common::redis_url()?;
     let backend = RedisBackend::builder()
         .url(url)
-        .key_prefix(common::unique_prefix("rt4r"))
+        .key_prefix(crate::common::unique_prefix("rt4r"))
         .build()
         .expect("redis backend");
     Some(Arc::new(backend))
@@ -91,10 +35,10 @@ fn redis() -> Option<Arc<dyn Backend>> {
 
 /// The suite's Memcached, in a namespace of this test's own.
 fn memcached() -> Option<Arc<dyn Backend>> {
-    let servers = common::memcached_servers()?;
+    let servers = crate::common::memcached_servers()?;
     let backend = MemcachedBackend::builder()
         .servers(servers)
-        .prefix(common::unique_prefix("rt4m"))
+        .prefix(crate::common::unique_prefix("rt4m"))
         .build()
         .expect("memcached backend");
     Some(Arc::new(backend))
@@ -418,10 +362,10 @@ async fn rule_clear_path_exact_misses_entry_of_rewritten_uri() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "issue 11: the HTTP cache gets its own sub-namespace; until then, prefixes must not nest"]
 async fn rule_redis_clear_deletes_keys_of_backend_with_nested_prefix() {
-    let Some(url) = common::redis_url() else {
+    let Some(url) = crate::common::redis_url() else {
         return;
     };
-    let base = common::unique_prefix("nest");
+    let base = crate::common::unique_prefix("nest");
     let cache = RedisBackend::builder()
         .url(url.clone())
         .key_prefix(base.clone())

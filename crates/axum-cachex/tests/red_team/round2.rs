@@ -1,13 +1,9 @@
 //! Red-team tests, round 2. Each test names the rule it breaks; every test
 //! here failed against the code it was written for, unless marked `GUARD`.
-#![cfg(feature = "session")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+use super::support::*;
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::{Duration, SystemTime},
 };
 
@@ -20,60 +16,6 @@ use axum::{
 };
 use axum_cachex::{CacheLayer, ManualClock, Stale, backend::MemoryBackend};
 use bytes::Bytes;
-use http_body_util::BodyExt;
-use tower::ServiceExt;
-
-/// Fails a test that hangs instead of hanging the suite.
-const HANG: Duration = Duration::from_secs(30);
-
-fn mem() -> Arc<MemoryBackend> {
-    Arc::new(MemoryBackend::new())
-}
-
-struct Got {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Got {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-    fn header(&self, name: &str) -> String {
-        self.headers
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-async fn send(app: &Router, req: Request<Body>) -> Got {
-    let fut = async {
-        let res = app.clone().oneshot(req).await.expect("infallible");
-        let (parts, body) = res.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
-        Got {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
-    };
-    tokio::time::timeout(HANG, fut).await.expect("request hung")
-}
-
-fn get_req(uri: &str) -> Request<Body> {
-    Request::get(uri)
-        .header(header::HOST, "shop.example")
-        .body(Body::empty())
-        .unwrap()
-}
-
-fn counter() -> Arc<AtomicUsize> {
-    Arc::new(AtomicUsize::new(0))
-}
 
 /// RFC 9110 IMF-fixdate.
 fn http_date(t: SystemTime) -> String {

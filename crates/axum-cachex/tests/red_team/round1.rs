@@ -1,16 +1,10 @@
-//! Red-team tests, written from the RFCs and the code by a reviewer who
-//! had not seen the rest of the suite: each one is a way the cache served
-//! a response to the wrong client, or answered wrongly per RFC 9110 / 9111
-//! / 9211, found and then fixed. Tests marked `GUARD` passed when written
-//! and guard a critical rule.
-#![cfg(feature = "session")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+//! Round 1: credentials and sessions in either layer order, keys under
+//! nested routers and Host tricks, Cache-Control parsing, revalidation,
+//! streaming. Each test names the rule it broke.
 
+use super::support::*;
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::{Duration, SystemTime},
 };
 
@@ -23,64 +17,13 @@ use axum::{
 };
 use axum_cachex::{
     CacheLayer, Freshness, ManualClock, Stale,
-    backend::MemoryBackend,
     session::{SessionConfig, SessionContext, SessionLayer, SessionManager, SessionUser},
 };
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-/// Fails a test that hangs instead of hanging the suite. Not a speed
-/// bound: generous on purpose.
-const HANG: Duration = Duration::from_secs(30);
-
 const SECRET: &str = "red-team-secret-of-at-least-32-characters!!";
-
-fn mem() -> Arc<MemoryBackend> {
-    Arc::new(MemoryBackend::new())
-}
-
-struct Got {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Got {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-    fn header(&self, name: &str) -> String {
-        self.headers
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-async fn send(app: &Router, req: Request<Body>) -> Got {
-    let res = app.clone().oneshot(req).await.expect("infallible");
-    let (parts, body) = res.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    Got {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
-}
-
-fn get_req(uri: &str) -> Request<Body> {
-    Request::get(uri)
-        .header(header::HOST, "shop.example")
-        .body(Body::empty())
-        .unwrap()
-}
-
-fn counter() -> Arc<AtomicUsize> {
-    Arc::new(AtomicUsize::new(0))
-}
 
 fn http_date(t: SystemTime) -> String {
     httpdate_fmt(t)

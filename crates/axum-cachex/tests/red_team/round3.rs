@@ -1,8 +1,7 @@
 //! Red-team tests, round 3. Each test names the rule it breaks; every test
 //! here failed against the code it was written for, unless marked `GUARD`.
-#![cfg(feature = "session")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+use super::support::*;
 use std::{
     sync::{
         Arc,
@@ -20,55 +19,10 @@ use axum::{
 };
 use axum_cachex::{
     CacheLayer, Stale,
-    backend::MemoryBackend,
     session::{SessionConfig, SessionContext, SessionLayer, SessionManager, SessionUser},
 };
-use bytes::Bytes;
-use http_body_util::BodyExt;
-use tower::ServiceExt;
-
-/// Fails a test that hangs instead of hanging the suite.
-const HANG: Duration = Duration::from_secs(30);
 
 const SECRET: &str = "red-team-secret-of-at-least-32-characters!!";
-
-fn mem() -> Arc<MemoryBackend> {
-    Arc::new(MemoryBackend::new())
-}
-
-struct Got {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Got {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-    fn header(&self, name: &str) -> String {
-        self.headers
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-async fn send(app: &Router, req: Request<Body>) -> Got {
-    let fut = async {
-        let res = app.clone().oneshot(req).await.expect("infallible");
-        let (parts, body) = res.into_parts();
-        let body = body.collect().await.expect("body").to_bytes();
-        Got {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
-    };
-    tokio::time::timeout(HANG, fut).await.expect("request hung")
-}
 
 /// Sends on a task of its own: `Err(message)` when the layer panicked.
 async fn send_catching(app: &Router, req: Request<Body>) -> Result<Got, String> {
@@ -87,17 +41,6 @@ async fn send_catching(app: &Router, req: Request<Body>) -> Result<Got, String> 
         }
         Err(e) => Err(e.to_string()),
     }
-}
-
-fn get_req(uri: &str) -> Request<Body> {
-    Request::get(uri)
-        .header(header::HOST, "shop.example")
-        .body(Body::empty())
-        .unwrap()
-}
-
-fn counter() -> Arc<AtomicUsize> {
-    Arc::new(AtomicUsize::new(0))
 }
 
 /// A handler answering `{name} v{n}`, n counting its runs from 1.
