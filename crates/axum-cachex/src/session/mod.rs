@@ -58,6 +58,21 @@
 //! regeneration creates the new record before deleting the old one and
 //! rolls back if the old one vanished meanwhile.
 //!
+//! # With the cache layer
+//!
+//! A response made for a session must never reach another client from a
+//! shared cache, whatever the order of the two layers:
+//!
+//! - a request that carries a token is marked
+//!   [`Credentialed`](crate::Credentialed), and so is its response: a
+//!   [`CacheLayer`](crate::CacheLayer) on either side bypasses it;
+//! - every response names the session's header and cookie
+//!   ([`CredentialNames`](crate::CredentialNames)), so a cache layer
+//!   outside learns custom names (the defaults it knows already);
+//! - a response that issues, renews or removes a token gets
+//!   `Cache-Control: no-store`, and a handler that logs in behind an inner
+//!   cache layer raises the request's [`ShareGuard`](crate::ShareGuard).
+//!
 //! # Security
 //!
 //! **Tokens.** Session ids are 256 random bits from the operating system's
