@@ -40,8 +40,9 @@
 //! all get its value, or all get its error (an `Arc<E>`, not cached: the next
 //! call tries again). With
 //! [`distributed_lock`](CacheManagerBuilder::distributed_lock) the instances
-//! sharing a Redis backend also coordinate through a lock key (`SET NX PX`
-//! with a random token, released only by its holder); waiters on other
+//! sharing a backend (Redis, Memcached) also coordinate through a lock key
+//! (created with `add`, holding a random token, released only by its
+//! holder); waiters on other
 //! instances poll for the value for a bounded time, then compute it
 //! themselves.
 //!
@@ -68,8 +69,9 @@
 //! returns [`BackendError::Unsupported`](crate::backend::BackendError::Unsupported)
 //! on Memcached. The cross-instance lock is released with
 //! [`Backend::delete_if_equals`](crate::backend::Backend::delete_if_equals)
-//! (every built-in backend has it); on a backend without it the lock
-//! expires after its TTL.
+//! (every built-in backend has it: a compare-and-delete script on Redis,
+//! a CAS-guarded meta delete on Memcached 1.6+); on a third-party backend
+//! without it the lock expires after its TTL.
 //!
 //! # In handlers
 //!

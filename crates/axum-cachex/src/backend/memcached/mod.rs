@@ -321,9 +321,11 @@ impl MemcachedBackendBuilder {
 /// # Client
 ///
 /// The backend speaks Memcached's classic text protocol itself, over tokio
-/// TCP streams, with a small connection pool per server. It uses only
-/// commands every Memcached since 1.4 (and proxies such as mcrouter)
-/// understand. The `async-memcached` crate was evaluated: its classic
+/// TCP streams, with a small connection pool per server. Every operation
+/// but one uses only classic commands that every Memcached since 1.4 (and
+/// proxies such as mcrouter) understands; `delete_if_equals`, which
+/// releases cross-instance locks, uses the meta delete `md … C<cas>` of
+/// Memcached 1.6 and later. The `async-memcached` crate was evaluated: its classic
 /// protocol has no `replace`, and its meta-protocol path requires
 /// Memcached 1.6 while pulling in `nom`, `url` and `futures` for what is
 /// here a few hundred lines.
