@@ -376,19 +376,27 @@ impl<'a> Elements<'a> {
     /// expects the element to end.
     fn argument(&mut self) -> Arg<'a> {
         self.take(is_ows);
+        let mut value_start = None;
         let arg = if self.eat(b'=') {
             self.take(is_ows);
+            value_start = Some(self.pos);
             self.value()
         } else {
             Arg::Absent
         };
         self.take(is_ows);
         if self.at_element_end() {
-            arg
-        } else {
-            self.skip_element();
-            Arg::Malformed
+            return arg;
         }
+        // Junk after the value: the element is malformed, and so may be the
+        // quoting that made the value. Read on from just inside the value
+        // up to the next comma, so that a directive a quoted string only
+        // seemed to enclose still counts (`b="x, private"junk`).
+        if let Some(start) = value_start {
+            self.pos = start + 1;
+        }
+        self.skip_element();
+        Arg::Malformed
     }
 
     /// Reads a token or a quoted string.
@@ -405,6 +413,7 @@ impl<'a> Elements<'a> {
     /// Reads a quoted string (RFC 9110 §5.6.4), resolving quoted-pairs.
     fn quoted_string(&mut self) -> Arg<'a> {
         self.pos += 1;
+        let opened = self.pos;
         let mut text = Vec::new();
         let mut valid = true;
         while let Some(byte) = self.bump() {
@@ -420,6 +429,11 @@ impl<'a> Elements<'a> {
             valid &= is_qdtext(byte);
             text.push(byte);
         }
+        // Never closed: the quote opened nothing. Read on from it as junk up
+        // to the next comma, so that what follows still counts (a quote
+        // that runs to the end of the line must not hide `private`).
+        self.pos = opened;
+        self.skip_element();
         Arg::Malformed
     }
 
@@ -618,7 +632,13 @@ mod tests {
     fn unterminated_quote_stays_on_its_line() {
         let d = Directives::parse([&b"no-cache=\"abc, max-age=5"[..], b"private"]);
         assert!(d.no_cache && d.private);
-        assert_eq!(d.max_age, None);
+        // The quote opened nothing: what follows the comma is read as the
+        // next element, as a cache splitting on commas would.
+        assert_eq!(d.max_age, Some(5));
+        let d = one("max-age=60, ext=\"a, private");
+        assert!(d.private);
+        let d = one("max-age=60, ext=\"a\\\", no-store");
+        assert!(d.no_store);
     }
 
     #[test]

@@ -56,12 +56,13 @@ pub(crate) fn storable_headers(headers: &HeaderMap) -> HeaderMap {
 /// cache-written fields, and without `Set-Cookie` unless `cookies`.
 pub(crate) fn end_to_end_headers(headers: &HeaderMap, cookies: bool) -> HeaderMap {
     // Headers listed in `Connection` are hop-by-hop too.
+    // Read as bytes: a line with obs-text must not hide what it lists.
     let listed: Vec<String> = headers
         .get_all(CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|name| std::str::from_utf8(name.trim_ascii()).ok())
+        .map(str::to_ascii_lowercase)
         .collect();
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {

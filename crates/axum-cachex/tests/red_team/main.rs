@@ -16,3 +16,4 @@ mod round2;
 mod round3;
 #[cfg(all(feature = "redis", feature = "memcached"))]
 mod round4;
+mod round5;
