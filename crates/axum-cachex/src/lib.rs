@@ -192,6 +192,7 @@ mod clock;
 mod manager_stats;
 pub mod monitoring;
 mod proxy;
+mod random;
 
 pub use app_cache::CacheManager;
 pub use axum_cachex_core::{CacheEntry, CacheKey, CacheRecord, DecodeError, VariantIndex};

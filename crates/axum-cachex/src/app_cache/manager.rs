@@ -8,7 +8,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use tokio::time::Instant;
 
 use super::{CacheError, flight::Flights};
-use crate::state::random_token;
+use crate::random::url_token;
 
 /// Default key prefix of application cache entries: `cache:`.
 pub const DEFAULT_CACHE_PREFIX: &str = "cache:";
@@ -445,7 +445,7 @@ impl CacheManager {
     ) -> Waited<T> {
         let backend = &self.inner.backend;
         let lock_key = format!("{LOCK_PREFIX}{full}");
-        let token = match random_token(16) {
+        let token = match url_token(16) {
             Ok(token) => token,
             Err(error) => {
                 tracing::warn!(key = full, %error, "no random lock token; computing without the lock");

@@ -162,18 +162,8 @@ pub(crate) fn entry_key_for_host(shared: &Shared, parts: &Parts, host: &str) -> 
         return Some(base);
     };
     let user = partition.user(parts)?;
-    let mut key = String::with_capacity(2 + 2 * user.len() + base.len());
-    key.push('u');
-    for b in user.bytes() {
-        key.push(char::from(HEX[usize::from(b >> 4)]));
-        key.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    key.push('@');
-    key.push_str(&base);
-    Some(key)
+    Some(format!("u{}@{base}", crate::random::hex(user.as_bytes())))
 }
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// [`entry_key`] for a whole request, whatever its method.
 pub(crate) fn key_for_request<B>(shared: &Shared, request: &Request<B>) -> Option<String> {

@@ -45,15 +45,14 @@ pub(crate) enum LockOutcome {
 
 /// 16 random bytes: unique lock tokens and variant epochs.
 pub(crate) fn random_token() -> Bytes {
-    let mut raw = [0u8; 16];
-    if getrandom::fill(&mut raw).is_err() {
+    let raw = crate::random::bytes::<16>().unwrap_or_else(|_| {
         // Uniqueness, not secrecy, matters here: fall back to the clock.
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default();
-        raw = nanos.to_le_bytes();
-    }
+        nanos.to_le_bytes()
+    });
     Bytes::copy_from_slice(&raw)
 }
 

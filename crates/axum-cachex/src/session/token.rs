@@ -26,20 +26,10 @@ pub(crate) fn new_session_id() -> Result<String, SessionError> {
 }
 
 pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], SessionError> {
-    let mut buf = [0u8; N];
-    getrandom::fill(&mut buf).map_err(SessionError::Random)?;
-    Ok(buf)
+    crate::random::bytes().map_err(SessionError::Random)
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
-}
+pub(crate) use crate::random::hex;
 
 /// Decodes lowercase hex only: uppercase digits are refused so that each
 /// MAC has exactly one accepted spelling.

@@ -6,8 +6,9 @@ use axum_cachex_core::Backend;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::{InvalidStateReason, StateData, StateError, constant_time_eq, random_token};
+use super::{InvalidStateReason, StateData, StateError};
 use crate::Clock;
+use crate::random::{constant_time_eq, url_token};
 
 /// Default key prefix of state records: `oauth_state:`.
 pub const DEFAULT_STATE_PREFIX: &str = "oauth_state:";
@@ -296,7 +297,7 @@ impl StateManager {
         let expires_at = created_at
             .checked_add(ttl)
             .ok_or(StateError::InvalidTtl(ttl))?;
-        let state = random_token(STATE_BYTES).map_err(|source| StateError::Random { source })?;
+        let state = url_token(STATE_BYTES).map_err(|source| StateError::Random { source })?;
         let data = StateData {
             state,
             created_at,
