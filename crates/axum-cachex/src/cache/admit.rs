@@ -185,7 +185,9 @@ fn lifetime(
     let explicit = directives::response_lifetime(cc, headers, now);
     let lifetime = match shared.options.freshness {
         // The handler may shorten the layer's ttl, never lengthen it.
-        Freshness::Layer => match (shared.options.ttl, explicit) {
+        // A shared cache takes `s-maxage` over `max-age`, the layer's own
+        // included.
+        Freshness::Layer => match (shared.options.s_maxage.or(shared.options.ttl), explicit) {
             (Some(ttl), Some(own)) => Some(ttl.min(own)),
             (ttl, own) => ttl.or(own),
         },
@@ -257,5 +259,5 @@ fn initial_age(headers: &HeaderMap, now: SystemTime) -> Duration {
         .and_then(|v| httpdate::parse_http_date(v).ok())
         .and_then(|date| now.duration_since(date).ok())
         .unwrap_or_default();
-    age.max(Duration::from_secs(apparent.as_secs()))
+    age.max(apparent)
 }

@@ -15,6 +15,27 @@ use pin_project_lite::pin_project;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// An empty body that does not say its length: a HEAD answer whose GET
+/// length is unknown (an empty body of known length would announce
+/// `Content-Length: 0`).
+pub(crate) struct UnknownLength;
+
+impl HttpBody for UnknownLength {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(None)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
 /// The outcome of reading a handler's body for the cache.
 pub(crate) enum Collected {
     /// The whole body, within the limit and without trailers.

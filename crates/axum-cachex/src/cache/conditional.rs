@@ -23,10 +23,16 @@ impl Conditions {
         let if_none_match: Vec<HeaderValue> =
             headers.get_all(IF_NONE_MATCH).iter().cloned().collect();
         // An invalid date is ignored, as RFC 9110 §13.1.3 requires.
-        let if_modified_since = headers
-            .get(IF_MODIFIED_SINCE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| httpdate::parse_http_date(v).ok());
+        // RFC 9110 §13.1.3: a recipient must ignore an invalid date, and
+        // two field lines make it invalid.
+        let mut lines = headers.get_all(IF_MODIFIED_SINCE).iter();
+        let if_modified_since = match (lines.next(), lines.next()) {
+            (Some(line), None) => line
+                .to_str()
+                .ok()
+                .and_then(|v| httpdate::parse_http_date(v).ok()),
+            _ => None,
+        };
         Self {
             if_none_match,
             if_modified_since,
@@ -46,6 +52,32 @@ impl Conditions {
         response_headers: &HeaderMap,
     ) -> bool {
         self.evaluate(status, etag, response_headers.get(LAST_MODIFIED))
+    }
+
+    /// [`not_modified`](Self::not_modified) for a response that may have
+    /// no entity tag: then `If-None-Match` matches only `*` (RFC 9110
+    /// §13.1.2: any current representation).
+    pub(crate) fn not_modified_by(
+        &self,
+        status: StatusCode,
+        etag: Option<&HeaderValue>,
+        response_headers: &HeaderMap,
+    ) -> bool {
+        match etag {
+            Some(etag) => self.not_modified(status, etag, response_headers),
+            None if !self.if_none_match.is_empty() => {
+                status.is_success()
+                    && self
+                        .if_none_match
+                        .iter()
+                        .any(|v| v.as_bytes().trim_ascii() == b"*")
+            }
+            None => self.evaluate(
+                status,
+                &HeaderValue::from_static("\"\""),
+                response_headers.get(LAST_MODIFIED),
+            ),
+        }
     }
 
     /// [`not_modified`](Self::not_modified) for a stored response, which

@@ -246,7 +246,10 @@ impl CacheLayerBuilder {
         self
     }
 
-    /// Freshness lifetime for shared caches downstream (`s-maxage=N`).
+    /// Freshness lifetime for shared caches (`s-maxage=N`): those
+    /// downstream, and this layer itself, which is one. With a
+    /// [`ttl`](Self::ttl), stored responses are fresh for `s_maxage`
+    /// (RFC 9111 §5.2.2.10), while browsers keep using `max-age`.
     pub fn s_maxage(mut self, ttl: Duration) -> Self {
         self.s_maxage = Some(ttl);
         self

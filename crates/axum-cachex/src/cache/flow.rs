@@ -19,7 +19,11 @@
 //! Every request ends in [`Flow::record`], which writes `Cache-Status`,
 //! the counters and the tracing span from one [`CacheStatus`] value.
 
-use std::{marker::PhantomData, sync::Arc, time::SystemTime};
+use std::{
+    marker::PhantomData,
+    sync::{Arc, atomic::Ordering},
+    time::SystemTime,
+};
 
 use axum::body::Body;
 use axum_cachex_core::{Backend, CacheEntry};
@@ -85,6 +89,10 @@ struct Pending {
     lock: Option<HeldLock>,
     /// Set by an outer middleware when the response must not be shared.
     guard: Option<ShareGuard>,
+    /// The layer's invalidation count when the handler was called: a
+    /// response made before an invalidation since is neither stored nor
+    /// shared (RFC 9111 §4.4).
+    generation: u64,
 }
 
 /// Entry point: one request through the layer.
@@ -170,10 +178,17 @@ where
             && (status.is_success() || status.is_redirection())
             && self.shared.stores();
         if invalidates {
+            // First: a handler run that started before this write must not
+            // store or share what it read.
+            self.shared.invalidations.fetch_add(1, Ordering::AcqRel);
             for target in invalidate::targets(&self.shared, &request, res.headers()) {
                 match target {
                     Invalidation::Key(key) => {
-                        store::delete(&self.shared, &self.backend, &key).await
+                        store::delete(&self.shared, &self.backend, &key).await;
+                        // Other instances waiting on a lock for it compute
+                        // it themselves instead of taking an older result.
+                        let lock = lock::lock_key(&key);
+                        store::delete(&self.shared, &self.backend, &lock).await;
                     }
                     Invalidation::Path(path) => {
                         store::clear_path(&self.shared, &self.backend, &path).await;
@@ -368,6 +383,7 @@ where
             leader,
             lock,
             guard: parts.extensions.get::<ShareGuard>().cloned(),
+            generation: self.shared.invalidations.load(Ordering::Acquire),
         };
         let result = self.call(Request::from_parts(parts, body)).await;
         self.after_handler(result, stale, pending, fwd, retry).await
@@ -548,7 +564,7 @@ where
             Admission::Store(policy) => policy,
             Admission::Refuse(reason) => {
                 pending.finish(&self.shared, &self.backend, None);
-                let res = self.bodiless_if_head(Response::from_parts(parts, Body::new(body)));
+                let res = self.pass_through(parts, Body::new(body));
                 return (res, status.with_detail(reason));
             }
         };
@@ -558,7 +574,7 @@ where
             Some(len) if len > limit as u64 => {
                 pending.finish(&self.shared, &self.backend, None);
                 headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
-                let res = self.bodiless_if_head(Response::from_parts(parts, Body::new(body)));
+                let res = self.pass_through(parts, Body::new(body));
                 (res, status.with_detail("too-large"))
             }
             Some(_) => self.store_buffered(parts, body, pending, status).await,
@@ -566,10 +582,7 @@ where
             None if self.head => {
                 pending.finish(&self.shared, &self.backend, None);
                 headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
-                (
-                    self.bodiless_if_head(Response::from_parts(parts, Body::empty())),
-                    status,
-                )
+                (self.pass_through(parts, Body::new(body)), status)
             }
             None => (self.store_streaming(parts, body, pending), status),
         }
@@ -588,7 +601,7 @@ where
             Collected::Complete(bytes) => bytes,
             Collected::PassThrough(body, reason) => {
                 pending.finish(&self.shared, &self.backend, None);
-                let res = self.bodiless_if_head(Response::from_parts(parts, body));
+                let res = self.pass_through(parts, body);
                 return (res, status.with_detail(pass_detail(reason)));
             }
         };
@@ -709,6 +722,7 @@ where
             leader: Some(leader),
             lock: None,
             guard: request.extensions().get::<ShareGuard>().cloned(),
+            generation: self.shared.invalidations.load(Ordering::Acquire),
         };
         match self.call(request).await {
             Ok(res) if !res.status().is_server_error() => {
@@ -748,7 +762,7 @@ where
         if self.cond.not_modified(parts.status, &etag, &parts.headers) {
             // RFC 9211 §2.3: the handler answered otherwise.
             status.fwd_status = Some(parts.status.as_u16());
-            return response::not_modified(&parts.headers, &etag, None);
+            return response::not_modified(&parts.headers, Some(&etag), None);
         }
         if self.head {
             parts
@@ -774,8 +788,36 @@ where
         if !self.head {
             return res;
         }
-        let (parts, _) = res.into_parts();
-        Response::from_parts(parts, Body::empty())
+        let (mut parts, body) = res.into_parts();
+        // HEAD says what GET would send (RFC 9110 §9.3.2): the length when
+        // it is known, nothing when it is not.
+        if let Some(len) = body::exact_len(&body) {
+            parts
+                .headers
+                .entry(CONTENT_LENGTH)
+                .or_insert_with(|| HeaderValue::from(len));
+        }
+        let empty = if parts.headers.contains_key(CONTENT_LENGTH) {
+            Body::empty()
+        } else {
+            Body::new(body::UnknownLength)
+        };
+        Response::from_parts(parts, empty)
+    }
+
+    /// A response the layer lets through unstored, after it took the
+    /// client's conditionals off the request: it answers them itself from
+    /// the handler's own validators (RFC 9110 §13.2.1), else the response
+    /// goes out whole.
+    fn pass_through(&self, parts: ResParts, body: Body) -> Response<Body> {
+        let validator = parts.headers.get(ETAG).cloned();
+        if self
+            .cond
+            .not_modified_by(parts.status, validator.as_ref(), &parts.headers)
+        {
+            return response::not_modified(&parts.headers, validator.as_ref(), None);
+        }
+        self.bodiless_if_head(Response::from_parts(parts, body))
     }
 
     fn learn_credentials(&self, parts: &ResParts) {
@@ -849,7 +891,21 @@ impl Pending {
         backend: &Arc<dyn Backend>,
         entry: &CacheEntry,
     ) -> bool {
-        self.write && store::write(shared, backend, &self.slot, entry, &self.selecting).await
+        if !self.write || self.outdated(shared) {
+            return false;
+        }
+        if let Some(held) = &self.lock {
+            if !lock::still_held(shared, backend, held).await {
+                return false;
+            }
+        }
+        store::write(shared, backend, &self.slot, entry, &self.selecting).await
+    }
+
+    /// Whether an unsafe request invalidated entries since the handler was
+    /// called.
+    fn outdated(&self, shared: &Shared) -> bool {
+        shared.invalidations.load(Ordering::Acquire) != self.generation
     }
 
     /// Hands the outcome to coalesced waiters and releases the
@@ -862,6 +918,13 @@ impl Pending {
     /// [`finish`](Self::finish) with any outcome.
     fn finish_with(self, shared: &Arc<Shared>, backend: &Arc<dyn Backend>, outcome: Outcome) {
         if let Some(leader) = &self.leader {
+            // Requests that came after an invalidation run the handler
+            // themselves.
+            let outcome = if self.outdated(shared) {
+                Outcome::Nothing
+            } else {
+                outcome
+            };
             leader.publish(outcome);
         }
         if let Some(held) = self.lock {

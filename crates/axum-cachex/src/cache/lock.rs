@@ -99,6 +99,22 @@ pub(crate) async fn acquire(
     LockOutcome::Proceed
 }
 
+/// Whether `held` is still ours: not expired, and not deleted by an
+/// invalidation on another instance (which deletes the lock with the
+/// entry). A response computed under a lock that is gone may predate that
+/// invalidation: it is not stored.
+pub(crate) async fn still_held(
+    shared: &Shared,
+    backend: &Arc<dyn Backend>,
+    held: &HeldLock,
+) -> bool {
+    let call = backend.get(&held.key);
+    matches!(
+        tokio::time::timeout(shared.options.backend_timeout, call).await,
+        Ok(Ok(Some(token))) if token == held.token
+    )
+}
+
 pub(crate) async fn release(shared: &Shared, backend: &Arc<dyn Backend>, held: HeldLock) {
     let call = backend.delete_if_equals(&held.key, &held.token);
     // On other failures the lock expires by itself.

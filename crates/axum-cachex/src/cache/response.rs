@@ -158,7 +158,7 @@ pub(crate) fn from_entry(entry: CacheEntry, now: SystemTime, head: bool) -> Resp
 /// A 304 repeating what RFC 9110 §15.4.5 requires from `source` headers.
 pub(crate) fn not_modified(
     source: &HeaderMap,
-    etag: &HeaderValue,
+    etag: Option<&HeaderValue>,
     age: Option<HeaderValue>,
 ) -> Response<Body> {
     let mut headers = HeaderMap::with_capacity(8);
@@ -167,7 +167,9 @@ pub(crate) fn not_modified(
             headers.append(name.clone(), value.clone());
         }
     }
-    headers.insert(ETAG, etag.clone());
+    if let Some(etag) = etag {
+        headers.insert(ETAG, etag.clone());
+    }
     if let Some(age) = age {
         headers.insert(AGE, age);
     }
@@ -179,7 +181,11 @@ pub(crate) fn not_modified(
 
 /// A 304 for a stored entry.
 pub(crate) fn not_modified_from_entry(entry: &CacheEntry, now: SystemTime) -> Response<Body> {
-    not_modified(&entry.headers, &entry.etag, Some(age_value(entry, now)))
+    not_modified(
+        &entry.headers,
+        Some(&entry.etag),
+        Some(age_value(entry, now)),
+    )
 }
 
 /// A response from parts and complete body bytes.

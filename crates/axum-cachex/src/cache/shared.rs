@@ -2,7 +2,7 @@
 //! derived from them once, and the layer's live state.
 
 use std::{
-    sync::{Arc, OnceLock},
+    sync::{Arc, OnceLock, atomic::AtomicU64},
     time::Duration,
 };
 
@@ -36,6 +36,9 @@ pub(crate) struct Shared {
     pub(crate) stats: CacheStats,
     pub(crate) failures: FailureLog,
     pub(crate) inflight: Coalescer,
+    /// How many successful unsafe requests invalidated entries: handler
+    /// runs that began before the latest do not store their response.
+    pub(crate) invalidations: AtomicU64,
     /// Name for reports: from the builder, or the first matched route.
     pub(crate) route: OnceLock<String>,
 }
@@ -71,6 +74,7 @@ impl Shared {
             stats: CacheStats::default(),
             failures: FailureLog::default(),
             inflight: Coalescer::default(),
+            invalidations: AtomicU64::new(0),
             route,
             options,
         }

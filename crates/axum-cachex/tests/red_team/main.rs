@@ -17,3 +17,4 @@ mod round3;
 #[cfg(all(feature = "redis", feature = "memcached"))]
 mod round4;
 mod round5;
+mod round6;
