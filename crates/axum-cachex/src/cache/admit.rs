@@ -201,9 +201,11 @@ fn lifetime(
 /// The layer's ttl, as the default for a response with a status it is
 /// configured to store.
 fn default_ttl(shared: &Shared, status: StatusCode) -> Option<Duration> {
+    // A shared cache takes `s-maxage` over `max-age`, the layer's own too.
     shared
         .options
-        .ttl
+        .s_maxage
+        .or(shared.options.ttl)
         .filter(|_| shared.options.cacheable_statuses.contains(&status))
 }
 

@@ -21,7 +21,10 @@
 
 use std::{
     marker::PhantomData,
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::SystemTime,
 };
 
@@ -93,6 +96,8 @@ struct Pending {
     /// response made before an invalidation since is neither stored nor
     /// shared (RFC 9111 §4.4).
     generation: u64,
+    /// The cross-instance lock was gone when the response was to be stored.
+    lock_lost: AtomicBool,
 }
 
 /// Entry point: one request through the layer.
@@ -384,6 +389,7 @@ where
             lock,
             guard: parts.extensions.get::<ShareGuard>().cloned(),
             generation: self.shared.invalidations.load(Ordering::Acquire),
+            lock_lost: AtomicBool::new(false),
         };
         let result = self.call(Request::from_parts(parts, body)).await;
         self.after_handler(result, stale, pending, fwd, retry).await
@@ -559,12 +565,16 @@ where
             } else {
                 admit::admit(&self.shared, parts.status, &parts.headers, now)
             };
-        let status = CacheStatus::forward(fwd);
+        let mut status = CacheStatus::forward(fwd);
         let policy = match admission {
             Admission::Store(policy) => policy,
             Admission::Refuse(reason) => {
                 pending.finish(&self.shared, &self.backend, None);
-                let res = self.pass_through(parts, Body::new(body));
+                if reason == "credentials" {
+                    // Made for credentials: no cache downstream keeps it.
+                    headers::keep_private(&mut parts.headers, &self.shared.private_cache_control);
+                }
+                let res = self.pass_through(parts, Body::new(body), &mut status);
                 return (res, status.with_detail(reason));
             }
         };
@@ -574,7 +584,7 @@ where
             Some(len) if len > limit as u64 => {
                 pending.finish(&self.shared, &self.backend, None);
                 headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
-                let res = self.pass_through(parts, Body::new(body));
+                let res = self.pass_through(parts, Body::new(body), &mut status);
                 (res, status.with_detail("too-large"))
             }
             Some(_) => self.store_buffered(parts, body, pending, status).await,
@@ -582,7 +592,25 @@ where
             None if self.head => {
                 pending.finish(&self.shared, &self.backend, None);
                 headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
-                (self.pass_through(parts, Body::new(body)), status)
+                (
+                    self.pass_through(parts, Body::new(body), &mut status),
+                    status,
+                )
+            }
+            // The client's validators match the handler's: a 304 now, and
+            // nothing stored (the body is not read).
+            None if self.cond.not_modified_by(
+                parts.status,
+                parts.headers.get(ETAG),
+                &parts.headers,
+            ) =>
+            {
+                pending.finish(&self.shared, &self.backend, None);
+                headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
+                (
+                    self.pass_through(parts, Body::new(body), &mut status),
+                    status,
+                )
             }
             None => (self.store_streaming(parts, body, pending), status),
         }
@@ -601,7 +629,7 @@ where
             Collected::Complete(bytes) => bytes,
             Collected::PassThrough(body, reason) => {
                 pending.finish(&self.shared, &self.backend, None);
-                let res = self.pass_through(parts, body);
+                let res = self.pass_through(parts, body, &mut status);
                 return (res, status.with_detail(pass_detail(reason)));
             }
         };
@@ -723,6 +751,7 @@ where
             lock: None,
             guard: request.extensions().get::<ShareGuard>().cloned(),
             generation: self.shared.invalidations.load(Ordering::Acquire),
+            lock_lost: AtomicBool::new(false),
         };
         match self.call(request).await {
             Ok(res) if !res.status().is_server_error() => {
@@ -809,12 +838,19 @@ where
     /// client's conditionals off the request: it answers them itself from
     /// the handler's own validators (RFC 9110 §13.2.1), else the response
     /// goes out whole.
-    fn pass_through(&self, parts: ResParts, body: Body) -> Response<Body> {
+    fn pass_through(
+        &self,
+        parts: ResParts,
+        body: Body,
+        status: &mut CacheStatus,
+    ) -> Response<Body> {
         let validator = parts.headers.get(ETAG).cloned();
         if self
             .cond
             .not_modified_by(parts.status, validator.as_ref(), &parts.headers)
         {
+            // RFC 9211 §2.3: the handler answered otherwise.
+            status.fwd_status = Some(parts.status.as_u16());
             return response::not_modified(&parts.headers, validator.as_ref(), None);
         }
         self.bodiless_if_head(Response::from_parts(parts, body))
@@ -896,16 +932,23 @@ impl Pending {
         }
         if let Some(held) = &self.lock {
             if !lock::still_held(shared, backend, held).await {
+                // Deleted by an invalidation elsewhere (or expired): what
+                // was computed under it is neither stored nor shared.
+                self.lock_lost.store(true, Ordering::Release);
                 return false;
             }
         }
-        store::write(shared, backend, &self.slot, entry, &self.selecting).await
+        // Checked again after the await: an invalidation may have landed
+        // while the lock was read.
+        !self.outdated(shared)
+            && store::write(shared, backend, &self.slot, entry, &self.selecting).await
     }
 
     /// Whether an unsafe request invalidated entries since the handler was
     /// called.
     fn outdated(&self, shared: &Shared) -> bool {
         shared.invalidations.load(Ordering::Acquire) != self.generation
+            || self.lock_lost.load(Ordering::Acquire)
     }
 
     /// Hands the outcome to coalesced waiters and releases the

@@ -17,14 +17,17 @@ use http::{
 use super::status::CACHE_STATUS;
 
 /// Headers a 304 repeats from the full response (RFC 9110 §15.4.5), plus
-/// `Last-Modified`, which guides cache updates.
-const NOT_MODIFIED_HEADERS: [HeaderName; 6] = [
+/// `Last-Modified`, which guides cache updates, and `Set-Cookie`, which
+/// only a response made for this client can carry (stored entries never
+/// do), and which a 304 must not swallow.
+const NOT_MODIFIED_HEADERS: [HeaderName; 7] = [
     CONTENT_LOCATION,
     DATE,
     VARY,
     EXPIRES,
     LAST_MODIFIED,
     CACHE_CONTROL,
+    SET_COOKIE,
 ];
 
 /// Headers never stored and never served from a stored entry: hop-by-hop

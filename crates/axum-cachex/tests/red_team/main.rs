@@ -18,3 +18,4 @@ mod round3;
 mod round4;
 mod round5;
 mod round6;
+mod round7;
