@@ -63,6 +63,14 @@ impl Conditions {
         etag: Option<&HeaderValue>,
         response_headers: &HeaderMap,
     ) -> bool {
+        let star = self
+            .if_none_match
+            .iter()
+            .any(|v| v.as_bytes().trim_ascii() == b"*");
+        if star {
+            // Any current representation matches `*`, whatever its tag.
+            return status.is_success();
+        }
         match etag {
             Some(etag) => self.not_modified(status, etag, response_headers),
             None if !self.if_none_match.is_empty() => {

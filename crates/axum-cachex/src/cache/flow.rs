@@ -504,7 +504,24 @@ where
             fwd_status: Some(304),
             ..CacheStatus::forward("stale")
         };
-        let update = not_modified.headers();
+        let (parts, _) = not_modified.into_parts();
+        self.learn_credentials(&parts);
+        let update = &parts.headers;
+        // A 304 made for credentials updates nothing shared (as a 200 made
+        // for them would not be stored).
+        let credentialed = pending
+            .guard
+            .as_ref()
+            .is_some_and(ShareGuard::sharing_forbidden)
+            || plan::response_is_credentialed(&self.shared, &parts.extensions);
+        if credentialed {
+            pending.finish(&self.shared, &self.backend, None);
+            let headers =
+                headers::merged(&old.headers, &response::end_to_end_headers(update, true));
+            let mut res = self.answer_entry(CacheEntry { headers, ..old }, now);
+            headers::keep_private(res.headers_mut(), &self.shared.private_cache_control);
+            return (res, status.with_detail("credentials"));
+        }
         let stored = entry::freshened(&self.shared, &old, update, &pending.selecting, now);
         match &stored {
             Some(entry) => status.stored = pending.store(&self.shared, &self.backend, entry).await,
@@ -793,11 +810,6 @@ where
             status.fwd_status = Some(parts.status.as_u16());
             return response::not_modified(&parts.headers, Some(&etag), None);
         }
-        if self.head {
-            parts
-                .headers
-                .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-        }
         response::from_parts(parts, bytes, self.head)
     }
 
@@ -820,7 +832,9 @@ where
         let (mut parts, body) = res.into_parts();
         // HEAD says what GET would send (RFC 9110 §9.3.2): the length when
         // it is known, nothing when it is not.
-        if let Some(len) = body::exact_len(&body) {
+        // A 204 has no length (RFC 9110 §8.6).
+        if let Some(len) = body::exact_len(&body).filter(|_| parts.status != StatusCode::NO_CONTENT)
+        {
             parts
                 .headers
                 .entry(CONTENT_LENGTH)

@@ -146,9 +146,9 @@ pub(crate) fn from_entry(entry: CacheEntry, now: SystemTime, head: bool) -> Resp
     headers.insert(ETAG, entry.etag);
     headers.insert(AGE, age);
     let body = if head {
-        // HEAD carries the GET response's length, not its bytes.
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(body_len));
-        Body::empty()
+        // HEAD carries the GET response's length, not its bytes (a 204
+        // has none, RFC 9110 §8.6).
+        head_body(&mut headers, entry.status, body_len)
     } else {
         Body::from(entry.body)
     };
@@ -192,13 +192,29 @@ pub(crate) fn not_modified_from_entry(entry: &CacheEntry, now: SystemTime) -> Re
 }
 
 /// A response from parts and complete body bytes.
-pub(crate) fn from_parts(parts: http::response::Parts, body: Bytes, head: bool) -> Response<Body> {
+pub(crate) fn from_parts(
+    mut parts: http::response::Parts,
+    body: Bytes,
+    head: bool,
+) -> Response<Body> {
     let body = if head {
-        Body::empty()
+        head_body(&mut parts.headers, parts.status, body.len())
     } else {
         Body::from(body)
     };
     Response::from_parts(parts, body)
+}
+
+/// The body of a HEAD answer: none, with the GET's `Content-Length`, or
+/// for a 204, which has no length (RFC 9110 §8.6), a body that announces
+/// none either.
+fn head_body(headers: &mut HeaderMap, status: StatusCode, len: usize) -> Body {
+    if status == StatusCode::NO_CONTENT {
+        headers.remove(CONTENT_LENGTH);
+        return Body::new(super::body::UnknownLength);
+    }
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    Body::empty()
 }
 
 /// Adds this cache's member to `Cache-Status`, after any members caches

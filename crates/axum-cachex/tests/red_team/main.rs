@@ -19,3 +19,4 @@ mod round4;
 mod round5;
 mod round6;
 mod round7;
+mod round8;
