@@ -102,6 +102,9 @@ fn same_origin_path(reference: &str, host: &str, request_path: &str) -> Option<U
     }
     let absolute = if reference.starts_with('/') {
         reference.to_owned()
+    } else if reference.starts_with('?') {
+        // Only a new query: the request's own path (RFC 3986 §5.2.2).
+        format!("{request_path}{reference}")
     } else {
         // A relative path: replace the last segment of the request's path.
         let dir = request_path.rsplit_once('/').map_or("", |(dir, _)| dir);
@@ -169,5 +172,6 @@ mod tests {
             Some(uri("/a/c?q=1"))
         );
         assert_eq!(same_origin_path("..", "h", "/a/b/c"), Some(uri("/a/")));
+        assert_eq!(same_origin_path("?q=2", "h", "/a/b"), Some(uri("/a/b?q=2")));
     }
 }

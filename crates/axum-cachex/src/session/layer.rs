@@ -106,7 +106,13 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let manager = self.manager.clone();
         Box::pin(async move {
-            let share_guard = ShareGuard::default();
+            // One guard per request: a middleware outside may have put one
+            // there already, and raising either must reach the cache layer.
+            let share_guard = req
+                .extensions()
+                .get::<ShareGuard>()
+                .cloned()
+                .unwrap_or_default();
             req.extensions_mut().insert(share_guard.clone());
             let (ctx, found) = prepare(&manager, &req, share_guard);
             let credentialed = found.is_some();

@@ -20,3 +20,4 @@ mod round5;
 mod round6;
 mod round7;
 mod round8;
+mod round9;
