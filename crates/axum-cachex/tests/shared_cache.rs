@@ -1259,3 +1259,37 @@ async fn sse_over_a_real_connection_delivers_its_first_event_at_once() {
     );
     drop(tx);
 }
+
+#[tokio::test]
+async fn a_write_elsewhere_does_not_stop_a_concurrent_miss_from_being_stored() {
+    // Found by the public cache-tests suite: a layer over a whole router
+    // sees unsafe requests all the time; only one for the same key may
+    // keep a miss in flight from being stored (RFC 9111 §4.4).
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let g = gate.clone();
+    let app = app(ttl60(), move |n, p| {
+        let g = g.clone();
+        let wait = p.method == Method::GET && n == 1;
+        async move {
+            if wait {
+                g.notified().await;
+            }
+            reply(n, &[])
+        }
+    });
+    let slow = get(&app, "/a", &[]);
+    let write_elsewhere = async {
+        tokio::task::yield_now().await;
+        let r = request(&app, Method::POST, "/b", &[]).await;
+        gate.notify_one();
+        r
+    };
+    let (first, post) = tokio::join!(slow, write_elsewhere);
+    assert_eq!(post.status, StatusCode::OK);
+    assert!(
+        first.cache_status().contains("stored"),
+        "{}",
+        first.cache_status()
+    );
+    assert_eq!(get(&app, "/a", &[]).await.body, "#1");
+}

@@ -55,7 +55,7 @@ use super::{
     lock::{self, HeldLock, LockOutcome},
     plan::{self, Plan},
     response,
-    shared::Shared,
+    shared::{Generation, Shared},
     stats::bump,
     status::CacheStatus,
     store::{self, Found, Slot},
@@ -92,10 +92,10 @@ struct Pending {
     lock: Option<HeldLock>,
     /// Set by an outer middleware when the response must not be shared.
     guard: Option<ShareGuard>,
-    /// The layer's invalidation count when the handler was called: a
+    /// The invalidation counts of the key when the handler was called: a
     /// response made before an invalidation since is neither stored nor
     /// shared (RFC 9111 §4.4).
-    generation: u64,
+    generation: Generation,
     /// The cross-instance lock was gone when the response was to be stored.
     lock_lost: AtomicBool,
 }
@@ -183,12 +183,12 @@ where
             && (status.is_success() || status.is_redirection())
             && self.shared.stores();
         if invalidates {
-            // First: a handler run that started before this write must not
-            // store or share what it read.
-            self.shared.invalidations.fetch_add(1, Ordering::AcqRel);
             for target in invalidate::targets(&self.shared, &request, res.headers()) {
                 match target {
                     Invalidation::Key(key) => {
+                        // First: a handler run for it that began before
+                        // this write must not store or share what it read.
+                        self.shared.invalidations.key(&key);
                         store::delete(&self.shared, &self.backend, &key).await;
                         // Other instances waiting on a lock for it compute
                         // it themselves instead of taking an older result.
@@ -196,6 +196,7 @@ where
                         store::delete(&self.shared, &self.backend, &lock).await;
                     }
                     Invalidation::Path(path) => {
+                        self.shared.invalidations.path();
                         store::clear_path(&self.shared, &self.backend, &path).await;
                     }
                 }
@@ -380,6 +381,7 @@ where
         if let Some(entry) = stale.revalidating() {
             decide::add_validators(&mut parts.headers, entry);
         }
+        let generation = self.shared.invalidations.of(&slot.base);
         let pending = Pending {
             slot,
             policy: Policy::placeholder(),
@@ -388,7 +390,7 @@ where
             leader,
             lock,
             guard: parts.extensions.get::<ShareGuard>().cloned(),
-            generation: self.shared.invalidations.load(Ordering::Acquire),
+            generation,
             lock_lost: AtomicBool::new(false),
         };
         let result = self.call(Request::from_parts(parts, body)).await;
@@ -759,6 +761,7 @@ where
     /// `Range`), stored like a miss; a failure leaves the stale entry.
     async fn refresh(&mut self, request: Request<ReqBody>, slot: Slot, leader: Leader) {
         let selecting = request.headers().clone();
+        let generation = self.shared.invalidations.of(&slot.base);
         let pending = Pending {
             slot,
             policy: Policy::placeholder(),
@@ -767,7 +770,7 @@ where
             leader: Some(leader),
             lock: None,
             guard: request.extensions().get::<ShareGuard>().cloned(),
-            generation: self.shared.invalidations.load(Ordering::Acquire),
+            generation,
             lock_lost: AtomicBool::new(false),
         };
         match self.call(request).await {
@@ -961,7 +964,7 @@ impl Pending {
     /// Whether an unsafe request invalidated entries since the handler was
     /// called.
     fn outdated(&self, shared: &Shared) -> bool {
-        shared.invalidations.load(Ordering::Acquire) != self.generation
+        shared.invalidations.since(&self.slot.base, self.generation)
             || self.lock_lost.load(Ordering::Acquire)
     }
 

@@ -2,7 +2,10 @@
 //! derived from them once, and the layer's live state.
 
 use std::{
-    sync::{Arc, OnceLock, atomic::AtomicU64},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -36,9 +39,9 @@ pub(crate) struct Shared {
     pub(crate) stats: CacheStats,
     pub(crate) failures: FailureLog,
     pub(crate) inflight: Coalescer,
-    /// How many successful unsafe requests invalidated entries: handler
-    /// runs that began before the latest do not store their response.
-    pub(crate) invalidations: AtomicU64,
+    /// Invalidations so far: a handler run that began before one of its
+    /// key does not store its response.
+    pub(crate) invalidations: Invalidations,
     /// Name for reports: from the builder, or the first matched route.
     pub(crate) route: OnceLock<String>,
 }
@@ -74,7 +77,7 @@ impl Shared {
             stats: CacheStats::default(),
             failures: FailureLog::default(),
             inflight: Coalescer::default(),
-            invalidations: AtomicU64::new(0),
+            invalidations: Invalidations::default(),
             route,
             options,
         }
@@ -104,5 +107,66 @@ impl Shared {
             && !self.options.no_cache
             && !self.options.no_store
             && (!self.options.private || self.options.per_user.is_some())
+    }
+}
+
+/// How many stripes of keys [`Invalidations`] counts apart: unrelated keys
+/// rarely share one, so an invalidation rarely stops an unrelated store.
+const STRIPES: usize = 256;
+
+/// Invalidation counts, per stripe of keys (a hash of the key picks the
+/// stripe), plus one for invalidations by path, which reach every key.
+/// Per key, not per layer: a layer over a whole router sees unsafe
+/// requests all the time, and one of them must not keep every concurrent
+/// miss elsewhere from being stored.
+pub(crate) struct Invalidations {
+    stripes: Box<[AtomicU64]>,
+    paths: AtomicU64,
+}
+
+/// The counts a handler run saw when it began (see
+/// [`Invalidations::since`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Generation {
+    stripe: u64,
+    paths: u64,
+}
+
+impl Default for Invalidations {
+    fn default() -> Self {
+        Self {
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            paths: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Invalidations {
+    fn stripe(&self, key: &str) -> &AtomicU64 {
+        let index = (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % STRIPES as u64) as usize;
+        &self.stripes[index]
+    }
+
+    /// The counts for `key` now.
+    pub(crate) fn of(&self, key: &str) -> Generation {
+        Generation {
+            stripe: self.stripe(key).load(Ordering::Acquire),
+            paths: self.paths.load(Ordering::Acquire),
+        }
+    }
+
+    /// `key` is being invalidated.
+    pub(crate) fn key(&self, key: &str) {
+        self.stripe(key).fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A path is being invalidated (every key of it, all users).
+    pub(crate) fn path(&self) {
+        self.paths.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether `key` was invalidated since `then`.
+    pub(crate) fn since(&self, key: &str, then: Generation) -> bool {
+        self.of(key) != then
     }
 }
