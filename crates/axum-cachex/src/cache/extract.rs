@@ -9,7 +9,7 @@ use http::{Request, request::Parts};
 use super::{
     KeyBuilder,
     key::{DefaultKeyBuilder, key_for_request},
-    shared::Shared,
+    shared::{Invalidations, Shared},
 };
 use crate::BackendProxy;
 
@@ -36,7 +36,10 @@ impl CacheHandle {
 /// Inside a route wrapped by a [`CacheLayer`](crate::CacheLayer) it is that
 /// layer's backend and key builder; elsewhere the backend of
 /// [`BackendProxy::global`] with the default key builder. It never rejects.
-/// It dereferences to [`Backend`], so every backend operation is available:
+/// It dereferences to [`Backend`], so every backend operation is
+/// available; its own `delete`, `clear_path`, `clear_pattern`, `clear` and
+/// `invalidate` also keep misses already running in the process from
+/// storing what they read before the change (RFC 9111 §4.4):
 ///
 /// ```
 /// use axum::{Router, routing::post};
@@ -91,7 +94,52 @@ impl CacheBackend {
     ///
     /// The backend's error, e.g. when it is unreachable.
     pub async fn invalidate<B>(&self, request: &Request<B>) -> Result<bool, BackendError> {
-        self.handle.backend.delete(&self.cache_key(request)).await
+        self.delete(&self.cache_key(request)).await
+    }
+
+    /// Deletes one stored response by key ([`Backend::delete`]); a miss of
+    /// it already running in the process does not store what it read
+    /// before.
+    ///
+    /// # Errors
+    ///
+    /// The backend's error, e.g. when it is unreachable.
+    pub async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        Invalidations::get().key(key);
+        self.handle.backend.delete(key).await
+    }
+
+    /// [`Backend::clear_path`], and misses running in the process store
+    /// nothing they read before.
+    ///
+    /// # Errors
+    ///
+    /// The backend's error, e.g. when it is unreachable.
+    pub async fn clear_path(&self, path: &str, include_params: bool) -> Result<u64, BackendError> {
+        Invalidations::get().path();
+        self.handle.backend.clear_path(path, include_params).await
+    }
+
+    /// [`Backend::clear_pattern`], and misses running in the process store
+    /// nothing they read before.
+    ///
+    /// # Errors
+    ///
+    /// The backend's error, e.g. when it is unreachable.
+    pub async fn clear_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
+        Invalidations::get().path();
+        self.handle.backend.clear_pattern(pattern).await
+    }
+
+    /// [`Backend::clear`], and misses running in the process store nothing
+    /// they read before.
+    ///
+    /// # Errors
+    ///
+    /// The backend's error, e.g. when it is unreachable.
+    pub async fn clear(&self) -> Result<u64, BackendError> {
+        Invalidations::get().path();
+        self.handle.backend.clear().await
     }
 }
 

@@ -84,7 +84,11 @@ impl CacheLayer {
     /// The backend's error, e.g. when it is unreachable.
     pub async fn invalidate<B>(&self, request: &Request<B>) -> Result<bool, BackendError> {
         match self.cache_key(request) {
-            Some(key) => self.backend().delete(&key).await,
+            Some(key) => {
+                // A miss of it in flight must not store what it read before.
+                self.shared.invalidations.key(&key);
+                self.backend().delete(&key).await
+            }
             None => Ok(false),
         }
     }

@@ -39,9 +39,10 @@ pub(crate) struct Shared {
     pub(crate) stats: CacheStats,
     pub(crate) failures: FailureLog,
     pub(crate) inflight: Coalescer,
-    /// Invalidations so far: a handler run that began before one of its
-    /// key does not store its response.
-    pub(crate) invalidations: Invalidations,
+    /// Invalidations so far (process-wide, see [`Invalidations::get`]): a
+    /// handler run that began before one of its key does not store its
+    /// response.
+    pub(crate) invalidations: &'static Invalidations,
     /// Name for reports: from the builder, or the first matched route.
     pub(crate) route: OnceLock<String>,
 }
@@ -77,7 +78,7 @@ impl Shared {
             stats: CacheStats::default(),
             failures: FailureLog::default(),
             inflight: Coalescer::default(),
-            invalidations: Invalidations::default(),
+            invalidations: Invalidations::get(),
             route,
             options,
         }
@@ -142,6 +143,16 @@ impl Default for Invalidations {
 }
 
 impl Invalidations {
+    /// The counts every layer of the process shares: layers on different
+    /// routes often share one backend, and an invalidation through one of
+    /// them (a `Location`, a handler's `clear_path`) must stop a miss in
+    /// flight in another. Keys of unrelated layers rarely share a stripe;
+    /// when they do, one store is skipped, nothing worse.
+    pub(crate) fn get() -> &'static Self {
+        static COUNTS: OnceLock<Invalidations> = OnceLock::new();
+        COUNTS.get_or_init(Self::default)
+    }
+
     fn stripe(&self, key: &str) -> &AtomicU64 {
         let index = (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % STRIPES as u64) as usize;
         &self.stripes[index]

@@ -12,6 +12,7 @@ mod common;
 mod support;
 
 mod round1;
+mod round10;
 mod round2;
 mod round3;
 #[cfg(all(feature = "redis", feature = "memcached"))]
