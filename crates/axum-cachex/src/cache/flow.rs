@@ -55,7 +55,7 @@ use super::{
     lock::{self, HeldLock, LockOutcome},
     plan::{self, Plan},
     response,
-    shared::{Generation, Shared},
+    shared::{Run, Shared},
     stats::bump,
     status::CacheStatus,
     store::{self, Found, Slot},
@@ -92,10 +92,10 @@ struct Pending {
     lock: Option<HeldLock>,
     /// Set by an outer middleware when the response must not be shared.
     guard: Option<ShareGuard>,
-    /// The invalidation counts of the key when the handler was called: a
-    /// response made before an invalidation since is neither stored nor
-    /// shared (RFC 9111 §4.4).
-    generation: Generation,
+    /// The handler run, registered for its key: a response made before an
+    /// invalidation of the key since is neither stored nor shared (RFC
+    /// 9111 §4.4).
+    run: Run,
     /// The cross-instance lock was gone when the response was to be stored.
     lock_lost: AtomicBool,
 }
@@ -381,7 +381,7 @@ where
         if let Some(entry) = stale.revalidating() {
             decide::add_validators(&mut parts.headers, entry);
         }
-        let generation = self.shared.invalidations.of(&slot.base);
+        let run = self.shared.invalidations.begin(&slot.base);
         let pending = Pending {
             slot,
             policy: Policy::placeholder(),
@@ -390,7 +390,7 @@ where
             leader,
             lock,
             guard: parts.extensions.get::<ShareGuard>().cloned(),
-            generation,
+            run,
             lock_lost: AtomicBool::new(false),
         };
         let result = self.call(Request::from_parts(parts, body)).await;
@@ -761,7 +761,7 @@ where
     /// `Range`), stored like a miss; a failure leaves the stale entry.
     async fn refresh(&mut self, request: Request<ReqBody>, slot: Slot, leader: Leader) {
         let selecting = request.headers().clone();
-        let generation = self.shared.invalidations.of(&slot.base);
+        let run = self.shared.invalidations.begin(&slot.base);
         let pending = Pending {
             slot,
             policy: Policy::placeholder(),
@@ -770,7 +770,7 @@ where
             leader: Some(leader),
             lock: None,
             guard: request.extensions().get::<ShareGuard>().cloned(),
-            generation,
+            run,
             lock_lost: AtomicBool::new(false),
         };
         match self.call(request).await {
@@ -944,7 +944,7 @@ impl Pending {
         backend: &Arc<dyn Backend>,
         entry: &CacheEntry,
     ) -> bool {
-        if !self.write || self.outdated(shared) {
+        if !self.write || self.outdated() {
             return false;
         }
         if let Some(held) = &self.lock {
@@ -957,15 +957,13 @@ impl Pending {
         }
         // Checked again after the await: an invalidation may have landed
         // while the lock was read.
-        !self.outdated(shared)
-            && store::write(shared, backend, &self.slot, entry, &self.selecting).await
+        !self.outdated() && store::write(shared, backend, &self.slot, entry, &self.selecting).await
     }
 
     /// Whether an unsafe request invalidated entries since the handler was
     /// called.
-    fn outdated(&self, shared: &Shared) -> bool {
-        shared.invalidations.since(&self.slot.base, self.generation)
-            || self.lock_lost.load(Ordering::Acquire)
+    fn outdated(&self) -> bool {
+        self.run.outdated() || self.lock_lost.load(Ordering::Acquire)
     }
 
     /// Hands the outcome to coalesced waiters and releases the
@@ -980,7 +978,7 @@ impl Pending {
         if let Some(leader) = &self.leader {
             // Requests that came after an invalidation run the handler
             // themselves.
-            let outcome = if self.outdated(shared) {
+            let outcome = if self.outdated() {
                 Outcome::Nothing
             } else {
                 outcome

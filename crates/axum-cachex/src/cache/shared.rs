@@ -2,8 +2,9 @@
 //! derived from them once, and the layer's live state.
 
 use std::{
+    collections::HashMap,
     sync::{
-        Arc, OnceLock,
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -111,73 +112,98 @@ impl Shared {
     }
 }
 
-/// How many stripes of keys [`Invalidations`] counts apart: unrelated keys
-/// rarely share one, so an invalidation rarely stops an unrelated store.
-const STRIPES: usize = 256;
-
-/// Invalidation counts, per stripe of keys (a hash of the key picks the
-/// stripe), plus one for invalidations by path, which reach every key.
-/// Per key, not per layer: a layer over a whole router sees unsafe
-/// requests all the time, and one of them must not keep every concurrent
-/// miss elsewhere from being stored.
+/// Which keys were invalidated while a handler run for them was in flight
+/// (RFC 9111 §4.4: a response read before an invalidation must not be
+/// stored after it). Exact per key (a 64-bit hash of it): only runs of the
+/// invalidated key are affected, however many writes go to other keys.
+/// Invalidations by path or pattern reach every run.
+#[derive(Default)]
 pub(crate) struct Invalidations {
-    stripes: Box<[AtomicU64]>,
+    inflight: Mutex<HashMap<u64, InFlight>>,
     paths: AtomicU64,
 }
 
-/// The counts a handler run saw when it began (see
-/// [`Invalidations::since`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Generation {
-    stripe: u64,
-    paths: u64,
+/// The handler runs of one key in flight.
+#[derive(Default)]
+struct InFlight {
+    runs: usize,
+    /// How often the key was invalidated since the oldest run began.
+    invalidated: u64,
 }
 
-impl Default for Invalidations {
-    fn default() -> Self {
-        Self {
-            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
-            paths: AtomicU64::new(0),
-        }
-    }
+/// One handler run, registered from its start until it is dropped.
+pub(crate) struct Run {
+    counts: &'static Invalidations,
+    key: u64,
+    invalidated: u64,
+    paths: u64,
 }
 
 impl Invalidations {
     /// The counts every layer of the process shares: layers on different
     /// routes often share one backend, and an invalidation through one of
-    /// them (a `Location`, a handler's `clear_path`) must stop a miss in
-    /// flight in another. Keys of unrelated layers rarely share a stripe;
-    /// when they do, one store is skipped, nothing worse.
+    /// them (a `Location`, a handler's `clear_path`) must stop a run in
+    /// flight in another.
     pub(crate) fn get() -> &'static Self {
         static COUNTS: OnceLock<Invalidations> = OnceLock::new();
         COUNTS.get_or_init(Self::default)
     }
 
-    fn stripe(&self, key: &str) -> &AtomicU64 {
-        let index = (xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % STRIPES as u64) as usize;
-        &self.stripes[index]
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, InFlight>> {
+        // Held for one map operation, never across an await: a poisoned
+        // map is still consistent.
+        self.inflight.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The counts for `key` now.
-    pub(crate) fn of(&self, key: &str) -> Generation {
-        Generation {
-            stripe: self.stripe(key).load(Ordering::Acquire),
+    /// Registers a handler run for `key`.
+    pub(crate) fn begin(&'static self, key: &str) -> Run {
+        let hash = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
+        let mut map = self.lock();
+        let slot = map.entry(hash).or_default();
+        slot.runs += 1;
+        Run {
+            counts: self,
+            key: hash,
+            invalidated: slot.invalidated,
             paths: self.paths.load(Ordering::Acquire),
         }
     }
 
     /// `key` is being invalidated.
     pub(crate) fn key(&self, key: &str) {
-        self.stripe(key).fetch_add(1, Ordering::AcqRel);
+        let hash = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
+        if let Some(slot) = self.lock().get_mut(&hash) {
+            slot.invalidated += 1;
+        }
     }
 
-    /// A path is being invalidated (every key of it, all users).
+    /// A path or pattern is being invalidated: every run in flight.
     pub(crate) fn path(&self) {
         self.paths.fetch_add(1, Ordering::AcqRel);
     }
+}
 
-    /// Whether `key` was invalidated since `then`.
-    pub(crate) fn since(&self, key: &str, then: Generation) -> bool {
-        self.of(key) != then
+impl Run {
+    /// Whether its key was invalidated since the run began.
+    pub(crate) fn outdated(&self) -> bool {
+        if self.counts.paths.load(Ordering::Acquire) != self.paths {
+            return true;
+        }
+        self.counts
+            .lock()
+            .get(&self.key)
+            .is_some_and(|slot| slot.invalidated != self.invalidated)
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock();
+        if let Some(slot) = map.get_mut(&self.key) {
+            slot.runs -= 1;
+            if slot.runs == 0 {
+                map.remove(&self.key);
+            }
+        }
     }
 }
