@@ -25,35 +25,6 @@ use tower::ServiceExt;
 
 const SECRET: &str = "red-team-secret-of-at-least-32-characters!!";
 
-fn http_date(t: SystemTime) -> String {
-    httpdate_fmt(t)
-}
-
-/// RFC 7231 IMF-fixdate without pulling in a dev-dependency.
-fn httpdate_fmt(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // 1970-01-01 was a Thursday.
-    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
-    // Civil from days (Howard Hinnant).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if mo <= 2 { y + 1 } else { y };
-    let mon = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ][(mo - 1) as usize];
-    format!("{wd}, {d:02} {mon} {y} {h:02}:{m:02}:{s:02} GMT")
-}
-
 // ---------------------------------------------------------------------------
 // Rule 3: keys are injective (method/host/path/query).
 // ---------------------------------------------------------------------------
@@ -483,8 +454,11 @@ async fn rule10_freshened_entry_uses_injected_max_age_instead_of_expires() {
             let now = handler_clock.now();
             async move {
                 let dates = [
-                    (header::DATE, http_date(now)),
-                    (header::EXPIRES, http_date(now + Duration::from_secs(10))),
+                    (header::DATE, httpdate::fmt_http_date(now)),
+                    (
+                        header::EXPIRES,
+                        httpdate::fmt_http_date(now + Duration::from_secs(10)),
+                    ),
                     (header::ETAG, "\"v1\"".to_owned()),
                 ];
                 if headers.get(header::IF_NONE_MATCH).is_some() {
@@ -533,8 +507,11 @@ async fn rule5_expires_shorter_than_ttl_but_layer_advertises_max_age_ttl() {
             let now = SystemTime::now();
             (
                 [
-                    (header::DATE, http_date(now)),
-                    (header::EXPIRES, http_date(now + Duration::from_secs(10))),
+                    (header::DATE, httpdate::fmt_http_date(now)),
+                    (
+                        header::EXPIRES,
+                        httpdate::fmt_http_date(now + Duration::from_secs(10)),
+                    ),
                 ],
                 "news",
             )

@@ -4,7 +4,7 @@
 use super::support::*;
 use std::{
     sync::{Arc, atomic::Ordering},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use axum::{
@@ -16,29 +16,6 @@ use axum::{
 };
 use axum_cachex::{CacheLayer, ManualClock, Stale, backend::MemoryBackend};
 use bytes::Bytes;
-
-/// RFC 9110 IMF-fixdate.
-fn http_date(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if mo <= 2 { y + 1 } else { y };
-    let mon = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ][(mo - 1) as usize];
-    format!("{wd}, {d:02} {mon} {y} {h:02}:{m:02}:{s:02} GMT")
-}
 
 // ---------------------------------------------------------------------------
 // Rule 2: credentials. Responses to authorized requests must not invite
@@ -173,8 +150,14 @@ async fn rule5_layer_mode_serves_response_already_expired_by_date_and_expires() 
             async move {
                 (
                     [
-                        (header::DATE, http_date(now - Duration::from_secs(3600))),
-                        (header::EXPIRES, http_date(now - Duration::from_secs(1800))),
+                        (
+                            header::DATE,
+                            httpdate::fmt_http_date(now - Duration::from_secs(3600)),
+                        ),
+                        (
+                            header::EXPIRES,
+                            httpdate::fmt_http_date(now - Duration::from_secs(1800)),
+                        ),
                     ],
                     format!("quote v{n}"),
                 )
