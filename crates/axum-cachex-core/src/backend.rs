@@ -39,7 +39,10 @@ pub enum BackendError {
         #[source]
         source: BoxError,
     },
-    /// The backend cannot do this operation at all.
+    /// The operation needs an ability the backend does not have (see the
+    /// extension traits [`Listing`], [`CompareAndSwap`] and
+    /// [`PathInvalidation`]). Backends never return it themselves; the
+    /// callers that need an ability do.
     #[error("{backend} backend does not support {operation}: {hint}")]
     Unsupported {
         /// Name of the backend.
@@ -62,47 +65,12 @@ impl BackendError {
     }
 }
 
-/// What a backend can do beyond the required operations.
-///
-/// Callers (the conformance suite, the monitoring routes) read it instead of
-/// guessing from the backend's name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Capabilities {
-    /// [`Backend::keys`], [`Backend::entries`] and [`Backend::clear_pattern`]
-    /// work. When false they return [`BackendError::Unsupported`].
-    pub list_keys: bool,
-    /// [`Backend::clear`] and [`Backend::clear_path`] return exact counts.
-    /// When false (generation-counter invalidation) they return 0 and the
-    /// entries become unreachable all the same.
-    pub exact_counts: bool,
-}
-
-impl Default for Capabilities {
-    fn default() -> Self {
-        Self {
-            list_keys: true,
-            exact_counts: true,
-        }
-    }
-}
-
-impl Capabilities {
-    /// A backend that can neither list keys nor count what a clear removed
-    /// (e.g. Memcached).
-    pub fn unlisted() -> Self {
-        Self {
-            list_keys: false,
-            exact_counts: false,
-        }
-    }
-}
-
 /// One stored value with its key and remaining lifetime, as listed by
-/// [`Backend::entries`] for monitoring.
+/// [`Listing::entries`] for monitoring.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredValue {
-    /// The key as the caller passed it to [`Backend::set`] (without prefix).
+    /// The key as the caller passed it to [`Backend::set`] (without the
+    /// backend's own prefix).
     pub key: String,
     /// The stored bytes.
     pub value: Bytes,
@@ -111,44 +79,42 @@ pub struct StoredValue {
     pub ttl_remaining: Option<Duration>,
 }
 
-/// An async key-value store for cache entries, sessions and state.
+/// An async key-value store: the contract every cache store implements.
 ///
-/// Keys passed in are *logical* keys; every implementation prepends its own
-/// namespace prefix, and operations that act on "everything" ([`clear`],
-/// [`keys`], [`entries`]) only touch that namespace.
+/// Six operations make a backend: [`get`](Backend::get),
+/// [`set`](Backend::set), [`add`](Backend::add),
+/// [`replace`](Backend::replace), [`take`](Backend::take) and
+/// [`delete`](Backend::delete), with per-value TTLs. Everything else is
+/// optional:
 ///
-/// Every method may fail with a [`BackendError`]; no method may panic on data
-/// read from the server.
+/// - **hints** with defaults ([`get_now`](Backend::get_now),
+///   [`max_value_size`](Backend::max_value_size),
+///   [`eviction_count`](Backend::eviction_count)), overridden only by
+///   stores that have something to say;
+/// - **abilities**, each an extension trait that a store implements and then
+///   announces through its accessor: [`Listing`] via
+///   [`listing`](Backend::listing), [`CompareAndSwap`] via
+///   [`compare_and_swap`](Backend::compare_and_swap), [`PathInvalidation`]
+///   via [`path_invalidation`](Backend::path_invalidation). Callers ask the
+///   accessor and fall back (or explain what is missing) when it answers
+///   `None`, so no store fails at run time for lack of an ability.
 ///
-/// [`clear`]: Backend::clear
-/// [`keys`]: Backend::keys
-/// [`entries`]: Backend::entries
+/// Keys passed in are *logical* keys; an implementation may prepend its own
+/// namespace prefix. Values are opaque bytes. Every method may fail with a
+/// [`BackendError`]; no method may panic on data read from the server.
+///
+/// The `conformance` feature of this crate holds the suite every store
+/// must pass (`axum_cachex_core::conformance::run`).
 #[async_trait]
 pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// A short name for logs and errors: `"memory"`, `"redis"`, …
     fn name(&self) -> &'static str;
 
-    /// What this backend can and cannot do. The default claims everything.
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
-    }
-
     /// Reads a value. An expired value is never returned.
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError>;
 
-    /// Reads a value without awaiting, for stores that answer from process
-    /// memory: `Some(result)` is what [`get`](Backend::get) would return,
-    /// `None` means "ask `get`". The HTTP layer tries it first on every
-    /// request, which spares in-process stores the boxed future and the
-    /// timeout of an async call. The default returns `None`; network
-    /// backends keep it.
-    fn get_now(&self, key: &str) -> Option<Result<Option<Bytes>, BackendError>> {
-        let _ = key;
-        None
-    }
-
-    /// Writes a value, replacing any previous one. `ttl: None` keeps it until
-    /// evicted or deleted.
+    /// Writes a value, replacing any previous one. `ttl: None` keeps it
+    /// until evicted or deleted; a zero TTL stores nothing readable.
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>)
     -> Result<(), BackendError>;
 
@@ -178,24 +144,15 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Deletes a value. Returns whether one existed.
     async fn delete(&self, key: &str) -> Result<bool, BackendError>;
 
-    /// Deletes every value of this backend's namespace. Returns how many went
-    /// (backends that cannot count, such as Memcached, return what they know).
-    async fn clear(&self) -> Result<u64, BackendError>;
-
-    /// Deletes the cached responses of one path (keys in the default
-    /// [`CacheKey`](crate::CacheKey) format). With `include_params` every query variant goes
-    /// too; without it only the entries with an empty query.
-    async fn clear_path(&self, path: &str, include_params: bool) -> Result<u64, BackendError>;
-
-    /// Deletes the cached responses whose path matches a glob pattern
-    /// (see [`path_matches_glob`](crate::path_matches_glob)).
-    async fn clear_pattern(&self, pattern: &str) -> Result<u64, BackendError>;
-
-    /// Lists the logical keys of this namespace.
-    async fn keys(&self) -> Result<Vec<String>, BackendError>;
-
-    /// Lists the values of this namespace with their remaining lifetime.
-    async fn entries(&self) -> Result<Vec<StoredValue>, BackendError>;
+    /// Reads a value without awaiting, for stores that answer from process
+    /// memory: `Some(result)` is what [`get`](Backend::get) would return,
+    /// `None` means "ask `get`". The HTTP layer tries it first on every
+    /// request, which spares in-process stores the boxed future and the
+    /// timeout of an async call. The default returns `None`.
+    fn get_now(&self, key: &str) -> Option<Result<Option<Bytes>, BackendError>> {
+        let _ = key;
+        None
+    }
 
     /// The largest value the store accepts, when it has such a limit
     /// (Memcached's item size). The HTTP layer never buffers a response it
@@ -210,16 +167,107 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         None
     }
 
-    /// Deletes a value only if it still equals `expected` (used to release
-    /// distributed locks with a token). Returns whether it was deleted.
-    ///
-    /// The default returns [`BackendError::Unsupported`].
-    async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
-        let _ = (key, expected);
-        Err(BackendError::Unsupported {
-            backend: self.name(),
-            operation: "delete_if_equals",
-            hint: "use the Redis backend for cross-instance locks",
-        })
+    /// This backend as a [`Listing`], if it can list and clear by prefix.
+    /// Default: `None`.
+    fn listing(&self) -> Option<&dyn Listing> {
+        None
+    }
+
+    /// This backend as a [`CompareAndSwap`], if it can change a value only
+    /// while it still holds an expected one. Default: `None`.
+    fn compare_and_swap(&self) -> Option<&dyn CompareAndSwap> {
+        None
+    }
+
+    /// This backend as a [`PathInvalidation`], if it has a fast path for
+    /// invalidating the HTTP cache by path. Default: `None`.
+    fn path_invalidation(&self) -> Option<&dyn PathInvalidation> {
+        None
+    }
+}
+
+/// The ability to list and clear the keys under a prefix.
+///
+/// The HTTP cache clears its own namespace with it
+/// ([`CACHE_NAMESPACE`](crate::CACHE_NAMESPACE)) and invalidates by path or
+/// glob by listing that namespace; monitoring lists entries; the session
+/// manager finds expired sessions. A store that cannot enumerate its keys
+/// (Memcached) does not implement it.
+///
+/// Announce it from [`Backend::listing`] with
+/// `fn listing(&self) -> Option<&dyn Listing> { Some(self) }`.
+#[async_trait]
+pub trait Listing: Backend {
+    /// The live logical keys that start with `prefix` (`""`: all of them).
+    async fn keys(&self, prefix: &str) -> Result<Vec<String>, BackendError>;
+
+    /// The live values whose keys start with `prefix`, with their remaining
+    /// lifetime.
+    async fn entries(&self, prefix: &str) -> Result<Vec<StoredValue>, BackendError>;
+
+    /// Deletes every value whose key starts with `prefix` and returns how
+    /// many went. The default lists the keys and deletes them one by one;
+    /// stores with a bulk delete override it.
+    async fn clear(&self, prefix: &str) -> Result<u64, BackendError> {
+        let mut removed = 0;
+        for key in self.keys(prefix).await? {
+            if self.delete(&key).await? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The ability to change a value only while it still holds an expected
+/// one: the release of a distributed lock that must not free another
+/// holder's lock, and updates that must not overwrite a concurrent one.
+///
+/// Both operations are atomic with respect to every other operation on the
+/// key. An expired value counts as absent.
+#[async_trait]
+pub trait CompareAndSwap: Backend {
+    /// Deletes the value only if it equals `expected`. Returns whether it
+    /// was deleted.
+    async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError>;
+
+    /// Replaces the value with `value` (and its TTL with `ttl`) only if it
+    /// equals `expected`. Returns whether it was written.
+    async fn set_if_equals(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<bool, BackendError>;
+}
+
+/// A fast path for invalidating the HTTP cache, for stores that index its
+/// entries as they are written (Redis keeps a per-path index, Memcached
+/// per-path generation counters).
+///
+/// Keys under [`CACHE_NAMESPACE`](crate::CACHE_NAMESPACE) that parse as a
+/// [`CacheKey`](crate::CacheKey) (see [`CacheKey::parse_stored`]) are the
+/// HTTP cache's. Without this ability the HTTP cache invalidates by
+/// [`Listing`] its namespace, which is what a third-party store should rely
+/// on.
+///
+/// [`CacheKey::parse_stored`]: crate::CacheKey::parse_stored
+#[async_trait]
+pub trait PathInvalidation: Backend {
+    /// Removes (or makes unreachable) the HTTP cache's entries of `path`:
+    /// with `include_params` every query variant, without it only the entry
+    /// with an empty query. Returns how many went, or 0 when the store
+    /// cannot count (see [`counts_exactly`](PathInvalidation::counts_exactly)).
+    async fn clear_path(&self, path: &str, include_params: bool) -> Result<u64, BackendError>;
+
+    /// Removes (or makes unreachable) every entry of the HTTP cache, and
+    /// nothing else. Returns a count as [`clear_path`](Self::clear_path).
+    async fn clear_cache(&self) -> Result<u64, BackendError>;
+
+    /// Whether the counts returned are exact. Generation counters make
+    /// entries unreachable without knowing how many there were.
+    fn counts_exactly(&self) -> bool {
+        true
     }
 }

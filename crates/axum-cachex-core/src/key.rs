@@ -6,6 +6,11 @@ use std::borrow::Cow;
 /// contain it: the key of one request can never equal the key of another.
 pub const KEY_SEPARATOR: &str = "|||";
 
+/// The namespace of the HTTP cache: every key it writes starts with it, so
+/// clearing the cache never touches the sessions, states or application
+/// values sharing a store.
+pub const CACHE_NAMESPACE: &str = "http:";
+
 /// The prefix of the variant part of a key (see [`CacheKey::variant`]).
 const VARIANT_PREFIX: &str = "~";
 
@@ -18,11 +23,11 @@ const VARIANT_PREFIX: &str = "~";
 /// is injective. The host is validated and lowercased by the HTTP layer
 /// before it gets here.
 ///
-/// Backends parse keys with it to implement
-/// [`Backend::clear_path`](crate::Backend::clear_path) and
-/// [`Backend::clear_pattern`](crate::Backend::clear_pattern); keys made by a
-/// custom key builder in another format do not parse and are left alone by
-/// those two operations.
+/// The HTTP cache stores every key under [`CACHE_NAMESPACE`]; it and the
+/// stores with a [`PathInvalidation`](crate::PathInvalidation) fast path
+/// parse stored keys with [`CacheKey::parse_stored`] to invalidate by path.
+/// Keys made by a custom key builder in another format do not parse and are
+/// left alone by path and pattern invalidation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheKey<'a> {
     /// The request method, e.g. `GET` (escaped).
@@ -63,20 +68,23 @@ impl<'a> CacheKey<'a> {
         })
     }
 
+    /// Parses a key as the HTTP cache stores it: [`CACHE_NAMESPACE`]
+    /// followed by the default format. `None` for any other key, including
+    /// the keys of sessions and states.
+    pub fn parse_stored(key: &'a str) -> Option<Self> {
+        Self::parse(key.strip_prefix(CACHE_NAMESPACE)?)
+    }
+
     /// The key of a request: each part escaped, joined by
     /// [`KEY_SEPARATOR`]. `host` must already be normalised.
     pub fn encode(method: &str, host: &str, path: &str, query: &str) -> String {
-        let (method, path, query) = (escape(method), escape(path), escape(query));
-        let mut key = String::with_capacity(
-            method.len() + host.len() + path.len() + query.len() + 3 * KEY_SEPARATOR.len(),
-        );
-        for (i, part) in [&*method, host, &*path, &*query].into_iter().enumerate() {
-            if i > 0 {
-                key.push_str(KEY_SEPARATOR);
-            }
-            key.push_str(part);
-        }
-        key
+        encode_after("", method, host, path, query)
+    }
+
+    /// [`encode`](Self::encode) under [`CACHE_NAMESPACE`]: the key the HTTP
+    /// cache stores a request's response under.
+    pub fn encode_stored(method: &str, host: &str, path: &str, query: &str) -> String {
+        encode_after(CACHE_NAMESPACE, method, host, path, query)
     }
 
     /// The key of one variant of the response stored under `base`.
@@ -120,6 +128,23 @@ impl std::fmt::Display for CacheKey<'_> {
 
 /// `%` → `%25`, `|` → `%7C`; borrowed when there is nothing to escape
 /// (the common case).
+/// `head` followed by the escaped parts, in one allocation (the hit path
+/// builds a key per request).
+fn encode_after(head: &str, method: &str, host: &str, path: &str, query: &str) -> String {
+    let (method, path, query) = (escape(method), escape(path), escape(query));
+    let mut key = String::with_capacity(
+        head.len() + method.len() + host.len() + path.len() + query.len() + 3 * KEY_SEPARATOR.len(),
+    );
+    key.push_str(head);
+    for (i, part) in [&*method, host, &*path, &*query].into_iter().enumerate() {
+        if i > 0 {
+            key.push_str(KEY_SEPARATOR);
+        }
+        key.push_str(part);
+    }
+    key
+}
+
 fn escape(part: &str) -> Cow<'_, str> {
     if !part.contains(['%', '|']) {
         return Cow::Borrowed(part);

@@ -10,6 +10,31 @@ pub(crate) fn bytes<const N: usize>() -> Result<[u8; N], getrandom::Error> {
     Ok(buf)
 }
 
+/// 16 bytes that differ from every other call's: lock tokens and variant
+/// epochs, where uniqueness matters and secrecy does not. Falls back to the
+/// clock and a counter if the OS generator fails.
+pub(crate) fn unique_token() -> bytes::Bytes {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let raw = bytes::<16>().unwrap_or_else(|_| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let count = u128::from(CALLS.fetch_add(1, Ordering::Relaxed));
+        (nanos ^ (count << 64) ^ u128::from(std::process::id())).to_le_bytes()
+    });
+    bytes::Bytes::copy_from_slice(&raw)
+}
+
+/// A unique 64-bit number (see [`unique_token`]).
+pub(crate) fn unique_u64() -> u64 {
+    let token = unique_token();
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(&token[..8]);
+    u64::from_le_bytes(raw)
+}
+
 /// `len` random bytes as base64url without padding.
 pub(crate) fn url_token(len: usize) -> Result<String, getrandom::Error> {
     let mut buf = vec![0u8; len];

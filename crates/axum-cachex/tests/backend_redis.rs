@@ -10,12 +10,27 @@ mod common;
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use axum_cachex::backend::{Backend, BackendError, RedisBackend, RedisConfig};
+use axum_cachex::backend::{
+    Backend, BackendError, CompareAndSwap, Listing, PathInvalidation, RedisBackend, RedisConfig,
+};
 use bytes::Bytes;
 use common::backend_redis::{RedisProcess, free_port, raw, redis_backend, redis_server_bin};
 use redis::AsyncCommands;
 
 conformance_suite!(common::backend_redis::redis);
+
+/// The conformance suite that `axum-cachex-core` publishes, with real
+/// sleeping for the expiry check: time passes on the server.
+#[tokio::test]
+async fn passes_the_published_conformance_suite() {
+    let Some(url) = common::redis_url() else {
+        return;
+    };
+    let be = redis_backend(url, "conformance");
+    let report = common::conformance::run(&be, tokio::time::sleep).await;
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    be.clear("").await.expect("clear");
+}
 
 const TTL: Option<Duration> = Some(Duration::from_secs(60));
 
@@ -24,7 +39,7 @@ fn b(s: &str) -> Bytes {
 }
 
 fn key(path: &str, query: &str) -> String {
-    format!("GET|||example.com|||{path}|||{query}")
+    format!("http:GET|||example.com|||{path}|||{query}")
 }
 
 fn index_key(be: &RedisBackend, path: &str) -> String {
@@ -75,7 +90,7 @@ async fn clear_path_leaves_other_paths_and_cleans_its_index() {
         be.set(&key(p, q), b(p), TTL).await.expect("set");
     }
     // Another host and method on the same path share its index.
-    be.set("HEAD|||other:8080|||/a|||", b("head"), TTL)
+    be.set("http:HEAD|||other:8080|||/a|||", b("head"), TTL)
         .await
         .expect("set");
     let mut conn = raw(&url).await;
@@ -100,7 +115,7 @@ async fn clear_path_leaves_other_paths_and_cleans_its_index() {
     assert_eq!(be.get(&key("/b", "")).await.expect("get"), Some(b("/b")));
     let members: i64 = conn.zcard(index_key(&be, "/a/b")).await.expect("zcard");
     assert_eq!(members, 1);
-    be.clear().await.expect("clear");
+    be.clear("").await.expect("clear");
 }
 
 #[tokio::test]
@@ -122,7 +137,7 @@ async fn clear_path_does_not_count_expired_or_deleted_entries() {
     be.set(&key("/s", "a=4"), b("v"), TTL).await.expect("set");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(be.clear_path("/s", true).await.expect("clear_path"), 1);
-    be.clear().await.expect("clear");
+    be.clear("").await.expect("clear");
 }
 
 #[tokio::test]
@@ -187,7 +202,7 @@ async fn index_lives_as_long_as_its_longest_entry_and_prunes_expired_members() {
         .await
         .expect("exists");
     assert_eq!((added, replaced), (1, false));
-    be.clear().await.expect("clear");
+    be.clear("").await.expect("clear");
 }
 
 #[tokio::test]
@@ -201,16 +216,16 @@ async fn index_keys_stay_internal() {
     be.set("plain", b("3"), TTL).await.expect("set");
     assert_eq!(raw_keys(&url, &be).await.len(), 5, "3 entries + 2 indexes");
 
-    let keys: BTreeSet<String> = be.keys().await.expect("keys").into_iter().collect();
+    let keys: BTreeSet<String> = be.keys("").await.expect("keys").into_iter().collect();
     let expected: BTreeSet<String> = [key("/x", ""), key("/y", "q"), "plain".to_owned()]
         .into_iter()
         .collect();
     assert_eq!(keys, expected);
-    let entries = be.entries().await.expect("entries");
+    let entries = be.entries("").await.expect("entries");
     assert_eq!(entries.len(), 3);
     assert!(entries.iter().all(|e| !e.key.contains("__path_index")));
 
-    assert_eq!(be.clear().await.expect("clear"), 3);
+    assert_eq!(be.clear("").await.expect("clear"), 3);
     assert!(
         raw_keys(&url, &be).await.is_empty(),
         "clear must remove the indexes as well"
@@ -230,11 +245,11 @@ async fn entries_skip_keys_of_other_types_and_report_missing_ttl() {
     let mut conn = raw(&url).await;
     let foreign = format!("{}foreign-hash", be.key_prefix());
     let _: () = conn.hset(&foreign, "f", "v").await.expect("hset");
-    let entries = be.entries().await.expect("entries");
+    let entries = be.entries("").await.expect("entries");
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].key, "kept");
     assert_eq!(entries[0].ttl_remaining, None);
-    be.clear().await.expect("clear");
+    be.clear("").await.expect("clear");
 }
 
 #[tokio::test]
@@ -281,10 +296,10 @@ async fn a_prefix_with_glob_characters_matches_only_itself() {
         .expect("build");
     odd.set("k", b("odd"), TTL).await.expect("set");
     neighbour.set("k", b("neighbour"), TTL).await.expect("set");
-    assert_eq!(odd.keys().await.expect("keys"), vec!["k".to_owned()]);
-    assert_eq!(odd.clear().await.expect("clear"), 1);
+    assert_eq!(odd.keys("").await.expect("keys"), vec!["k".to_owned()]);
+    assert_eq!(odd.clear("").await.expect("clear"), 1);
     assert_eq!(neighbour.get("k").await.expect("get"), Some(b("neighbour")));
-    neighbour.clear().await.expect("clear");
+    neighbour.clear("").await.expect("clear");
 }
 
 #[tokio::test]
@@ -654,10 +669,10 @@ async fn measure_clear_path_index_vs_scan() {
     }
 
     let clear_start = Instant::now();
-    let cleared = be.clear().await.expect("clear");
+    let cleared = be.clear("").await.expect("clear");
     let clear_time = clear_start.elapsed();
     let plain_fill = fill(true).await;
-    be.clear().await.expect("clear");
+    be.clear("").await.expect("clear");
 
     let data_bytes = used_memory(after).saturating_sub(used_memory(before));
     println!("entries: {}", PATHS * PER_PATH);

@@ -106,7 +106,7 @@ async fn memcached_losing_one_server_keeps_the_others_entries() {
     let b = OwnServer::start(&bin).await;
     let backend = MemcachedBackend::builder()
         .servers([a.addr(), b.addr()])
-        .prefix(common::unique_prefix("outage"))
+        .key_prefix(common::unique_prefix("outage"))
         .build()
         .expect("backend");
     let owner = |n: usize| {

@@ -13,7 +13,7 @@ use std::{
 use axum::{Router, body::Body, extract::Request, response::Response};
 use axum_cachex::{
     CacheLayer, CacheLayerBuilder, CacheRecord, Credentialed, Freshness, ManualClock, Stale,
-    backend::{Backend, MemoryBackend},
+    backend::{Backend, Listing, MemoryBackend},
 };
 use bytes::Bytes;
 use common::http::{Counter, Reply, send};
@@ -112,7 +112,7 @@ async fn private_route_is_never_stored_in_the_shared_backend() {
     let first = get(&app, "/p", &[]).await;
     assert_eq!(first.header("cache-control"), "private, max-age=60");
     assert_eq!(get(&app, "/p", &[]).await.body, "#2");
-    assert!(app.backend.keys().await.expect("keys").is_empty());
+    assert!(app.backend.keys("").await.expect("keys").is_empty());
     // ETag and 304 still work.
     let etag = first.header("etag").to_owned();
     assert!(!etag.is_empty());
@@ -672,7 +672,7 @@ async fn each_variant_is_stored_on_its_own() {
     }
     // Every stored value holds one response at most: a miss never
     // rewrites the other variants.
-    for stored in app.backend.entries().await.expect("entries") {
+    for stored in app.backend.entries("").await.expect("entries") {
         assert!(
             stored.value.len() < 11_000,
             "{} bytes under {}",
@@ -1174,7 +1174,7 @@ async fn vary_on_credentials_never_writes_them_into_the_store() {
         std::future::ready(reply(n, &[("vary", "Authorization")]))
     });
     get(&app, "/r", &[("authorization", "Bearer very-secret-token")]).await;
-    let stored = app.backend.entries().await.expect("entries");
+    let stored = app.backend.entries("").await.expect("entries");
     assert!(!stored.is_empty());
     for value in stored {
         let raw = String::from_utf8_lossy(&value.value);

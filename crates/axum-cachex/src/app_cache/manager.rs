@@ -2,13 +2,11 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use super::{CacheError, flight::Flights};
+use crate::lock::{self as distributed, Acquired, LockGuard, LockTimings};
 use axum_cachex_core::{Backend, BackendError, path_matches_glob};
 use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
-use tokio::time::Instant;
-
-use super::{CacheError, flight::Flights};
-use crate::random::url_token;
 
 /// Default key prefix of application cache entries: `cache:`.
 pub const DEFAULT_CACHE_PREFIX: &str = "cache:";
@@ -27,9 +25,10 @@ const LOCK_PREFIX: &str = "lock:";
 /// value every [`poll_interval`](Self::poll_interval), trying to take over
 /// the lock when it is released without a value, for at most
 /// [`max_wait`](Self::max_wait), then compute the value themselves. The lock
-/// is released with [`Backend::delete_if_equals`] (only the holder's token
-/// deletes it); on backends without that operation (Memcached) it expires
-/// after `lock_ttl`.
+/// is released with a compare-and-delete
+/// ([`CompareAndSwap`](crate::backend::CompareAndSwap), which every built-in
+/// backend has: only the holder's token deletes it), a plain delete on a
+/// store without it; if the holder dies it expires after `lock_ttl`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub struct DistributedLock {
@@ -176,8 +175,8 @@ impl CacheManagerBuilder {
 enum Waited<T> {
     /// Another instance stored the value.
     Value(T),
-    /// This caller holds the lock with this token.
-    Locked(String),
+    /// This caller holds the lock.
+    Locked(LockGuard),
     /// No lock (wait elapsed, or the backend cannot lock): compute anyway.
     Unlocked,
 }
@@ -288,8 +287,8 @@ impl CacheManager {
     /// [`path_matches_glob`](axum_cachex_core::path_matches_glob)). Returns
     /// how many went.
     ///
-    /// Lists the backend's namespace ([`Backend::keys`]), so it costs one
-    /// pass over every key of the backend plus one delete per match.
+    /// Lists the manager's keys ([`Listing::keys`]), so it costs one pass
+    /// over the listing plus one delete per match.
     ///
     /// # Errors
     ///
@@ -299,8 +298,13 @@ impl CacheManager {
     pub async fn clear_pattern(&self, pattern: &str) -> Result<u64, CacheError> {
         let backend = &self.inner.backend;
         let prefix = self.inner.key_prefix.as_str();
+        let listing = backend.listing().ok_or(BackendError::Unsupported {
+            backend: backend.name(),
+            operation: "clear_pattern",
+            hint: "it needs a backend that can list its keys (memory, Redis)",
+        })?;
         let mut removed = 0;
-        for key in backend.keys().await? {
+        for key in listing.keys(prefix).await? {
             let matches = key
                 .strip_prefix(prefix)
                 .is_some_and(|rest| path_matches_glob(pattern, rest));
@@ -386,11 +390,11 @@ impl CacheManager {
         if let Some(value) = self.read::<T>(full).await {
             return Ok(value);
         }
-        let mut token = None;
+        let mut guard = None;
         if let Some(lock) = &self.inner.lock {
             match self.lock_or_wait::<T>(full, lock).await {
                 Waited::Value(value) => return Ok(value),
-                Waited::Locked(t) => token = Some(t),
+                Waited::Locked(held) => guard = Some(held),
                 Waited::Unlocked => {}
             }
         }
@@ -403,8 +407,8 @@ impl CacheManager {
         if let Ok(value) = &result {
             self.store(full, value, ttl).await;
         }
-        if let Some(token) = token {
-            self.unlock(full, &token).await;
+        if let Some(guard) = guard {
+            guard.release().await;
         }
         result
     }
@@ -443,72 +447,28 @@ impl CacheManager {
         full: &str,
         lock: &DistributedLock,
     ) -> Waited<T> {
-        let backend = &self.inner.backend;
-        let lock_key = format!("{LOCK_PREFIX}{full}");
-        let token = match url_token(16) {
-            Ok(token) => token,
-            Err(error) => {
-                tracing::warn!(key = full, %error, "no random lock token; computing without the lock");
-                return Waited::Unlocked;
-            }
+        let timings = LockTimings {
+            ttl: lock.lock_ttl,
+            max_wait: lock.max_wait,
+            poll: lock.poll_interval,
+            // A call slower than the lock's life is of no use.
+            call_timeout: lock.lock_ttl,
         };
-        let deadline = Instant::now().checked_add(lock.max_wait);
-        loop {
-            match backend
-                .add(&lock_key, Bytes::from(token.clone()), Some(lock.lock_ttl))
-                .await
-            {
-                Ok(true) => {
-                    // The previous holder may have stored the value and
-                    // released the lock between our last read and the add.
-                    if let Some(value) = self.read::<T>(full).await {
-                        self.unlock(full, &token).await;
-                        return Waited::Value(value);
-                    }
-                    return Waited::Locked(token);
-                }
-                Ok(false) => {}
-                Err(error) => {
-                    tracing::warn!(key = full, %error, "could not take the cache lock; computing without it");
-                    return Waited::Unlocked;
-                }
-            }
-            let now = Instant::now();
-            let pause = match deadline {
-                Some(deadline) if now >= deadline => {
-                    tracing::debug!(
-                        key = full,
-                        "waited long enough for the cache lock; computing"
-                    );
-                    return Waited::Unlocked;
-                }
-                Some(deadline) => lock.poll_interval.min(deadline - now),
-                None => lock.poll_interval,
-            };
-            tokio::time::sleep(pause).await;
-            if let Some(value) = self.read::<T>(full).await {
-                return Waited::Value(value);
-            }
-        }
-    }
-
-    async fn unlock(&self, full: &str, token: &str) {
-        let lock_key = format!("{LOCK_PREFIX}{full}");
-        match self
-            .inner
-            .backend
-            .delete_if_equals(&lock_key, token.as_bytes())
-            .await
-        {
-            Ok(_) => {}
-            Err(BackendError::Unsupported { .. }) => {
+        let key = format!("{LOCK_PREFIX}{full}");
+        let ready = || self.read::<T>(full);
+        match distributed::acquire_or_wait(&self.inner.backend, key, timings, ready).await {
+            Ok(Acquired::Held(guard)) => Waited::Locked(guard),
+            Ok(Acquired::Ready(value)) => Waited::Value(value),
+            Ok(Acquired::TimedOut) => {
                 tracing::debug!(
                     key = full,
-                    "backend cannot release locks; the lock expires by its TTL"
+                    "waited long enough for the cache lock; computing"
                 );
+                Waited::Unlocked
             }
             Err(error) => {
-                tracing::warn!(key = full, %error, "could not release the cache lock; it expires by its TTL");
+                tracing::warn!(key = full, %error, "could not take the cache lock; computing without it");
+                Waited::Unlocked
             }
         }
     }

@@ -6,15 +6,21 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use async_trait::async_trait;
-use axum_cachex_core::{Backend, BackendError, CacheKey, StoredValue, path_matches_glob};
+use axum_cachex_core::{Backend, BackendError, CompareAndSwap, Listing, StoredValue};
 use bytes::Bytes;
 use moka::{
-    Expiry, notification::RemovalCause, ops::compute::Op, policy::EvictionPolicy, sync::Cache,
+    Expiry,
+    notification::RemovalCause,
+    ops::compute::{CompResult, Op},
+    policy::EvictionPolicy,
+    sync::Cache,
 };
+
+use crate::Clock;
 
 /// Default bound of the memory backend: 64 MiB of keys and values.
 pub const DEFAULT_MAX_CAPACITY: u64 = 64 * 1024 * 1024;
@@ -26,11 +32,15 @@ const ENTRY_OVERHEAD: usize = 96;
 #[derive(Clone)]
 struct Stored {
     value: Bytes,
-    expires_at: Option<Instant>,
+    /// When the value stops being readable, by the backend's [`Clock`].
+    expires_at: Option<SystemTime>,
+    /// The TTL it was written with: moka drops the entry after it (by its
+    /// own clock), which only frees memory; reads go by `expires_at`.
+    ttl: Option<Duration>,
 }
 
 impl Stored {
-    fn is_live(&self, now: Instant) -> bool {
+    fn is_live(&self, now: SystemTime) -> bool {
         self.expires_at.is_none_or(|at| at > now)
     }
 }
@@ -38,17 +48,17 @@ impl Stored {
 struct PerEntryTtl;
 
 impl Expiry<String, Stored> for PerEntryTtl {
-    fn expire_after_create(&self, _: &String, v: &Stored, now: Instant) -> Option<Duration> {
-        v.expires_at.map(|at| at.saturating_duration_since(now))
+    fn expire_after_create(&self, _: &String, v: &Stored, _: Instant) -> Option<Duration> {
+        v.ttl
     }
     fn expire_after_update(
         &self,
         _: &String,
         v: &Stored,
-        now: Instant,
+        _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        v.expires_at.map(|at| at.saturating_duration_since(now))
+        v.ttl
     }
 }
 
@@ -86,6 +96,7 @@ pub struct MemoryBackend {
     /// Prepended to every key; empty for a root instance, which therefore
     /// sees the keys of all its namespaces.
     prefix: Arc<str>,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for MemoryBackend {
@@ -108,7 +119,8 @@ impl Default for MemoryBackend {
 #[must_use]
 pub struct MemoryBackendBuilder {
     max_capacity: u64,
-    prefix: String,
+    key_prefix: String,
+    clock: Clock,
 }
 
 impl MemoryBackendBuilder {
@@ -122,8 +134,16 @@ impl MemoryBackendBuilder {
     /// A key prefix. Default: none, since an instance is a namespace of its
     /// own; see [`MemoryBackend::namespace`] for several namespaces in one
     /// bound.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// The clock that decides when values expire. Default: the system
+    /// clock. Tests pass a [`ManualClock`](crate::ManualClock)'s clock and
+    /// move time instead of sleeping.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -147,7 +167,8 @@ impl MemoryBackendBuilder {
         MemoryBackend {
             cache,
             evictions,
-            prefix: Arc::from(self.prefix.as_str()),
+            prefix: Arc::from(self.key_prefix.as_str()),
+            clock: self.clock,
         }
     }
 }
@@ -162,7 +183,8 @@ impl MemoryBackend {
     pub fn builder() -> MemoryBackendBuilder {
         MemoryBackendBuilder {
             max_capacity: DEFAULT_MAX_CAPACITY,
-            prefix: String::new(),
+            key_prefix: String::new(),
+            clock: Clock::system(),
         }
     }
 
@@ -175,6 +197,7 @@ impl MemoryBackend {
             cache: self.cache.clone(),
             evictions: Arc::clone(&self.evictions),
             prefix: Arc::from(format!("{}{}", self.prefix, prefix.as_ref())),
+            clock: self.clock.clone(),
         }
     }
 
@@ -190,10 +213,11 @@ impl MemoryBackend {
         self.cache.weighted_size()
     }
 
-    fn stored(value: Bytes, ttl: Option<Duration>) -> Stored {
+    fn stored(&self, value: Bytes, ttl: Option<Duration>) -> Stored {
         Stored {
             value,
-            expires_at: ttl.and_then(|t| Instant::now().checked_add(t)),
+            expires_at: ttl.and_then(|t| self.clock.now().checked_add(t)),
+            ttl,
         }
     }
 
@@ -214,26 +238,46 @@ impl MemoryBackend {
 
     /// A live value, read without waiting.
     fn read(&self, key: &str) -> Option<Bytes> {
-        let now = Instant::now();
+        let now = self.clock.now();
         self.cache
             .get(&*self.full(key))
             .filter(|s| s.is_live(now))
             .map(|s| s.value)
     }
 
-    /// Removes every live entry whose key satisfies `pred`; returns the count.
-    fn remove_where(&self, pred: impl Fn(&str) -> bool) -> u64 {
-        let now = Instant::now();
-        let keys: Vec<Arc<String>> = self
-            .cache
-            .iter()
-            .filter(|(k, _)| self.logical(k).is_some_and(&pred))
-            .map(|(k, _)| k)
-            .collect();
-        keys.iter()
-            .filter_map(|k| self.cache.remove(k.as_str()))
-            .filter(|v| v.is_live(now))
-            .count() as u64
+    /// Removes the entry of `key` and returns it if it was live.
+    fn remove_live(&self, key: &str) -> Option<Bytes> {
+        let now = self.clock.now();
+        self.cache
+            .remove(&*self.full(key))
+            .filter(|s| s.is_live(now))
+            .map(|s| s.value)
+    }
+
+    /// Atomically computes the new state of one key from its live value
+    /// (`None` when absent or expired).
+    fn compute(
+        &self,
+        key: &str,
+        op: impl FnOnce(Option<&Bytes>) -> Op<Stored>,
+    ) -> CompResult<String, Stored> {
+        let now = self.clock.now();
+        self.cache
+            .entry(self.full(key).into_owned())
+            .and_compute_with(|existing| {
+                let live = existing.map(|e| e.into_value()).filter(|s| s.is_live(now));
+                op(live.as_ref().map(|s| &s.value))
+            })
+    }
+
+    /// The live entries of this namespace whose logical keys start with
+    /// `prefix`, with their logical keys.
+    fn live_under<'p>(&'p self, prefix: &'p str) -> impl Iterator<Item = (String, Stored)> + 'p {
+        let now = self.clock.now();
+        self.cache.iter().filter_map(move |(k, v)| {
+            let logical = self.logical(&k)?;
+            (logical.starts_with(prefix) && v.is_live(now)).then(|| (logical.to_owned(), v))
+        })
     }
 }
 
@@ -258,7 +302,7 @@ impl Backend for MemoryBackend {
         ttl: Option<Duration>,
     ) -> Result<(), BackendError> {
         self.cache
-            .insert(self.full(key).into_owned(), Self::stored(value, ttl));
+            .insert(self.full(key).into_owned(), self.stored(value, ttl));
         Ok(())
     }
 
@@ -268,18 +312,13 @@ impl Backend for MemoryBackend {
         value: Bytes,
         ttl: Option<Duration>,
     ) -> Result<bool, BackendError> {
-        let now = Instant::now();
-        let result = self
-            .cache
-            .entry(self.full(key).into_owned())
-            .and_compute_with(|existing| match existing {
-                Some(e) if e.value().is_live(now) => Op::Nop,
-                _ => Op::Put(Self::stored(value, ttl)),
-            });
+        let result = self.compute(key, |live| match live {
+            Some(_) => Op::Nop,
+            None => Op::Put(self.stored(value, ttl)),
+        });
         Ok(matches!(
             result,
-            moka::ops::compute::CompResult::Inserted(_)
-                | moka::ops::compute::CompResult::ReplacedWith(_)
+            CompResult::Inserted(_) | CompResult::ReplacedWith(_)
         ))
     }
 
@@ -289,92 +328,84 @@ impl Backend for MemoryBackend {
         value: Bytes,
         ttl: Option<Duration>,
     ) -> Result<bool, BackendError> {
-        let now = Instant::now();
-        let result = self
-            .cache
-            .entry(self.full(key).into_owned())
-            .and_compute_with(|existing| match existing {
-                Some(e) if e.value().is_live(now) => Op::Put(Self::stored(value, ttl)),
-                _ => Op::Nop,
-            });
-        Ok(matches!(
-            result,
-            moka::ops::compute::CompResult::ReplacedWith(_)
-        ))
+        let result = self.compute(key, |live| match live {
+            Some(_) => Op::Put(self.stored(value, ttl)),
+            None => Op::Nop,
+        });
+        Ok(matches!(result, CompResult::ReplacedWith(_)))
     }
 
     async fn take(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
-        let now = Instant::now();
-        Ok(self
-            .cache
-            .remove(&*self.full(key))
-            .filter(|s| s.is_live(now))
-            .map(|s| s.value))
+        Ok(self.remove_live(key))
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        let now = Instant::now();
-        Ok(self
-            .cache
-            .remove(&*self.full(key))
-            .is_some_and(|s| s.is_live(now)))
-    }
-
-    async fn clear(&self) -> Result<u64, BackendError> {
-        Ok(self.remove_where(|_| true))
-    }
-
-    async fn clear_path(&self, path: &str, include_params: bool) -> Result<u64, BackendError> {
-        Ok(self.remove_where(|k| {
-            CacheKey::parse(k).is_some_and(|k| k.is_for_path(path, include_params))
-        }))
-    }
-
-    async fn clear_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
-        Ok(self.remove_where(|k| {
-            CacheKey::parse(k).is_some_and(|k| path_matches_glob(pattern, &k.decoded_path()))
-        }))
-    }
-
-    async fn keys(&self) -> Result<Vec<String>, BackendError> {
-        let now = Instant::now();
-        Ok(self
-            .cache
-            .iter()
-            .filter(|(_, v)| v.is_live(now))
-            .filter_map(|(k, _)| self.logical(&k).map(str::to_owned))
-            .collect())
-    }
-
-    async fn entries(&self) -> Result<Vec<StoredValue>, BackendError> {
-        let now = Instant::now();
-        Ok(self
-            .cache
-            .iter()
-            .filter(|(_, v)| v.is_live(now))
-            .filter_map(|(k, v)| {
-                Some(StoredValue {
-                    key: self.logical(&k)?.to_owned(),
-                    value: v.value.clone(),
-                    ttl_remaining: v.expires_at.map(|at| at.saturating_duration_since(now)),
-                })
-            })
-            .collect())
+        Ok(self.remove_live(key).is_some())
     }
 
     fn eviction_count(&self) -> Option<u64> {
         Some(self.evictions())
     }
 
+    fn listing(&self) -> Option<&dyn Listing> {
+        Some(self)
+    }
+
+    fn compare_and_swap(&self) -> Option<&dyn CompareAndSwap> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Listing for MemoryBackend {
+    async fn keys(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
+        Ok(self.live_under(prefix).map(|(k, _)| k).collect())
+    }
+
+    async fn entries(&self, prefix: &str) -> Result<Vec<StoredValue>, BackendError> {
+        let now = self.clock.now();
+        Ok(self
+            .live_under(prefix)
+            .map(|(key, v)| StoredValue {
+                key,
+                value: v.value,
+                ttl_remaining: v
+                    .expires_at
+                    .map(|at| at.duration_since(now).unwrap_or_default()),
+            })
+            .collect())
+    }
+
+    async fn clear(&self, prefix: &str) -> Result<u64, BackendError> {
+        let keys: Vec<String> = self.live_under(prefix).map(|(k, _)| k).collect();
+        Ok(keys
+            .iter()
+            .filter(|k| self.remove_live(k).is_some())
+            .count() as u64)
+    }
+}
+
+#[async_trait]
+impl CompareAndSwap for MemoryBackend {
     async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
-        let now = Instant::now();
-        let result = self
-            .cache
-            .entry(self.full(key).into_owned())
-            .and_compute_with(|existing| match existing {
-                Some(e) if e.value().is_live(now) && e.value().value == expected => Op::Remove,
-                _ => Op::Nop,
-            });
-        Ok(matches!(result, moka::ops::compute::CompResult::Removed(_)))
+        let result = self.compute(key, |live| match live {
+            Some(v) if v == expected => Op::Remove,
+            _ => Op::Nop,
+        });
+        Ok(matches!(result, CompResult::Removed(_)))
+    }
+
+    async fn set_if_equals(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<bool, BackendError> {
+        let result = self.compute(key, |live| match live {
+            Some(v) if v == expected => Op::Put(self.stored(value, ttl)),
+            _ => Op::Nop,
+        });
+        Ok(matches!(result, CompResult::ReplacedWith(_)))
     }
 }

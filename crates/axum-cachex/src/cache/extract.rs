@@ -83,7 +83,11 @@ impl CacheBackend {
                 let (mut parts, ()) = Request::new(()).into_parts();
                 parts.uri = request.uri().clone();
                 parts.headers = request.headers().clone();
-                DefaultKeyBuilder.build_key(&parts)
+                format!(
+                    "{}{}",
+                    axum_cachex_core::CACHE_NAMESPACE,
+                    DefaultKeyBuilder.build_key(&parts)
+                )
             })
     }
 
@@ -109,37 +113,47 @@ impl CacheBackend {
         self.handle.backend.delete(key).await
     }
 
-    /// [`Backend::clear_path`], and misses running in the process store
-    /// nothing they read before.
+    /// Deletes the stored responses of `path`: with `include_params` every
+    /// query (and host, user and `Vary` variant), without it only the
+    /// query-less ones. Misses running in the process store nothing they
+    /// read before. Uses the backend's
+    /// [`PathInvalidation`](crate::backend::PathInvalidation) fast path when
+    /// it has one, else lists the cache's namespace
+    /// ([`Listing`](crate::backend::Listing)).
+    ///
+    /// Returns how many went; 0 from a backend that cannot count (Memcached).
     ///
     /// # Errors
     ///
     /// The backend's error, e.g. when it is unreachable.
     pub async fn clear_path(&self, path: &str, include_params: bool) -> Result<u64, BackendError> {
-        Invalidations::get().path();
-        self.handle.backend.clear_path(path, include_params).await
+        super::purge::clear_path(&*self.handle.backend, path, include_params).await
     }
 
-    /// [`Backend::clear_pattern`], and misses running in the process store
-    /// nothing they read before.
+    /// Deletes the stored responses whose path matches a glob pattern
+    /// (`*`, `?`, `[a-z]`; see
+    /// [`path_matches_glob`](axum_cachex_core::path_matches_glob)), and
+    /// misses running in the process store nothing they read before. Needs a
+    /// backend that can list keys ([`Listing`](crate::backend::Listing)):
+    /// [`BackendError::Unsupported`] on Memcached.
     ///
     /// # Errors
     ///
     /// The backend's error, e.g. when it is unreachable.
     pub async fn clear_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
-        Invalidations::get().path();
-        self.handle.backend.clear_pattern(pattern).await
+        super::purge::clear_pattern(&*self.handle.backend, pattern).await
     }
 
-    /// [`Backend::clear`], and misses running in the process store nothing
-    /// they read before.
+    /// Deletes every stored response, and nothing else: sessions, states
+    /// and application values sharing the backend stay (the HTTP cache
+    /// writes only under [`CACHE_NAMESPACE`](axum_cachex_core::CACHE_NAMESPACE)).
+    /// Misses running in the process store nothing they read before.
     ///
     /// # Errors
     ///
     /// The backend's error, e.g. when it is unreachable.
     pub async fn clear(&self) -> Result<u64, BackendError> {
-        Invalidations::get().path();
-        self.handle.backend.clear().await
+        super::purge::clear_all(&*self.handle.backend).await
     }
 }
 

@@ -52,7 +52,7 @@ use super::{
     extract::CacheHandle,
     headers,
     invalidate::{self, Invalidation},
-    lock::{self, HeldLock, LockOutcome},
+    lock::{self, LockOutcome},
     plan::{self, Plan},
     response,
     shared::{Run, Shared},
@@ -61,6 +61,8 @@ use super::{
     store::{self, Found, Slot},
     vary,
 };
+
+use crate::lock::LockGuard;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -89,7 +91,7 @@ struct Pending {
     /// waiters still get the entry.
     write: bool,
     leader: Option<Leader>,
-    lock: Option<HeldLock>,
+    lock: Option<LockGuard>,
     /// Set by an outer middleware when the response must not be shared.
     guard: Option<ShareGuard>,
     /// The handler run, registered for its key: a response made before an
@@ -196,7 +198,6 @@ where
                         store::delete(&self.shared, &self.backend, &lock).await;
                     }
                     Invalidation::Path(path) => {
-                        self.shared.invalidations.path();
                         store::clear_path(&self.shared, &self.backend, &path).await;
                     }
                 }
@@ -439,7 +440,7 @@ where
         selecting: &HeaderMap,
         leader: &Option<Leader>,
         backend_up: bool,
-    ) -> Result<Option<HeldLock>, CacheEntry> {
+    ) -> Result<Option<LockGuard>, CacheEntry> {
         let (Some(lock_ttl), Some(leader), true) =
             (self.shared.options.lock_ttl, leader, backend_up)
         else {
@@ -517,7 +518,7 @@ where
             .is_some_and(ShareGuard::sharing_forbidden)
             || plan::response_is_credentialed(&self.shared, &parts.extensions);
         if credentialed {
-            pending.finish(&self.shared, &self.backend, None);
+            pending.finish(None);
             let headers =
                 headers::merged(&old.headers, &response::end_to_end_headers(update, true));
             let mut res = self.answer_entry(CacheEntry { headers, ..old }, now);
@@ -532,7 +533,7 @@ where
             // not even for stale-if-error.
             None => store::delete(&self.shared, &self.backend, &pending.slot.base).await,
         }
-        pending.finish(&self.shared, &self.backend, stored.clone());
+        pending.finish(stored.clone());
         // This client gets the stored response updated with all the 304
         // says, its cookies and `Cache-Control` included (RFC 9111 §4.3.4);
         // the store keeps what may be shared.
@@ -555,7 +556,7 @@ where
         // Waiters share the stale answer instead of each re-running a
         // failing handler.
         let shared_stale = Outcome::StaleOnError(Arc::new(entry.clone()));
-        pending.finish_with(&self.shared, &self.backend, shared_stale);
+        pending.finish_with(shared_stale);
         let status = CacheStatus {
             fwd_status,
             ttl: Some(response::ttl_left(&entry, now)),
@@ -588,7 +589,7 @@ where
         let policy = match admission {
             Admission::Store(policy) => policy,
             Admission::Refuse(reason) => {
-                pending.finish(&self.shared, &self.backend, None);
+                pending.finish(None);
                 if reason == "credentials" {
                     // Made for credentials: no cache downstream keeps it.
                     headers::keep_private(&mut parts.headers, &self.shared.private_cache_control);
@@ -601,7 +602,7 @@ where
         let limit = self.store_limit();
         match body::exact_len(&body) {
             Some(len) if len > limit as u64 => {
-                pending.finish(&self.shared, &self.backend, None);
+                pending.finish(None);
                 headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
                 let res = self.pass_through(parts, Body::new(body), &mut status);
                 (res, status.with_detail("too-large"))
@@ -609,7 +610,7 @@ where
             Some(_) => self.store_buffered(parts, body, pending, status).await,
             // An unknown length could be endless: answer HEAD at once.
             None if self.head => {
-                pending.finish(&self.shared, &self.backend, None);
+                pending.finish(None);
                 headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
                 (
                     self.pass_through(parts, Body::new(body), &mut status),
@@ -624,7 +625,7 @@ where
                 &parts.headers,
             ) =>
             {
-                pending.finish(&self.shared, &self.backend, None);
+                pending.finish(None);
                 headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
                 (
                     self.pass_through(parts, Body::new(body), &mut status),
@@ -647,7 +648,7 @@ where
         let bytes = match body::collect_limited(body, self.store_limit()).await {
             Collected::Complete(bytes) => bytes,
             Collected::PassThrough(body, reason) => {
-                pending.finish(&self.shared, &self.backend, None);
+                pending.finish(None);
                 let res = self.pass_through(parts, body, &mut status);
                 return (res, status.with_detail(pass_detail(reason)));
             }
@@ -655,7 +656,7 @@ where
         if !headers::declared_length_matches(&parts.headers, bytes.len()) {
             // A body that ended short of its `Content-Length` is not the
             // response (RFC 9111 §3.3): not stored, not shared.
-            pending.finish(&self.shared, &self.backend, None);
+            pending.finish(None);
             headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
             let res = self.answer_bytes(parts, bytes, &mut status);
             return (res, status.with_detail("incomplete"));
@@ -673,7 +674,7 @@ where
         parts.headers.insert(ETAG, entry.etag.clone());
         headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
         status.stored = pending.store(&self.shared, &self.backend, &entry).await;
-        pending.finish(&self.shared, &self.backend, Some(entry));
+        pending.finish(Some(entry));
         let res = self.answer_bytes(parts, bytes, &mut status);
         (res, status)
     }
@@ -708,7 +709,7 @@ where
                 if matches!(kept, Kept::Dropped(PassReason::TooLarge)) {
                     bump(&shared.stats.bypass_too_large);
                 }
-                pending.finish(&shared, &backend, None);
+                pending.finish(None);
                 return;
             };
             let entry = entry::new_entry(
@@ -722,7 +723,7 @@ where
                 if pending.store(&shared, &backend, &entry).await {
                     bump(&shared.stats.stores);
                 }
-                pending.finish(&shared, &backend, Some(entry));
+                pending.finish(Some(entry));
             });
         });
         Response::from_parts(parts, teed)
@@ -781,7 +782,7 @@ where
             }
             _ => {
                 bump(&self.shared.stats.handler_failures);
-                pending.finish(&self.shared, &self.backend, None);
+                pending.finish(None);
             }
         }
     }
@@ -948,7 +949,7 @@ impl Pending {
             return false;
         }
         if let Some(held) = &self.lock {
-            if !lock::still_held(shared, backend, held).await {
+            if !held.is_held().await {
                 // Deleted by an invalidation elsewhere (or expired): what
                 // was computed under it is neither stored nor shared.
                 self.lock_lost.store(true, Ordering::Release);
@@ -968,13 +969,13 @@ impl Pending {
 
     /// Hands the outcome to coalesced waiters and releases the
     /// cross-instance lock, off the response path.
-    fn finish(self, shared: &Arc<Shared>, backend: &Arc<dyn Backend>, entry: Option<CacheEntry>) {
+    fn finish(self, entry: Option<CacheEntry>) {
         let outcome = entry.map_or(Outcome::Nothing, |e| Outcome::Made(Arc::new(e)));
-        self.finish_with(shared, backend, outcome);
+        self.finish_with(outcome);
     }
 
     /// [`finish`](Self::finish) with any outcome.
-    fn finish_with(self, shared: &Arc<Shared>, backend: &Arc<dyn Backend>, outcome: Outcome) {
+    fn finish_with(self, outcome: Outcome) {
         if let Some(leader) = &self.leader {
             // Requests that came after an invalidation run the handler
             // themselves.
@@ -986,8 +987,7 @@ impl Pending {
             leader.publish(outcome);
         }
         if let Some(held) = self.lock {
-            let (shared, backend) = (Arc::clone(shared), Arc::clone(backend));
-            spawn(async move { lock::release(&shared, &backend, held).await });
+            spawn(held.release());
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use axum::extract::{NestedPath, OriginalUri};
-use axum_cachex_core::CacheKey;
+use axum_cachex_core::{CACHE_NAMESPACE, CacheKey};
 use http::{Method, Request, header::HOST, request::Parts};
 
 use super::shared::Shared;
@@ -27,9 +27,10 @@ use super::shared::Shared;
 /// # let _ = layer;
 /// ```
 ///
-/// Keys made with [`CacheKey::encode`] keep working with `clear_path` and
-/// `clear_pattern`; other shapes can only be removed with `delete` or
-/// `clear`. A custom key must tell apart every pair of requests that may
+/// The layer stores the key under [`CACHE_NAMESPACE`]
+/// (`http:`), whatever the builder returns. Keys made with
+/// [`CacheKey::encode`] keep working with `clear_path` and `clear_pattern`;
+/// other shapes can only be removed with `delete` or `clear`. A custom key must tell apart every pair of requests that may
 /// get different responses: a key that collides serves one client's
 /// response to another.
 pub trait KeyBuilder: Send + Sync + 'static {
@@ -61,11 +62,12 @@ pub struct DefaultKeyBuilder;
 impl KeyBuilder for DefaultKeyBuilder {
     fn build_key(&self, parts: &Parts) -> String {
         let host = request_host(parts).unwrap_or_default();
-        default_key(parts, &host)
+        default_key(parts, &host, false)
     }
 }
 
-fn default_key(parts: &Parts, host: &str) -> String {
+/// The default key, under [`CACHE_NAMESPACE`] when `stored`.
+fn default_key(parts: &Parts, host: &str, stored: bool) -> String {
     let target = request_target(parts);
     let method = match &target.rewritten {
         // In the method part, which path invalidation does not read: the
@@ -73,7 +75,11 @@ fn default_key(parts: &Parts, host: &str) -> String {
         Some(rewritten) => Cow::Owned(format!("{}\0{rewritten}", parts.method)),
         None => Cow::Borrowed(parts.method.as_str()),
     };
-    CacheKey::encode(&method, host, target.path, target.query)
+    if stored {
+        CacheKey::encode_stored(&method, host, target.path, target.query)
+    } else {
+        CacheKey::encode(&method, host, target.path, target.query)
+    }
 }
 
 /// What names the response to a request; see [`request_target`].
@@ -140,11 +146,11 @@ fn strip_segments(path: &str, n: usize) -> &str {
     if rest.is_empty() { "/" } else { rest }
 }
 
-/// The key a request's response is stored under: the key builder's, and
-/// on a route cached per user the user's partition in front of it
-/// (hex-encoded, so it cannot run into the key). `None` when the route is
-/// per user and the request has no user. `parts.method` must be `GET`
-/// (HEAD shares GET's entry).
+/// The key a request's response is stored under: [`CACHE_NAMESPACE`],
+/// then on a route cached per user the user's partition (hex-encoded, so
+/// it cannot run into the key), then the key builder's key. `None` when the
+/// route is per user and the request has no user. `parts.method` must be
+/// `GET` (HEAD shares GET's entry).
 pub(crate) fn entry_key(shared: &Shared, parts: &Parts) -> Option<String> {
     let host = request_host(parts).unwrap_or_default();
     entry_key_for_host(shared, parts, &host)
@@ -153,16 +159,27 @@ pub(crate) fn entry_key(shared: &Shared, parts: &Parts) -> Option<String> {
 /// [`entry_key`] when the request's normalised host is already known:
 /// the default key builder then needs no second look at the headers.
 pub(crate) fn entry_key_for_host(shared: &Shared, parts: &Parts, host: &str) -> Option<String> {
-    let base = if shared.options.custom_keys {
+    let user = match &shared.options.per_user {
+        Some(partition) => Some(partition.user(parts)?),
+        None => None,
+    };
+    let custom = shared.options.custom_keys;
+    if user.is_none() && !custom {
+        // The common case, in one allocation.
+        return Some(default_key(parts, host, true));
+    }
+    let base = if custom {
         shared.options.key_builder.build_key(parts)
     } else {
-        default_key(parts, host)
+        default_key(parts, host, false)
     };
-    let Some(partition) = &shared.options.per_user else {
-        return Some(base);
-    };
-    let user = partition.user(parts)?;
-    Some(format!("u{}@{base}", crate::random::hex(user.as_bytes())))
+    Some(match user {
+        Some(user) => format!(
+            "{CACHE_NAMESPACE}u{}@{base}",
+            crate::random::hex(user.as_bytes())
+        ),
+        None => format!("{CACHE_NAMESPACE}{base}"),
+    })
 }
 
 /// [`entry_key`] for a whole request, whatever its method.

@@ -92,6 +92,48 @@ impl CacheLayer {
             None => Ok(false),
         }
     }
+
+    /// Deletes the stored responses of `path` (as clients send it): with
+    /// `include_params` every query, host, user and `Vary` variant, without
+    /// it only the query-less ones. Misses in flight store nothing they read
+    /// before. Uses the backend's
+    /// [`PathInvalidation`](crate::backend::PathInvalidation) fast path when
+    /// it has one, else lists the cache's namespace
+    /// ([`Listing`](crate::backend::Listing)).
+    ///
+    /// Returns how many went; 0 from a backend that cannot count
+    /// (Memcached).
+    ///
+    /// # Errors
+    ///
+    /// The backend's error, e.g. when it is unreachable, or
+    /// [`BackendError::Unsupported`] from a backend that can neither list
+    /// nor invalidate by path.
+    pub async fn clear_path(&self, path: &str, include_params: bool) -> Result<u64, BackendError> {
+        super::purge::clear_path(&*self.backend(), path, include_params).await
+    }
+
+    /// Deletes the stored responses whose path matches a glob pattern
+    /// (`*`, `?`, `[a-z]`; see
+    /// [`path_matches_glob`](axum_cachex_core::path_matches_glob)).
+    ///
+    /// # Errors
+    ///
+    /// The backend's error, or [`BackendError::Unsupported`] from a backend
+    /// that cannot list keys (Memcached).
+    pub async fn clear_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
+        super::purge::clear_pattern(&*self.backend(), pattern).await
+    }
+
+    /// Deletes every stored response of the backend, and nothing else:
+    /// sessions, states and application values sharing it stay.
+    ///
+    /// # Errors
+    ///
+    /// As [`clear_path`](Self::clear_path).
+    pub async fn clear(&self) -> Result<u64, BackendError> {
+        super::purge::clear_all(&*self.backend()).await
+    }
 }
 
 impl CacheLayerBuilder {

@@ -34,6 +34,7 @@ mod key;
 mod layer;
 mod lock;
 mod plan;
+pub(crate) mod purge;
 mod registry;
 mod response;
 mod service;

@@ -289,7 +289,7 @@ async fn index_for(
     }
     let fresh = VariantIndex {
         names,
-        epoch: random_epoch(),
+        epoch: crate::random::unique_u64(),
     };
     let encoded = CacheRecord::Variants(fresh.clone()).encode();
     let call = backend.add(&slot.base, encoded, Some(ttl));
@@ -323,13 +323,6 @@ async fn put_index(
     Some(index.clone())
 }
 
-fn random_epoch() -> u64 {
-    let token = super::lock::random_token();
-    let mut raw = [0u8; 8];
-    raw.copy_from_slice(&token[..8]);
-    u64::from_le_bytes(raw)
-}
-
 /// Deletes a base key (and with it every variant), failing open.
 pub(crate) async fn delete(shared: &Shared, backend: &Arc<dyn Backend>, key: &str) {
     let _ = with_timeout(shared, &**backend, "delete", backend.delete(key)).await;
@@ -338,7 +331,7 @@ pub(crate) async fn delete(shared: &Shared, backend: &Arc<dyn Backend>, key: &st
 /// Deletes every stored response of `path` (all hosts, queries, users
 /// and variants), failing open.
 pub(crate) async fn clear_path(shared: &Shared, backend: &Arc<dyn Backend>, path: &str) {
-    let call = backend.clear_path(path, true);
+    let call = super::purge::clear_path(&**backend, path, true);
     let _ = with_timeout(shared, &**backend, "clear_path", call).await;
 }
 

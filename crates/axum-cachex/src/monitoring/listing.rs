@@ -7,7 +7,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use axum_cachex_core::{Backend, BackendError, CacheEntry, CacheKey, CacheRecord};
+use axum_cachex_core::{Backend, BackendError, CACHE_NAMESPACE, CacheEntry, CacheKey, CacheRecord};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -36,18 +36,10 @@ pub(crate) enum Loaded {
 /// variant indexes, sessions, OAuth states, locks and
 /// app-cache values share the backend — are skipped.
 pub(crate) async fn load(backend: &dyn Backend) -> Result<Loaded, BackendError> {
-    if !backend.capabilities().list_keys {
+    let Some(listing) = backend.listing() else {
         return Ok(Loaded::Unsupported(unsupported_message(backend.name())));
-    }
-    let values = match backend.entries().await {
-        Ok(values) => values,
-        // A backend that claims listing but refuses it is reported the same
-        // way as one that says so up front.
-        Err(BackendError::Unsupported { .. }) => {
-            return Ok(Loaded::Unsupported(unsupported_message(backend.name())));
-        }
-        Err(e) => return Err(e),
     };
+    let values = listing.entries(CACHE_NAMESPACE).await?;
     let mut variants = Vec::new();
     for stored in values {
         if let Ok(CacheRecord::Response(entry)) = CacheRecord::decode(stored.value) {
@@ -63,8 +55,10 @@ pub(crate) async fn load(backend: &dyn Backend) -> Result<Loaded, BackendError> 
 /// A `Vary` variant is listed under its base key: the key that `delete`
 /// and invalidation act on.
 fn base_key(key: String) -> String {
-    match CacheKey::parse(&key) {
-        Some(k) if !k.variant.is_empty() => CacheKey { variant: "", ..k }.to_string(),
+    match CacheKey::parse_stored(&key) {
+        Some(k) if !k.variant.is_empty() => {
+            format!("{CACHE_NAMESPACE}{}", CacheKey { variant: "", ..k })
+        }
         _ => key,
     }
 }
@@ -94,7 +88,7 @@ struct KeyParts {
 }
 
 fn key_parts(key: &str) -> KeyParts {
-    match CacheKey::parse(key) {
+    match CacheKey::parse_stored(key) {
         Some(k) => KeyParts {
             method: Some(k.method.to_owned()),
             host: Some(k.host.to_owned()),
@@ -169,7 +163,7 @@ impl Listing {
                 fresh += 1;
             }
             bytes += entry.body.len() as u64;
-            let (method, path) = match CacheKey::parse(key) {
+            let (method, path) = match CacheKey::parse_stored(key) {
                 Some(k) => (Some(k.method.to_owned()), k.path.to_owned()),
                 None => (None, key.clone()),
             };

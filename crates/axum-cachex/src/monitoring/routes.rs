@@ -337,7 +337,7 @@ pub(crate) async fn clear_path(inner: Arc<Inner>, request: Request) -> Response 
         &inner,
         backend.as_ref(),
         "clear_path",
-        backend.clear_path(&path, include_params),
+        crate::cache::purge::clear_path(backend.as_ref(), &path, include_params),
     )
     .await
     {
@@ -347,7 +347,7 @@ pub(crate) async fn clear_path(inner: Arc<Inner>, request: Request) -> Response 
                 path,
                 include_params,
                 cleared,
-                exact_count: backend.capabilities().exact_counts,
+                exact_count: crate::cache::purge::counts_exactly(backend.as_ref()),
             },
         ),
         Err(failure) => failure.into_response(),

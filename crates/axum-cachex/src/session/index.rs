@@ -21,7 +21,6 @@ use super::{
     SessionError, SessionManager,
     token::{self, unix_secs},
 };
-use axum_cachex_core::BackendError;
 
 /// The lock outlives any sane index update many times over; it only
 /// matters when an instance dies holding it.
@@ -72,9 +71,9 @@ impl SessionManager {
 
     async fn unlock_index(&self, lock: Lock) {
         let backend = self.backend_ref();
-        let result = match backend.delete_if_equals(&lock.key, &lock.token).await {
-            Err(BackendError::Unsupported { .. }) => backend.delete(&lock.key).await.map(|_| ()),
-            other => other.map(|_| ()),
+        let result = match backend.compare_and_swap() {
+            Some(cas) => cas.delete_if_equals(&lock.key, &lock.token).await.map(drop),
+            None => backend.delete(&lock.key).await.map(drop),
         };
         if let Err(e) = result {
             warn!(error = %e, "could not release the user index lock; it expires by itself");

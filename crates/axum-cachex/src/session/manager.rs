@@ -762,12 +762,12 @@ impl SessionManager {
     /// [`SessionError::Backend`].
     pub async fn clear_expired_sessions(&self) -> Result<u64, SessionError> {
         let backend = &self.inner.backend;
-        if !backend.capabilities().list_keys {
+        let Some(listing) = backend.listing() else {
             return Ok(0);
-        }
+        };
         let now = self.now();
         let mut removed = 0;
-        for entry in backend.entries().await? {
+        for entry in listing.entries(self.prefix()).await? {
             let Some(hash) = entry.key.strip_prefix(self.prefix()) else {
                 continue;
             };

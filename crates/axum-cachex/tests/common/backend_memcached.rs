@@ -10,7 +10,7 @@ pub async fn memcached() -> Option<Arc<dyn Backend>> {
     let servers = super::memcached_servers()?;
     let backend = MemcachedBackend::builder()
         .servers(servers)
-        .prefix(super::unique_prefix("mc"))
+        .key_prefix(super::unique_prefix("mc"))
         .build()
         .expect("memcached backend config");
     Some(Arc::new(backend))

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use axum_cachex::{
     ManualClock,
     app_cache::{CacheError, CacheManager, DistributedLock},
-    backend::{Backend, BackendError, Capabilities, StoredValue},
+    backend::{Backend, BackendError, CompareAndSwap, Listing, PathInvalidation},
     state::{InvalidStateReason, StateError, StateManager},
 };
 use bytes::Bytes;
@@ -101,9 +101,6 @@ impl Backend for CountingBackend {
     fn name(&self) -> &'static str {
         self.inner.name()
     }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
         let r = self.inner.get(key).await;
         self.gets.fetch_add(1, Ordering::SeqCst);
@@ -139,23 +136,14 @@ impl Backend for CountingBackend {
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
         self.inner.delete(key).await
     }
-    async fn clear(&self) -> Result<u64, BackendError> {
-        self.inner.clear().await
+    fn listing(&self) -> Option<&dyn Listing> {
+        self.inner.listing()
     }
-    async fn clear_path(&self, path: &str, include_params: bool) -> Result<u64, BackendError> {
-        self.inner.clear_path(path, include_params).await
+    fn compare_and_swap(&self) -> Option<&dyn CompareAndSwap> {
+        self.inner.compare_and_swap()
     }
-    async fn clear_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
-        self.inner.clear_pattern(pattern).await
-    }
-    async fn keys(&self) -> Result<Vec<String>, BackendError> {
-        self.inner.keys().await
-    }
-    async fn entries(&self) -> Result<Vec<StoredValue>, BackendError> {
-        self.inner.entries().await
-    }
-    async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
-        self.inner.delete_if_equals(key, expected).await
+    fn path_invalidation(&self) -> Option<&dyn PathInvalidation> {
+        self.inner.path_invalidation()
     }
 }
 
@@ -679,7 +667,7 @@ pub async fn cache_clear_pattern_counts(backend: Arc<dyn Backend>) {
         .build();
     other.set("user:1", &1, None).await.expect("set");
 
-    if !backend.capabilities().list_keys {
+    if backend.listing().is_none() {
         let r = cache.clear_pattern("user:*").await;
         assert!(
             matches!(

@@ -6,7 +6,7 @@
 pub mod backend_memcached;
 #[cfg(feature = "redis")]
 pub mod backend_redis;
-pub mod contract;
+pub mod conformance;
 pub mod http;
 pub mod layer;
 pub mod stale;
@@ -65,23 +65,6 @@ pub fn unique_prefix(name: &str) -> String {
 macro_rules! conformance_suite {
     ($factory:path) => {
         $crate::conformance_suite!(@emit $factory;
-            contract::set_then_get,
-            contract::get_missing_is_none,
-            contract::overwrite_replaces,
-            contract::binary_values_round_trip,
-            contract::large_value_round_trips,
-            contract::ttl_expiry,
-            contract::add_only_when_absent,
-            contract::replace_only_when_present,
-            contract::take_is_single_use,
-            contract::concurrent_take_has_one_winner,
-            contract::delete_reports_existence,
-            contract::delete_if_equals_only_deletes_the_expected_value,
-            contract::clear_counts_and_empties_namespace,
-            contract::clear_path_exact_and_with_params,
-            contract::clear_pattern_globs_paths,
-            contract::keys_and_entries_list_namespace,
-            contract::concurrent_writers_to_one_key,
             layer::hit_does_not_run_handler,
             layer::conditional_requests,
             layer::not_modified_repeats_required_headers,

@@ -23,7 +23,7 @@ use axum::{
 };
 use axum_cachex::{
     ManualClock,
-    backend::{Backend, BackendError, Capabilities, StoredValue},
+    backend::{Backend, BackendError, CompareAndSwap, Listing, PathInvalidation},
     session::{
         CookieConfig, JwtAlgorithm, SameSite, SecurityError, Session, SessionConfig,
         SessionConfigBuilder, SessionContext, SessionError, SessionHandle, SessionLayer,
@@ -109,9 +109,6 @@ impl Backend for Counting {
     fn name(&self) -> &'static str {
         self.inner.name()
     }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
         self.inner.get(key).await
     }
@@ -140,27 +137,14 @@ impl Backend for Counting {
         self.wrote();
         self.inner.delete(key).await
     }
-    async fn clear(&self) -> Result<u64, BackendError> {
-        self.wrote();
-        self.inner.clear().await
+    fn listing(&self) -> Option<&dyn Listing> {
+        self.inner.listing()
     }
-    async fn clear_path(&self, path: &str, include_params: bool) -> Result<u64, BackendError> {
-        self.wrote();
-        self.inner.clear_path(path, include_params).await
+    fn compare_and_swap(&self) -> Option<&dyn CompareAndSwap> {
+        self.inner.compare_and_swap()
     }
-    async fn clear_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
-        self.wrote();
-        self.inner.clear_pattern(pattern).await
-    }
-    async fn keys(&self) -> Result<Vec<String>, BackendError> {
-        self.inner.keys().await
-    }
-    async fn entries(&self) -> Result<Vec<StoredValue>, BackendError> {
-        self.inner.entries().await
-    }
-    async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
-        self.wrote();
-        self.inner.delete_if_equals(key, expected).await
+    fn path_invalidation(&self) -> Option<&dyn PathInvalidation> {
+        self.inner.path_invalidation()
     }
 }
 
@@ -1020,7 +1004,7 @@ pub async fn clear_expired_sessions_counts_what_it_removed(be: B) {
         .expect("create");
     f.clock.advance(secs(60)); // the first three are past their expiry
     let removed = m.clear_expired_sessions().await.expect("clear");
-    if f.backend.capabilities().list_keys {
+    if f.backend.listing().is_some() {
         assert_eq!(removed, 3);
         for (_, t) in &old {
             assert_not_found(m.get_session(t, None, None).await);
@@ -1056,10 +1040,10 @@ pub async fn store_keys_and_values_reveal_no_ids(be: B) {
         .create_session(user("secret-user"), None, None, None)
         .await
         .expect("create");
-    if !f.backend.capabilities().list_keys {
+    let Some(listing) = f.backend.listing() else {
         return; // nothing to dump
-    }
-    let entries = f.backend.entries().await.expect("entries");
+    };
+    let entries = listing.entries("").await.expect("entries");
     assert!(!entries.is_empty());
     let mac = token.split('.').nth(1).expect("mac");
     for e in &entries {

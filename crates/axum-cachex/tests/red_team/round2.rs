@@ -492,9 +492,9 @@ async fn rule9211_304_made_from_handler_200_lacks_fwd_status() {
 
 /// Waits (bounded) until the backend holds at least one key.
 async fn wait_for_store(backend: &MemoryBackend) {
-    use axum_cachex::backend::Backend;
+    use axum_cachex::backend::Listing;
     tokio::time::timeout(HANG, async {
-        while backend.keys().await.unwrap().is_empty() {
+        while backend.keys("").await.unwrap().is_empty() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })

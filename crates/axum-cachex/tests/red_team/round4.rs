@@ -18,7 +18,7 @@ use axum::{
 };
 use axum_cachex::{
     CacheLayer, Freshness, ManualClock,
-    backend::{Backend, MemcachedBackend, MemoryBackend, RedisBackend},
+    backend::{Backend, Listing, MemcachedBackend, MemoryBackend, RedisBackend},
 };
 use bytes::Bytes;
 
@@ -38,7 +38,7 @@ fn memcached() -> Option<Arc<dyn Backend>> {
     let servers = crate::common::memcached_servers()?;
     let backend = MemcachedBackend::builder()
         .servers(servers)
-        .prefix(crate::common::unique_prefix("rt4m"))
+        .key_prefix(crate::common::unique_prefix("rt4m"))
         .build()
         .expect("memcached backend");
     Some(Arc::new(backend))
@@ -336,7 +336,13 @@ async fn rule_clear_path_exact_misses_entry_of_rewritten_uri() {
             "items v1",
             "[{name}] precondition: stored"
         );
-        backend.clear_path("/items", false).await.unwrap();
+        CacheLayer::builder()
+            .backend(backend.clone())
+            .build()
+            .unwrap()
+            .clear_path("/items", false)
+            .await
+            .unwrap();
         let after = send(&app, get_req("/items")).await;
         assert_eq!(
             after.text(),
@@ -352,15 +358,11 @@ async fn rule_clear_path_exact_misses_entry_of_rewritten_uri() {
 // Network backends.
 // ---------------------------------------------------------------------------
 
-/// README: "give each [purpose] its own namespace: … a Redis/Memcached
-/// backend per purpose with its own key_prefix". With prefixes `P` (the
-/// HTTP cache) and `P` + `sessions:` (sessions), `clear()` on the cache
-/// SCANs `P*` and deletes every session too (and `keys()`/`entries()` list
-/// them as cache entries). Memcached's generation counters and the memory
-/// namespaces do not have this problem; Redis rejects only the empty
-/// prefix.
+/// With prefixes `P` (the HTTP cache) and `P` + `sessions:` (sessions),
+/// clearing the cache used to SCAN `P*` and delete every session too.
+/// Fixed (issue 11): the HTTP cache writes and clears only under its own
+/// sub-namespace `http:`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 11: the HTTP cache gets its own sub-namespace; until then, prefixes must not nest"]
 async fn rule_redis_clear_deletes_keys_of_backend_with_nested_prefix() {
     let Some(url) = crate::common::redis_url() else {
         return;
@@ -386,14 +388,19 @@ async fn rule_redis_clear_deletes_keys_of_backend_with_nested_prefix() {
         .unwrap();
     cache
         .set(
-            "GET|||h|||/x|||",
+            "http:GET|||h|||/x|||",
             Bytes::from_static(b"x"),
             Some(Duration::from_secs(600)),
         )
         .await
         .unwrap();
-    let listed = cache.keys().await.unwrap();
-    cache.clear().await.unwrap();
+    let listed = cache.keys("").await.unwrap();
+    let layer = CacheLayer::builder()
+        .backend(Arc::new(cache.clone()))
+        .build()
+        .unwrap();
+    assert_eq!(layer.clear().await.unwrap(), 1);
+    assert_eq!(cache.get("http:GET|||h|||/x|||").await.unwrap(), None);
     assert!(
         sessions.get("abc").await.unwrap().is_some(),
         "clearing the cache namespace {base:?} deleted the session stored under \

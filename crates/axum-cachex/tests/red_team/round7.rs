@@ -23,7 +23,7 @@ use axum::{
 };
 use axum_cachex::{
     CacheLayer, Freshness, ManualClock,
-    backend::{Backend, BackendError, Capabilities, MemoryBackend, StoredValue},
+    backend::{Backend, BackendError, CompareAndSwap, Listing, MemoryBackend},
     session::{SessionConfig, SessionContext, SessionLayer, SessionManager, SessionUser},
 };
 use bytes::Bytes;
@@ -243,9 +243,6 @@ impl Backend for SlowLockReads {
     fn name(&self) -> &'static str {
         "slow-lock-reads"
     }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
         let value = self.inner.get(key).await;
         if key.starts_with("lock:") && self.armed.swap(false, Ordering::SeqCst) {
@@ -274,23 +271,11 @@ impl Backend for SlowLockReads {
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
         self.inner.delete(key).await
     }
-    async fn clear(&self) -> Result<u64, BackendError> {
-        self.inner.clear().await
+    fn listing(&self) -> Option<&dyn Listing> {
+        self.inner.listing()
     }
-    async fn clear_path(&self, path: &str, include_params: bool) -> Result<u64, BackendError> {
-        self.inner.clear_path(path, include_params).await
-    }
-    async fn clear_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
-        self.inner.clear_pattern(pattern).await
-    }
-    async fn keys(&self) -> Result<Vec<String>, BackendError> {
-        self.inner.keys().await
-    }
-    async fn entries(&self) -> Result<Vec<StoredValue>, BackendError> {
-        self.inner.entries().await
-    }
-    async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
-        self.inner.delete_if_equals(key, expected).await
+    fn compare_and_swap(&self) -> Option<&dyn CompareAndSwap> {
+        self.inner.compare_and_swap()
     }
 }
 

@@ -79,6 +79,8 @@ pub(super) enum StoreMode {
     Add,
     /// Store only if the key holds something.
     Replace,
+    /// Store only if the item still has this CAS unique (read with `gets`).
+    Cas(u64),
 }
 
 impl StoreMode {
@@ -87,6 +89,7 @@ impl StoreMode {
             Self::Set => "set",
             Self::Add => "add",
             Self::Replace => "replace",
+            Self::Cas(_) => "cas",
         }
     }
 }
@@ -232,7 +235,7 @@ impl Conn {
         Ok(data.freeze())
     }
 
-    /// `set`/`add`/`replace`: whether the value was stored. `parts` are
+    /// `set`/`add`/`replace`/`cas`: whether the value was stored. `parts` are
     /// written back to back as the value (so the envelope head and the
     /// caller's bytes need no joining first).
     pub(super) async fn store(
@@ -244,7 +247,13 @@ impl Conn {
         parts: &[&[u8]],
     ) -> Result<bool, ClientError> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        let header = format!("{} {key} {flags} {exptime} {len}\r\n", mode.command());
+        let command = mode.command();
+        let header = match mode {
+            StoreMode::Cas(unique) => {
+                format!("{command} {key} {flags} {exptime} {len} {unique}\r\n")
+            }
+            _ => format!("{command} {key} {flags} {exptime} {len}\r\n"),
+        };
         let mut request = Vec::with_capacity(header.len() + len + 2);
         request.extend_from_slice(header.as_bytes());
         for part in parts {
@@ -255,7 +264,8 @@ impl Conn {
         self.read_line().await?;
         match self.line.as_slice() {
             b"STORED" => Ok(true),
-            b"NOT_STORED" => Ok(false),
+            // `EXISTS`/`NOT_FOUND`: a `cas` whose item changed or vanished.
+            b"NOT_STORED" | b"EXISTS" | b"NOT_FOUND" => Ok(false),
             other => {
                 let reply = other.to_vec();
                 Err(self.unexpected(&reply))

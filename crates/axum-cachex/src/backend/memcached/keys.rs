@@ -1,11 +1,6 @@
 //! Server-side key names, the value envelope and TTL conversion.
 
-use std::{
-    collections::hash_map::RandomState,
-    hash::{BuildHasher, Hasher},
-    sync::atomic::{AtomicU64, Ordering},
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::time::Duration;
 
 use axum_cachex_core::CacheKey;
 use bytes::Bytes;
@@ -72,7 +67,7 @@ pub(super) struct KeyNames<'a> {
 
 impl<'a> KeyNames<'a> {
     pub(super) fn new(prefix: &'a str, logical: &'a str) -> Self {
-        let path = CacheKey::parse(logical).map(|k| {
+        let path = CacheKey::parse_stored(logical).map(|k| {
             (
                 path_counter_key(prefix, &k.decoded_path()),
                 k.query.is_empty(),
@@ -85,31 +80,31 @@ impl<'a> KeyNames<'a> {
         }
     }
 
-    /// The counters to read before touching the entry: the namespace
-    /// generation, then the path counter if the key has a path.
+    /// The counters to read before touching the entry: for a key of the
+    /// HTTP cache its generation, then its path counter; none for any
+    /// other key (sessions and states are never cleared in bulk here).
     pub(super) fn counters(&self) -> Vec<String> {
-        let mut keys = vec![generation_key(self.prefix)];
-        if let Some((path, _)) = &self.path {
-            keys.push(path.clone());
+        match &self.path {
+            Some((path, _)) => vec![generation_key(self.prefix), path.clone()],
+            None => Vec::new(),
         }
-        keys
     }
 
     /// The entry's server-side key, given the counter values in the order of
     /// [`counters`](Self::counters).
     ///
-    /// `{prefix}{gen}:` or `{prefix}{gen}.{pathgen}:`, both in hex, then
+    /// `{prefix}{gen}.{pathgen}:` (in hex) for a key of the HTTP cache,
+    /// `{prefix}` for any other, then
     /// `k:{logical key}` when that is short and printable, otherwise
     /// `h:{xxh3-128 of the logical key}` (the envelope keeps the real key, so
     /// reads detect a collision).
     pub(super) fn entry_key(&self, counters: &[u64]) -> String {
-        let generation = counters.first().copied().unwrap_or(0);
-        let mut key = match (&self.path, counters.get(1)) {
-            (Some((_, exact)), Some(&path)) => {
+        let mut key = match (&self.path, counters) {
+            (Some((_, exact)), &[generation, path, ..]) => {
                 let path_gen = if *exact { path } else { path >> 32 };
                 format!("{}{generation:x}.{path_gen:x}:", self.prefix)
             }
-            _ => format!("{}{generation:x}:", self.prefix),
+            _ => self.prefix.to_owned(),
         };
         if is_key_safe(self.logical) && key.len() + 2 + self.logical.len() <= MAX_KEY_LEN {
             key.push_str("k:");
@@ -121,7 +116,7 @@ impl<'a> KeyNames<'a> {
     }
 }
 
-/// The namespace generation counter (one on each server).
+/// The generation counter of the HTTP cache (one on each server).
 pub(super) fn generation_key(prefix: &str) -> String {
     format!("{prefix}@g")
 }
@@ -141,21 +136,9 @@ pub(super) fn path_counter_key(prefix: &str, path: &str) -> String {
 /// The low 32 bits are zero so that path counters have room to count
 /// exact-path clears without carrying into the high half.
 pub(super) fn fresh_counter() -> u64 {
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    // `RandomState` is seeded from the OS once per thread; mixing in the
-    // time and a counter gives a new value on every call without a
-    // dependency on a random number crate.
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.write_u32(std::process::id());
     // Keep 31 random bits in the high half: far from overflowing u64 however
     // many clears follow.
-    (h.finish() & 0x7FFF_FFFF) << 32
+    (crate::random::unique_u64() & 0x7FFF_FFFF) << 32
 }
 
 /// Parses a counter as Memcached stores it (decimal, possibly padded with
@@ -236,14 +219,14 @@ mod tests {
     #[test]
     fn readable_keys_stay_readable() {
         let names = KeyNames::new("app:", "session:abc");
-        assert_eq!(names.counters(), vec!["app:@g".to_owned()]);
-        assert_eq!(names.entry_key(&[0x2a]), "app:2a:k:session:abc");
+        assert!(names.counters().is_empty());
+        assert_eq!(names.entry_key(&[]), "app:k:session:abc");
     }
 
     #[test]
     fn cache_keys_embed_the_path_counter() {
-        let with_query = KeyNames::new("app:", "GET|||h|||/users|||page=2");
-        let exact = KeyNames::new("app:", "GET|||h|||/users|||");
+        let with_query = KeyNames::new("app:", "http:GET|||h|||/users|||page=2");
+        let exact = KeyNames::new("app:", "http:GET|||h|||/users|||");
         assert_eq!(
             exact.counters(),
             vec!["app:@g".to_owned(), "app:@p:/users".to_owned()]
@@ -251,11 +234,11 @@ mod tests {
         let counter = 0x5_0000_0003;
         assert_eq!(
             exact.entry_key(&[1, counter]),
-            "app:1.500000003:k:GET|||h|||/users|||"
+            "app:1.500000003:k:http:GET|||h|||/users|||"
         );
         assert_eq!(
             with_query.entry_key(&[1, counter]),
-            "app:1.5:k:GET|||h|||/users|||page=2"
+            "app:1.5:k:http:GET|||h|||/users|||page=2"
         );
         // An exact-path clear (+1) changes the empty-query key only; a clear
         // with params (+2^32) changes both.
@@ -280,7 +263,7 @@ mod tests {
             "ctrl\u{1}".to_owned(),
             "unicodé".to_owned(),
             "x".repeat(300),
-            format!("GET|||h|||/{}|||", "x".repeat(600)),
+            format!("http:GET|||h|||/{}|||", "x".repeat(600)),
         ] {
             let key = KeyNames::new("p:", &logical).entry_key(&[7, 9]);
             assert!(key.len() <= MAX_KEY_LEN, "{key}");
@@ -291,7 +274,7 @@ mod tests {
         assert!(path.starts_with("p:@q:") && is_key_safe(&path));
         // The longest prefix still leaves room.
         let prefix = "p".repeat(MAX_PREFIX_LEN);
-        let key = KeyNames::new(&prefix, &format!("GET|||h|||/{}|||", "é".repeat(300)))
+        let key = KeyNames::new(&prefix, &format!("http:GET|||h|||/{}|||", "é".repeat(300)))
             .entry_key(&[u64::MAX, u64::MAX]);
         assert!(key.len() <= MAX_KEY_LEN);
         assert!(path_counter_key(&prefix, &"é".repeat(300)).len() <= MAX_KEY_LEN);

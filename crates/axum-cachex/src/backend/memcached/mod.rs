@@ -1,5 +1,5 @@
 //! The Memcached backend: several servers on a consistent-hash ring, a key
-//! prefix, and `clear`/`clear_path` through generation counters. The guide is
+//! prefix, and HTTP cache invalidation through generation counters. The guide is
 //! on [`MemcachedBackend`], because this module is private and only its items
 //! are re-exported.
 
@@ -10,7 +10,7 @@ mod ring;
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use axum_cachex_core::{Backend, BackendError, Capabilities, StoredValue};
+use axum_cachex_core::{Backend, BackendError, CompareAndSwap, PathInvalidation};
 use bytes::Bytes;
 use tokio::time::{Instant, timeout_at};
 
@@ -26,11 +26,7 @@ use self::{
 /// The backend's name in errors and logs.
 const NAME: &str = "memcached";
 
-/// What [`MemcachedBackend`] says instead of listing or pattern-matching.
-const LISTING_HINT: &str = "Memcached cannot list keys; use the Redis backend \
-     for clear_pattern, keys and entries, or clear/clear_path here";
-
-/// Default key prefix of [`MemcachedConfig::prefix`].
+/// Default key prefix of [`MemcachedConfig::key_prefix`].
 pub const DEFAULT_MEMCACHED_PREFIX: &str = "axum_cachex:";
 
 /// Default per-call timeout of [`MemcachedConfig::timeout`]: 250 ms.
@@ -61,7 +57,7 @@ pub struct MemcachedConfig {
     /// Prepended to every key this backend writes, so several applications
     /// (or tests) can share servers. Printable ASCII without spaces, at most
     /// 128 bytes. Default: `axum_cachex:` ([`DEFAULT_MEMCACHED_PREFIX`]).
-    pub prefix: String,
+    pub key_prefix: String,
     /// Time limit of each backend call, covering waiting for a pooled
     /// connection, connecting, and every round trip of the call; past it the
     /// call fails with [`BackendError::Timeout`]. Default: 250 ms
@@ -88,7 +84,7 @@ impl Default for MemcachedConfig {
     fn default() -> Self {
         Self {
             servers: Vec::new(),
-            prefix: DEFAULT_MEMCACHED_PREFIX.to_owned(),
+            key_prefix: DEFAULT_MEMCACHED_PREFIX.to_owned(),
             timeout: DEFAULT_MEMCACHED_TIMEOUT,
             pool_size: DEFAULT_MEMCACHED_POOL_SIZE,
             down_backoff: DEFAULT_MEMCACHED_DOWN_BACKOFF,
@@ -97,38 +93,52 @@ impl Default for MemcachedConfig {
     }
 }
 
+/// Why a [`MemcachedConfig`] cannot make a backend.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MemcachedConfigError {
+    /// No server was given.
+    #[error("the memcached backend needs at least one server")]
+    NoServers,
+    /// A server address is not `host:port`.
+    #[error("memcached server {0:?} is not host:port")]
+    BadAddress(String),
+    /// A server is listed twice.
+    #[error("memcached server {0:?} is listed twice")]
+    DuplicateServer(String),
+    /// The key prefix is too long or not printable ASCII without spaces.
+    #[error("{0}")]
+    BadPrefix(String),
+    /// The timeout is zero.
+    #[error("the memcached timeout must be greater than zero")]
+    ZeroTimeout,
+    /// The pool size is zero.
+    #[error("the memcached pool size must be at least 1")]
+    ZeroPoolSize,
+}
+
 impl MemcachedConfig {
-    fn validate(&self) -> Result<(), BackendError> {
+    fn validate(&self) -> Result<(), MemcachedConfigError> {
         if self.servers.is_empty() {
-            return Err(BackendError::InvalidInput(
-                "memcached backend needs at least one server".to_owned(),
-            ));
+            return Err(MemcachedConfigError::NoServers);
         }
         for (i, server) in self.servers.iter().enumerate() {
             let port = server
                 .rsplit_once(':')
                 .map(|(host, port)| (host, port.parse::<u16>()));
             if !matches!(port, Some((host, Ok(_))) if !host.is_empty()) {
-                return Err(BackendError::InvalidInput(format!(
-                    "memcached server {server:?} is not host:port"
-                )));
+                return Err(MemcachedConfigError::BadAddress(server.clone()));
             }
             if self.servers[..i].contains(server) {
-                return Err(BackendError::InvalidInput(format!(
-                    "memcached server {server:?} is listed twice"
-                )));
+                return Err(MemcachedConfigError::DuplicateServer(server.clone()));
             }
         }
-        validate_prefix(&self.prefix).map_err(BackendError::InvalidInput)?;
+        validate_prefix(&self.key_prefix).map_err(MemcachedConfigError::BadPrefix)?;
         if self.timeout.is_zero() {
-            return Err(BackendError::InvalidInput(
-                "memcached timeout must be greater than zero".to_owned(),
-            ));
+            return Err(MemcachedConfigError::ZeroTimeout);
         }
         if self.pool_size == 0 {
-            return Err(BackendError::InvalidInput(
-                "memcached pool size must be at least 1".to_owned(),
-            ));
+            return Err(MemcachedConfigError::ZeroPoolSize);
         }
         Ok(())
     }
@@ -162,8 +172,8 @@ impl MemcachedBackendBuilder {
     }
 
     /// The key prefix. Default: `axum_cachex:`.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.config.prefix = prefix.into();
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.config.key_prefix = prefix.into();
         self
     }
 
@@ -196,11 +206,11 @@ impl MemcachedBackendBuilder {
     ///
     /// # Errors
     ///
-    /// [`BackendError::InvalidInput`] when no server is given, an address is
-    /// not `host:port` or is listed twice, the prefix is not printable ASCII
+    /// [`MemcachedConfigError`] when no server is given, an address is not
+    /// `host:port` or is listed twice, the prefix is not printable ASCII
     /// without spaces or is longer than 128 bytes, the timeout is zero or the
     /// pool size is zero.
-    pub fn build(self) -> Result<MemcachedBackend, BackendError> {
+    pub fn build(self) -> Result<MemcachedBackend, MemcachedConfigError> {
         MemcachedBackend::from_config(self.config)
     }
 }
@@ -213,16 +223,16 @@ impl MemcachedBackendBuilder {
 ///
 /// let backend = MemcachedBackend::builder()
 ///     .servers(["127.0.0.1:11211", "127.0.0.1:11212"])
-///     .prefix("myapp:")
+///     .key_prefix("myapp:")
 ///     .timeout(Duration::from_millis(100))
 ///     .build()?;
 /// # let _ = backend;
-/// # Ok::<(), axum_cachex::backend::BackendError>(())
+/// # Ok::<(), axum_cachex::backend::MemcachedConfigError>(())
 /// ```
 ///
 /// # Options and defaults
 ///
-/// See [`MemcachedConfig`]: servers (required), prefix `axum_cachex:`,
+/// See [`MemcachedConfig`]: servers (required), key prefix `axum_cachex:`,
 /// per-call timeout 250 ms, 8 connections per server, 1 s backoff after a
 /// failed connection. Building connects to nothing; each server's
 /// connections open on first use and a broken one is replaced on a later
@@ -259,20 +269,22 @@ impl MemcachedBackendBuilder {
 /// evicted). The server's clock ticks once a second, so an item lives
 /// between its rounded TTL minus one second and its rounded TTL.
 ///
-/// # Clearing with generation counters
+/// # Invalidating the HTTP cache with generation counters
 ///
-/// Memcached cannot list or scan keys, so [`clear`](Backend::clear) and
-/// [`clear_path`](Backend::clear_path) do not delete: they make old entries
-/// unreachable, and Memcached's LRU reclaims them as it needs room.
+/// Memcached cannot list or scan keys, so the backend offers the HTTP cache
+/// a [`PathInvalidation`] fast path that does not delete: it makes old
+/// entries unreachable, and Memcached's LRU reclaims them as it needs room.
 ///
-/// - Each server holds a **namespace generation** counter (`{prefix}@g`)
-///   and, for each request path, a **path counter** (`{prefix}@p:{path}`).
-/// - The server-side key of an entry embeds the namespace generation and,
-///   for keys in the default cache-key format
-///   (`{method}|||{host}|||{path}|||{query}`), its path counter:
-///   `{prefix}{gen}.{pathgen}:k:{key}`. Other keys (sessions, state) embed
-///   only the namespace generation.
-/// - `clear` increments the namespace generation on every server.
+/// - Each server holds a **cache generation** counter (`{prefix}@g`) and,
+///   for each request path, a **path counter** (`{prefix}@p:{path}`).
+/// - The server-side key of an HTTP cache entry (a key under
+///   [`CACHE_NAMESPACE`](axum_cachex_core::CACHE_NAMESPACE) in the
+///   [`CacheKey`](axum_cachex_core::CacheKey) format) embeds both:
+///   `{prefix}{gen}.{pathgen}:k:{key}`. Other keys (sessions, states,
+///   application values) embed none: `{prefix}k:{key}`, one round trip per
+///   call, and no clear of the HTTP cache reaches them.
+/// - [`clear_cache`](PathInvalidation::clear_cache) increments the cache
+///   generation on every server.
 /// - `clear_path(path, true)` adds 2³² to the path counter on every server;
 ///   entries with a query string embed only the counter's high half, entries
 ///   without one the whole counter, so `clear_path(path, false)` adds 1 and
@@ -281,15 +293,15 @@ impl MemcachedBackendBuilder {
 ///   random value, so entries written under an evicted counter never come
 ///   back.
 ///
-/// **Cost:** every call first reads the counters (one `get` of one or two
-/// keys on the key's server), then acts on the entry: two round trips
+/// **Cost:** every call on an HTTP cache key first reads the two counters
+/// (one `get` on the key's server), then acts on the entry: two round trips
 /// instead of one, on the same connection. The counters are not cached
 /// locally, so a clear is seen at once by every instance.
 ///
 /// **Counts:** the clears cannot tell how many entries they reached and
-/// return 0; [`capabilities`](Backend::capabilities) says so
-/// (`exact_counts: false`). A clear returns an error if any server could not
-/// be reached: that server's entries were not invalidated.
+/// return 0 ([`counts_exactly`](PathInvalidation::counts_exactly) is false).
+/// A clear returns an error if any server could not be reached: that
+/// server's entries were not invalidated.
 ///
 /// # Atomic operations
 ///
@@ -299,21 +311,22 @@ impl MemcachedBackendBuilder {
 /// value: of any number of concurrent takers at most one wins. (If a `set`
 /// lands between the two steps, the winner gets the value it read and the
 /// newer one is deleted.) [`delete`](Backend::delete) reports whether the
-/// item existed. [`delete_if_equals`](Backend::delete_if_equals) reads the
-/// item with `gets` and deletes it with a meta delete guarded by its CAS
-/// unique (`md <key> C<cas>`, Memcached 1.6 or later), so lock releases are
-/// exact here too.
+/// item existed. [`CompareAndSwap`] reads the item with `gets`, then
+/// deletes it with a meta delete guarded by its CAS unique
+/// (`md <key> C<cas>`, Memcached 1.6 or later) or replaces it with `cas`,
+/// so lock releases and compare-and-set are exact here too.
 ///
 /// # Limits
 ///
-/// - No listing: [`keys`](Backend::keys), [`entries`](Backend::entries) and
-///   [`clear_pattern`](Backend::clear_pattern) return
-///   [`BackendError::Unsupported`] (`capabilities().list_keys` is false);
-///   use the Redis backend where they are needed.
+/// - No [`Listing`](axum_cachex_core::Listing): the HTTP cache's
+///   `clear_pattern`, the monitoring listings and the session manager's
+///   `clear_expired_sessions` need a store that can list keys (memory,
+///   Redis). `clear_path` and clearing the HTTP cache work, through the
+///   counters above.
 /// - Items are limited by the server's item size, 1 MiB by default
-///   (`memcached -I` raises it); a larger value fails with
-///   [`BackendError::Command`]. The HTTP layer's body limit should stay
-///   below it.
+///   (`memcached -I`, see [`MemcachedConfig::max_item_size`]); a larger
+///   value fails with [`BackendError::Command`]. The HTTP layer never
+///   buffers a response larger than that.
 /// - Memcached may evict any entry before its TTL when it runs out of
 ///   memory: it is a cache, not a session database. Sessions stored here
 ///   can vanish under memory pressure or a server restart.
@@ -321,11 +334,11 @@ impl MemcachedBackendBuilder {
 /// # Client
 ///
 /// The backend speaks Memcached's classic text protocol itself, over tokio
-/// TCP streams, with a small connection pool per server. Every operation
-/// but one uses only classic commands that every Memcached since 1.4 (and
-/// proxies such as mcrouter) understands; `delete_if_equals`, which
-/// releases cross-instance locks, uses the meta delete `md … C<cas>` of
-/// Memcached 1.6 and later. The `async-memcached` crate was evaluated: its classic
+/// TCP streams, with a small connection pool per server. It needs
+/// Memcached 1.6 or later: every operation uses classic commands
+/// (`get`, `gets`, `set`, `add`, `replace`, `cas`, `delete`, `incr`) except
+/// `delete_if_equals`, which releases cross-instance locks with the meta
+/// delete `md … C<cas>` that 1.6 introduced. The `async-memcached` crate was evaluated: its classic
 /// protocol has no `replace`, and its meta-protocol path requires
 /// Memcached 1.6 while pulling in `nom`, `url` and `futures` for what is
 /// here a few hundred lines.
@@ -369,9 +382,9 @@ impl MemcachedBackend {
     ///
     /// # Errors
     ///
-    /// [`BackendError::InvalidInput`] for an invalid server list, as listed
-    /// under [`MemcachedBackendBuilder::build`].
-    pub fn new<I, S>(servers: I) -> Result<Self, BackendError>
+    /// [`MemcachedConfigError`] for an invalid server list, as listed under
+    /// [`MemcachedBackendBuilder::build`].
+    pub fn new<I, S>(servers: I) -> Result<Self, MemcachedConfigError>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -390,9 +403,9 @@ impl MemcachedBackend {
     ///
     /// # Errors
     ///
-    /// [`BackendError::InvalidInput`] for an invalid config, as listed under
+    /// [`MemcachedConfigError`] for an invalid config, as listed under
     /// [`MemcachedBackendBuilder::build`].
-    pub fn from_config(config: MemcachedConfig) -> Result<Self, BackendError> {
+    pub fn from_config(config: MemcachedConfig) -> Result<Self, MemcachedConfigError> {
         config.validate()?;
         let ring = HashRing::new(&config.servers);
         let servers = config
@@ -404,7 +417,7 @@ impl MemcachedBackend {
             inner: Arc::new(Inner {
                 servers,
                 ring,
-                prefix: config.prefix,
+                prefix: config.key_prefix,
                 timeout: config.timeout,
                 down_backoff: config.down_backoff,
                 max_item_size: config.max_item_size,
@@ -515,6 +528,9 @@ impl MemcachedBackend {
 /// entry's server-side key.
 async fn resolve(conn: &mut Conn, names: &KeyNames<'_>) -> Result<String, ClientError> {
     let counters = names.counters();
+    if counters.is_empty() {
+        return Ok(names.entry_key(&[]));
+    }
     let refs: Vec<&str> = counters.iter().map(String::as_str).collect();
     let items = conn.get_multi(&refs).await?;
     let mut values = Vec::with_capacity(counters.len());
@@ -557,10 +573,6 @@ async fn create_counter(conn: &mut Conn, counter: &str) -> Result<u64, ClientErr
 impl Backend for MemcachedBackend {
     fn name(&self) -> &'static str {
         NAME
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::unlisted()
     }
 
     fn max_value_size(&self) -> Option<usize> {
@@ -653,6 +665,17 @@ impl Backend for MemcachedBackend {
         self.finish(lease, result)
     }
 
+    fn compare_and_swap(&self) -> Option<&dyn CompareAndSwap> {
+        Some(self)
+    }
+
+    fn path_invalidation(&self) -> Option<&dyn PathInvalidation> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl CompareAndSwap for MemcachedBackend {
     /// `gets` then a meta delete guarded by the item's CAS unique
     /// (`md <key> C<cas>`, Memcached 1.6+), so a value replaced between the
     /// read and the delete (a lock another instance took after ours
@@ -675,13 +698,46 @@ impl Backend for MemcachedBackend {
         self.finish(lease, result)
     }
 
-    /// Increments the namespace generation on every server; returns 0
-    /// (Memcached cannot count).
-    async fn clear(&self) -> Result<u64, BackendError> {
-        self.bump_everywhere(&generation_key(&self.inner.prefix), 1)
-            .await
+    /// `gets` then `cas` with the item's CAS unique: written only if no
+    /// other write came between.
+    async fn set_if_equals(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<bool, BackendError> {
+        let head = envelope_head(key).map_err(BackendError::InvalidInput)?;
+        let names = KeyNames::new(&self.inner.prefix, key);
+        let (mut lease, deadline) = self.lease(self.server(key)).await?;
+        let result = timeout_at(deadline, async {
+            let conn = lease.conn();
+            let real = resolve(conn, &names).await?;
+            let Some((item, cas)) = conn.gets(&real).await? else {
+                return Ok(false);
+            };
+            match decode_envelope(key, item.flags, &item.data) {
+                Some(current) if current.as_ref() == expected => {
+                    let parts: [&[u8]; 2] = [&head, &value];
+                    conn.store(
+                        StoreMode::Cas(cas),
+                        &real,
+                        ENVELOPE_FLAGS,
+                        exptime(ttl),
+                        &parts,
+                    )
+                    .await
+                }
+                _ => Ok(false),
+            }
+        })
+        .await;
+        self.finish(lease, result)
     }
+}
 
+#[async_trait]
+impl PathInvalidation for MemcachedBackend {
     /// Bumps the path counter on every server; returns 0 (Memcached cannot
     /// count).
     async fn clear_path(&self, path: &str, include_params: bool) -> Result<u64, BackendError> {
@@ -690,28 +746,14 @@ impl Backend for MemcachedBackend {
             .await
     }
 
-    async fn clear_pattern(&self, _pattern: &str) -> Result<u64, BackendError> {
-        Err(BackendError::Unsupported {
-            backend: NAME,
-            operation: "clear_pattern",
-            hint: LISTING_HINT,
-        })
+    /// Increments the cache generation on every server; returns 0.
+    async fn clear_cache(&self) -> Result<u64, BackendError> {
+        self.bump_everywhere(&generation_key(&self.inner.prefix), 1)
+            .await
     }
 
-    async fn keys(&self) -> Result<Vec<String>, BackendError> {
-        Err(BackendError::Unsupported {
-            backend: NAME,
-            operation: "keys",
-            hint: LISTING_HINT,
-        })
-    }
-
-    async fn entries(&self) -> Result<Vec<StoredValue>, BackendError> {
-        Err(BackendError::Unsupported {
-            backend: NAME,
-            operation: "entries",
-            hint: LISTING_HINT,
-        })
+    fn counts_exactly(&self) -> bool {
+        false
     }
 }
 
@@ -731,22 +773,19 @@ mod tests {
             ok().server(":11211"),
             ok().server("127.0.0.1:port"),
             ok().server("127.0.0.1:11211"),
-            ok().prefix("has space"),
+            ok().key_prefix("has space"),
             ok().timeout(Duration::ZERO),
             ok().pool_size(0),
         ];
         for builder in invalid {
-            assert!(
-                matches!(builder.clone().build(), Err(BackendError::InvalidInput(_))),
-                "{builder:?}"
-            );
+            assert!(builder.clone().build().is_err(), "{builder:?}");
         }
     }
 
     #[test]
     fn defaults_are_documented_values() {
         let c = MemcachedConfig::default();
-        assert_eq!(c.prefix, "axum_cachex:");
+        assert_eq!(c.key_prefix, "axum_cachex:");
         assert_eq!(c.timeout, Duration::from_millis(250));
         assert_eq!(c.pool_size, 8);
         assert_eq!(c.down_backoff, Duration::from_secs(1));

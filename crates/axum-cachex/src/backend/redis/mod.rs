@@ -17,7 +17,10 @@ use ::redis::{
 };
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
-use axum_cachex_core::{Backend, BackendError, CacheKey, StoredValue, path_matches_glob};
+use axum_cachex_core::{
+    Backend, BackendError, CACHE_NAMESPACE, CacheKey, CompareAndSwap, Listing, PathInvalidation,
+    StoredValue,
+};
 use bytes::Bytes;
 
 use self::breaker::Breaker;
@@ -75,8 +78,20 @@ end
 return 0
 ";
 
+/// Compare-and-set. KEYS: entry. ARGV: expected value, new value, ttl ms
+/// (`''` = none).
+const SET_IF_EQUALS_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[2])
+  else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+  return 1
+end
+return 0
+";
+
 static SET_INDEXED: LazyLock<Script> = LazyLock::new(|| Script::new(SET_INDEXED_LUA));
 static DELETE_IF_EQUALS: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_IF_EQUALS_LUA));
+static SET_IF_EQUALS: LazyLock<Script> = LazyLock::new(|| Script::new(SET_IF_EQUALS_LUA));
 
 /// Conditional write mode.
 #[derive(Clone, Copy)]
@@ -261,7 +276,6 @@ struct Inner {
     prefix: String,
     index_prefix: String,
     /// `SCAN MATCH` pattern of the whole namespace (prefix glob-escaped).
-    scan_pattern: String,
     command_timeout: Duration,
     connect_timeout: Duration,
     breaker: Breaker,
@@ -315,7 +329,6 @@ impl RedisBackend {
                 manager: ArcSwapOption::empty(),
                 create_lock: Mutex::new(()),
                 index_prefix: format!("{prefix}{PATH_INDEX_MARKER}"),
-                scan_pattern: format!("{}*", escape_glob(&prefix)),
                 prefix,
                 command_timeout: config.command_timeout,
                 connect_timeout: config.connect_timeout,
@@ -499,8 +512,11 @@ impl RedisBackend {
         mode: Mode,
     ) -> Result<bool, BackendError> {
         let data_key = self.data_key(key)?;
+        if ttl.is_some_and(|t| t.is_zero()) {
+            return self.write_expired(key, mode).await;
+        }
         let ttl_ms = ttl.map(ttl_millis);
-        if let Some(cache_key) = CacheKey::parse(key) {
+        if let Some(cache_key) = CacheKey::parse_stored(key) {
             let index_key = self.index_key(&cache_key.decoded_path());
             let ttl_arg = ttl_ms.map(|ms| ms.to_string()).unwrap_or_default();
             return self
@@ -541,12 +557,46 @@ impl RedisBackend {
         .await
     }
 
-    /// One `SCAN` page of the namespace.
-    async fn scan_page(&self, cursor: u64) -> Result<(u64, Vec<Vec<u8>>), BackendError> {
+    /// A write with a zero TTL: the value would be expired at once, so
+    /// nothing is stored (Redis rejects `PX 0`), and an older value goes.
+    async fn write_expired(&self, key: &str, mode: Mode) -> Result<bool, BackendError> {
+        match mode {
+            Mode::Always => self.delete(key).await.map(|_| true),
+            Mode::IfPresent => self.delete(key).await,
+            Mode::IfAbsent => {
+                let mut cmd = ::redis::cmd("EXISTS");
+                cmd.arg(self.data_key(key)?);
+                let exists: u64 = self
+                    .run(|mut c| {
+                        let cmd = &cmd;
+                        async move { cmd.query_async(&mut c).await }
+                    })
+                    .await?;
+                Ok(exists == 0)
+            }
+        }
+    }
+
+    /// The `SCAN MATCH` pattern of the data keys whose logical keys start
+    /// with `logical_prefix`.
+    fn scan_pattern(&self, logical_prefix: &str) -> String {
+        format!(
+            "{}{}*",
+            escape_glob(&self.inner.prefix),
+            escape_glob(logical_prefix)
+        )
+    }
+
+    /// One `SCAN` page of the keys matching `pattern`.
+    async fn scan_page(
+        &self,
+        pattern: &str,
+        cursor: u64,
+    ) -> Result<(u64, Vec<Vec<u8>>), BackendError> {
         let mut cmd = ::redis::cmd("SCAN");
         cmd.arg(cursor)
             .arg("MATCH")
-            .arg(&self.inner.scan_pattern)
+            .arg(pattern)
             .arg("COUNT")
             .arg(SCAN_COUNT);
         self.run(|mut c| {
@@ -570,18 +620,24 @@ impl RedisBackend {
         .await
     }
 
-    /// Deletes every data key of the namespace whose logical key satisfies
-    /// `pred`, page by page; returns how many existed.
-    async fn unlink_scanned(&self, pred: impl Fn(&str) -> bool) -> Result<u64, BackendError> {
+    /// Deletes the keys matching `pattern` that `keep` selects, page by
+    /// page; returns how many data keys existed (index keys are deleted
+    /// without being counted: they are not entries).
+    async fn unlink_scanned(
+        &self,
+        pattern: &str,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<u64, BackendError> {
         let mut cursor = 0;
         let mut removed = 0;
         loop {
-            let (next, page) = self.scan_page(cursor).await?;
-            let matching: Vec<Vec<u8>> = page
+            let (next, page) = self.scan_page(pattern, cursor).await?;
+            let (index, data): (Vec<Vec<u8>>, Vec<Vec<u8>>) = page
                 .into_iter()
-                .filter(|raw| self.logical(raw).is_some_and(&pred))
-                .collect();
-            removed += self.unlink(&matching).await?;
+                .filter(|raw| keep(raw))
+                .partition(|raw| self.is_index_key(raw));
+            removed += self.unlink(&data).await?;
+            self.unlink(&index).await?;
             if next == 0 {
                 return Ok(removed);
             }
@@ -648,91 +704,29 @@ impl Backend for RedisBackend {
         Ok(self.unlink(&[key]).await? > 0)
     }
 
-    async fn clear(&self) -> Result<u64, BackendError> {
-        let mut cursor = 0;
-        let mut removed = 0;
-        loop {
-            let (next, page) = self.scan_page(cursor).await?;
-            let (index, data): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
-                page.into_iter().partition(|raw| self.is_index_key(raw));
-            removed += self.unlink(&data).await?;
-            // Index keys go too but are not entries: not counted.
-            self.unlink(&index).await?;
-            if next == 0 {
-                return Ok(removed);
-            }
-            cursor = next;
-        }
+    fn listing(&self) -> Option<&dyn Listing> {
+        Some(self)
     }
 
-    async fn clear_path(&self, path: &str, include_params: bool) -> Result<u64, BackendError> {
-        let index_key = self.index_key(path);
-        let prefix = self.inner.prefix.as_bytes();
-        let mut cursor: u64 = 0;
-        let mut removed = 0;
-        loop {
-            let mut cmd = ::redis::cmd("ZSCAN");
-            cmd.arg(&index_key).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
-            let (next, items): (u64, Vec<Vec<u8>>) = self
-                .run(|mut c| {
-                    let cmd = &cmd;
-                    async move { cmd.query_async(&mut c).await }
-                })
-                .await?;
-            // ZSCAN answers member, score, member, score, …
-            let members: Vec<Vec<u8>> = items
-                .into_iter()
-                .step_by(2)
-                .filter(|member| {
-                    std::str::from_utf8(member)
-                        .ok()
-                        .and_then(CacheKey::parse)
-                        .is_some_and(|k| k.is_for_path(path, include_params))
-                })
-                .collect();
-            if !members.is_empty() {
-                let data_keys: Vec<Vec<u8>> =
-                    members.iter().map(|m| [prefix, m].concat()).collect();
-                // Atomic, so that a concurrent write of the same key lands
-                // either before (deleted with its member) or after (entry and
-                // member both re-created), never with its member lost.
-                let mut pipe = ::redis::pipe();
-                pipe.atomic()
-                    .cmd("UNLINK")
-                    .arg(&data_keys)
-                    .cmd("ZREM")
-                    .arg(&index_key)
-                    .arg(&members)
-                    .ignore();
-                let (existed,): (u64,) = self
-                    .run(|mut c| {
-                        let pipe = &pipe;
-                        async move { pipe.query_async(&mut c).await }
-                    })
-                    .await?;
-                removed += existed;
-            }
-            if next == 0 {
-                return Ok(removed);
-            }
-            cursor = next;
-        }
+    fn compare_and_swap(&self) -> Option<&dyn CompareAndSwap> {
+        Some(self)
     }
 
-    async fn clear_pattern(&self, pattern: &str) -> Result<u64, BackendError> {
-        self.unlink_scanned(|key| {
-            CacheKey::parse(key).is_some_and(|k| path_matches_glob(pattern, &k.decoded_path()))
-        })
-        .await
+    fn path_invalidation(&self) -> Option<&dyn PathInvalidation> {
+        Some(self)
     }
+}
 
-    async fn keys(&self) -> Result<Vec<String>, BackendError> {
+#[async_trait]
+impl Listing for RedisBackend {
+    async fn keys(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
+        let pattern = self.scan_pattern(prefix);
         let mut cursor = 0;
         // SCAN may return a key more than once.
         let mut seen = HashSet::new();
         let mut keys = Vec::new();
         loop {
-            let (next, page) = self.scan_page(cursor).await?;
+            let (next, page) = self.scan_page(&pattern, cursor).await?;
             for raw in &page {
                 if let Some(key) = self.logical(raw) {
                     if seen.insert(key.to_owned()) {
@@ -747,8 +741,8 @@ impl Backend for RedisBackend {
         }
     }
 
-    async fn entries(&self) -> Result<Vec<StoredValue>, BackendError> {
-        let keys = self.keys().await?;
+    async fn entries(&self, prefix: &str) -> Result<Vec<StoredValue>, BackendError> {
+        let keys = self.keys(prefix).await?;
         let mut entries = Vec::with_capacity(keys.len());
         for batch in keys.chunks(ENTRIES_BATCH) {
             let mut pipe = ::redis::pipe();
@@ -792,6 +786,17 @@ impl Backend for RedisBackend {
         Ok(entries)
     }
 
+    async fn clear(&self, prefix: &str) -> Result<u64, BackendError> {
+        // Index keys are internal: they go with a clear of everything.
+        self.unlink_scanned(&self.scan_pattern(prefix), |raw| {
+            prefix.is_empty() || !self.is_index_key(raw)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl CompareAndSwap for RedisBackend {
     async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
         let data_key = self.data_key(key)?;
         self.run(|mut c| {
@@ -806,6 +811,98 @@ impl Backend for RedisBackend {
             }
         })
         .await
+    }
+
+    async fn set_if_equals(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<bool, BackendError> {
+        if ttl.is_some_and(|t| t.is_zero()) {
+            return self.delete_if_equals(key, expected).await;
+        }
+        let data_key = self.data_key(key)?;
+        let ttl_arg = ttl.map(|t| ttl_millis(t).to_string()).unwrap_or_default();
+        self.run(|mut c| {
+            let (data_key, value, ttl_arg) = (&data_key, &value, &ttl_arg);
+            async move {
+                SET_IF_EQUALS
+                    .key(data_key)
+                    .arg(expected)
+                    .arg(value.as_ref())
+                    .arg(ttl_arg)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+                    .map(|written| written == 1)
+            }
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl PathInvalidation for RedisBackend {
+    async fn clear_path(&self, path: &str, include_params: bool) -> Result<u64, BackendError> {
+        let index_key = self.index_key(path);
+        let prefix = self.inner.prefix.as_bytes();
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let mut cmd = ::redis::cmd("ZSCAN");
+            cmd.arg(&index_key).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
+            let (next, items): (u64, Vec<Vec<u8>>) = self
+                .run(|mut c| {
+                    let cmd = &cmd;
+                    async move { cmd.query_async(&mut c).await }
+                })
+                .await?;
+            // ZSCAN answers member, score, member, score, …
+            let members: Vec<Vec<u8>> = items
+                .into_iter()
+                .step_by(2)
+                .filter(|member| {
+                    std::str::from_utf8(member)
+                        .ok()
+                        .and_then(CacheKey::parse_stored)
+                        .is_some_and(|k| k.is_for_path(path, include_params))
+                })
+                .collect();
+            if !members.is_empty() {
+                let data_keys: Vec<Vec<u8>> =
+                    members.iter().map(|m| [prefix, m].concat()).collect();
+                // Atomic, so that a concurrent write of the same key lands
+                // either before (deleted with its member) or after (entry and
+                // member both re-created), never with its member lost.
+                let mut pipe = ::redis::pipe();
+                pipe.atomic()
+                    .cmd("UNLINK")
+                    .arg(&data_keys)
+                    .cmd("ZREM")
+                    .arg(&index_key)
+                    .arg(&members)
+                    .ignore();
+                let (existed,): (u64,) = self
+                    .run(|mut c| {
+                        let pipe = &pipe;
+                        async move { pipe.query_async(&mut c).await }
+                    })
+                    .await?;
+                removed += existed;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn clear_cache(&self) -> Result<u64, BackendError> {
+        let index = self.scan_pattern(PATH_INDEX_MARKER);
+        self.unlink_scanned(&index, |_| true).await?;
+        self.unlink_scanned(&self.scan_pattern(CACHE_NAMESPACE), |_| true)
+            .await
     }
 }
 

@@ -1,0 +1,90 @@
+//! Removing stored responses in bulk: by path, by glob pattern, or all of
+//! them.
+//!
+//! The HTTP cache owns these operations, not the stores: every response
+//! lives under [`CACHE_NAMESPACE`], and a store that can list keys
+//! ([`Listing`]) gets them done generically, by listing that namespace and
+//! parsing each key. A store with a [`PathInvalidation`] fast path (Redis'
+//! per-path index, Memcached's generation counters) is asked to do it
+//! instead. Nothing outside the namespace is ever touched, so sessions or
+//! states sharing the store survive a clear.
+//!
+//! Each operation first tells the process-wide
+//! [`Invalidations`](super::shared::Invalidations) that paths changed, so
+//! that misses in flight do not store what they read before the clear.
+
+use super::shared::Invalidations;
+use axum_cachex_core::{
+    Backend, BackendError, CACHE_NAMESPACE, CacheKey, Listing, path_matches_glob,
+};
+
+/// Removes the stored responses of `path`: every query, host, user and
+/// variant with `include_params`, only the query-less ones without.
+pub(crate) async fn clear_path(
+    backend: &dyn Backend,
+    path: &str,
+    include_params: bool,
+) -> Result<u64, BackendError> {
+    Invalidations::get().path();
+    if let Some(fast) = backend.path_invalidation() {
+        return fast.clear_path(path, include_params).await;
+    }
+    let listing = listing(backend, "clear_path")?;
+    remove_listed(listing, |key| key.is_for_path(path, include_params)).await
+}
+
+/// Removes the stored responses whose path matches a glob pattern (see
+/// [`path_matches_glob`]).
+pub(crate) async fn clear_pattern(
+    backend: &dyn Backend,
+    pattern: &str,
+) -> Result<u64, BackendError> {
+    Invalidations::get().path();
+    let listing = listing(backend, "clear_pattern")?;
+    remove_listed(listing, |key| {
+        path_matches_glob(pattern, &key.decoded_path())
+    })
+    .await
+}
+
+/// Removes every stored response, and nothing else.
+pub(crate) async fn clear_all(backend: &dyn Backend) -> Result<u64, BackendError> {
+    Invalidations::get().path();
+    if let Some(fast) = backend.path_invalidation() {
+        return fast.clear_cache().await;
+    }
+    listing(backend, "clear")?.clear(CACHE_NAMESPACE).await
+}
+
+/// Whether the counts these operations return are exact for `backend`
+/// (generation counters cannot count what they made unreachable).
+pub(crate) fn counts_exactly(backend: &dyn Backend) -> bool {
+    backend
+        .path_invalidation()
+        .is_none_or(|fast| fast.counts_exactly())
+}
+
+fn listing<'b>(
+    backend: &'b dyn Backend,
+    operation: &'static str,
+) -> Result<&'b dyn Listing, BackendError> {
+    backend.listing().ok_or(BackendError::Unsupported {
+        backend: backend.name(),
+        operation,
+        hint: "it needs a backend that can list its keys (memory, Redis, or a store implementing `Listing`)",
+    })
+}
+
+async fn remove_listed(
+    listing: &dyn Listing,
+    selects: impl Fn(&CacheKey<'_>) -> bool,
+) -> Result<u64, BackendError> {
+    let mut removed = 0;
+    for key in listing.keys(CACHE_NAMESPACE).await? {
+        if CacheKey::parse_stored(&key).is_some_and(|k| selects(&k)) && listing.delete(&key).await?
+        {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
