@@ -11,8 +11,8 @@
 //! - **Wait**: [`acquire_or_wait`] retries every `poll` (with jitter, so
 //!   contenders do not retry in lockstep) until `max_wait`, and between
 //!   attempts asks the caller whether what it waits for is ready (a value
-//!   another instance computed), and once more after taking the lock
-//!   following a wait.
+//!   another instance computed), and once more right after taking the lock
+//!   (the previous holder may have finished just before).
 //! - **Release**: compare-and-delete ([`CompareAndSwap::delete_if_equals`])
 //!   so a holder whose lock expired never frees the next holder's; a plain
 //!   delete on a backend without it, which at worst costs a duplicate
@@ -73,18 +73,16 @@ where
     Fut: Future<Output = Option<T>>,
 {
     let deadline = Instant::now() + timings.max_wait;
-    let mut waited = false;
     loop {
         if let Some(guard) = try_acquire(backend, key.clone(), timings).await? {
-            // The holder we waited for may have made the value and released
-            // the lock between our last look and the `add`.
-            if waited && let Some(value) = ready().await {
+            // A holder may have made the value and released the lock
+            // between the caller's (or our) last look and the `add`.
+            if let Some(value) = ready().await {
                 guard.release().await;
                 return Ok(Acquired::Ready(value));
             }
             return Ok(Acquired::Held(guard));
         }
-        waited = true;
         let now = Instant::now();
         if now >= deadline {
             return Ok(Acquired::TimedOut);

@@ -255,7 +255,7 @@ fn sorted(names: &[&str]) -> Vec<String> {
 }
 
 fn key(path: &str, query: &str) -> String {
-    format!("GET|||example.com|||{path}|||{query}")
+    format!("http:GET|||example.com|||{path}|||{query}")
 }
 
 /// Every assertion on the two listing routes and `/stats` after the

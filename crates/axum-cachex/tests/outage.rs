@@ -111,7 +111,7 @@ async fn memcached_losing_one_server_keeps_the_others_entries() {
         .expect("backend");
     let owner = |n: usize| {
         backend
-            .server_for_key(&format!("GET|||example.com|||/p/{n}|||"))
+            .server_for_key(&format!("http:GET|||example.com|||/p/{n}|||"))
             .to_owned()
     };
     let on_a: Vec<usize> = (0..40).filter(|&n| owner(n) == a.addr()).collect();

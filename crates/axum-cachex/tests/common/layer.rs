@@ -586,7 +586,7 @@ pub async fn extractor_and_late_backend(be: B) {
         )
         .layer(layer);
     get_ok(&app, "/r").await;
-    let key = "GET|||example.com|||/r|||".to_owned();
+    let key = "http:GET|||example.com|||/r|||".to_owned();
     assert!(
         be.get(&key).await.expect("get").is_some(),
         "stored in the late backend"

@@ -622,7 +622,7 @@ async fn rule_request_no_store_swr_refresh_stores_response() {
     let stale = send(&app, req).await;
     assert!(stale.text().starts_with("news v1"), "{}", stale.text());
     // Give the background refresh (if any) time to run and store.
-    let key = "GET|||shop.example|||/news|||";
+    let key = "http:GET|||shop.example|||/news|||";
     let mut stored = String::new();
     for _ in 0..200 {
         if let Some(bytes) = backend.get(key).await.unwrap() {
