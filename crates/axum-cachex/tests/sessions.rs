@@ -12,7 +12,7 @@ use axum::{Router, body::Body, http::StatusCode, routing::get};
 use axum_cachex::{
     backend::{Backend, MemoryBackend},
     session::{
-        ConfigError, CookieConfig, JwtAlgorithm, SameSite, SessionConfig, SessionHandle,
+        SessionConfigError, CookieConfig, JwtAlgorithm, SameSite, SessionConfig, SessionHandle,
         SessionStatus, TokenFormat, TokenSource,
     },
 };
@@ -79,7 +79,7 @@ fn defaults_follow_the_spec() {
 #[test]
 fn builder_rejects_invalid_values_naming_the_field() {
     let b = || SessionConfig::builder(SECRET);
-    let field = |r: Result<SessionConfig, ConfigError>| r.expect_err("invalid").field();
+    let field = |r: Result<SessionConfig, SessionConfigError>| r.expect_err("invalid").field();
     assert_eq!(field(SessionConfig::builder("short").build()), "secret_key");
     assert_eq!(
         field(SessionConfig::builder("x".repeat(31)).build()),

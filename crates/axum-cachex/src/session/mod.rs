@@ -158,7 +158,7 @@ mod token;
 mod transport;
 
 pub use config::{
-    ConfigError, CookieConfig, DEFAULT_COOKIE_NAME, DEFAULT_HEADER_NAME, DEFAULT_KEY_PREFIX,
+    SessionConfigError, CookieConfig, DEFAULT_COOKIE_NAME, DEFAULT_HEADER_NAME, DEFAULT_KEY_PREFIX,
     DEFAULT_SESSION_TTL, JwtAlgorithm, MIN_SECRET_LEN, SameSite, SessionConfig,
     SessionConfigBuilder, TokenFormat, TokenSource, TrustedProxy,
 };
