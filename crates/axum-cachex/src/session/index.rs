@@ -9,13 +9,37 @@
 //! `add` (atomic "create if absent" on every backend) and a short TTL, so two
 //! logins of one user on two instances cannot lose each other's entry. The
 //! lock is released with `delete_if_equals` where the backend has it, a plain
-//! `delete` otherwise (the TTL is far longer than one update).
+//! `delete` otherwise (the TTL is far longer than one update). Taking and
+//! releasing it happens in [`SessionManager::with_index_lock`] only.
+//!
+//! # Who waits for the lock
+//!
+//! Creating, moving or re-assigning a session waits for the lock (up to
+//! about 3 s, then [`SessionError::Busy`]): the entry must be in the index
+//! before the session is usable, or "log out everywhere" could miss it.
+//!
+//! A sliding renewal (a plain read) only refreshes the recorded expiry of an
+//! entry that is already there, so it never waits: it tries the lock once
+//! and, when the lock is busy, leaves the refresh to a background task that
+//! waits for it ([`SessionManager::flush_index_updates`] awaits those
+//! tasks). Consistency: the *set* of sessions listed is always exact (a
+//! deferred refresh never adds or drops an entry), only an entry's recorded
+//! expiry can lag, by one deferred refresh. That lag is harmless: an entry
+//! is dropped only after the store confirms its session is gone, and the
+//! index record outlives its newest recorded expiry by a full `session_ttl`
+//! plus a minute, longer than any session can go between two renewals, so
+//! even a refresh that is lost altogether (the process stops, the backend
+//! fails) leaves the index in place until the next renewal refreshes it.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    future::Future,
+    time::{Duration, SystemTime},
+};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tokio::sync::watch;
+use tracing::{debug, warn};
 
 use super::{
     SessionError, SessionManager,
@@ -45,40 +69,80 @@ struct Entry {
     e: u64,
 }
 
-struct Lock {
-    key: String,
-    token: Vec<u8>,
+/// How long [`SessionManager::with_index_lock`] waits for a busy lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LockWait {
+    /// Up to [`LOCK_ATTEMPTS`] attempts, with jittered pauses.
+    Patient,
+    /// One attempt: a read must not wait on another request's update.
+    Once,
+}
+
+/// Counts the index refreshes running in background tasks, so that
+/// [`SessionManager::flush_index_updates`] can wait for them.
+#[derive(Debug)]
+pub(crate) struct DeferredRefreshes(watch::Sender<usize>);
+
+impl Default for DeferredRefreshes {
+    fn default() -> Self {
+        Self(watch::Sender::new(0))
+    }
+}
+
+/// One deferred refresh in flight; dropping it (even by a panic or an
+/// aborted task) counts it done.
+struct InFlight(watch::Sender<usize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl SessionManager {
-    async fn lock_index(&self, user_hash: &str) -> Result<Lock, SessionError> {
+    /// Runs `update` holding the user's index lock: the one place the lock
+    /// is taken and released.
+    async fn with_index_lock<R, F, Fut>(
+        &self,
+        user_hash: &str,
+        wait: LockWait,
+        update: F,
+    ) -> Result<R, SessionError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<R, SessionError>>,
+    {
         let key = self.user_lock_key(user_hash);
-        let token = token::hex(&token::random_bytes::<16>()?).into_bytes();
-        for _ in 0..LOCK_ATTEMPTS {
-            if self
-                .backend_ref()
-                .add(&key, Bytes::from(token.clone()), Some(LOCK_TTL))
-                .await?
-            {
-                return Ok(Lock { key, token });
+        let token = Bytes::from(token::hex(&token::random_bytes::<16>()?).into_bytes());
+        let attempts = if wait == LockWait::Patient { LOCK_ATTEMPTS } else { 1 };
+        let mut taken = false;
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                // 10–25 ms with jitter, so contenders do not retry in lockstep.
+                let jitter = u64::from(token::random_bytes::<1>()?[0] % 16);
+                tokio::time::sleep(Duration::from_millis(10 + jitter)).await;
             }
-            // 10–25 ms with jitter, so contenders do not retry in lockstep.
-            let jitter = u64::from(token::random_bytes::<1>()?[0] % 16);
-            tokio::time::sleep(Duration::from_millis(10 + jitter)).await;
+            taken = self.backend_ref().add(&key, token.clone(), Some(LOCK_TTL)).await?;
+            if taken {
+                break;
+            }
         }
-        warn!(user = %token::short(user_hash), "user session index stayed locked");
-        Err(SessionError::Busy)
-    }
-
-    async fn unlock_index(&self, lock: Lock) {
+        if !taken {
+            if wait == LockWait::Patient {
+                warn!(user = %token::short(user_hash), "user session index stayed locked");
+            }
+            return Err(SessionError::Busy);
+        }
+        let result = update().await;
         let backend = self.backend_ref();
-        let result = match backend.delete_if_equals(&lock.key, &lock.token).await {
-            Err(BackendError::Unsupported { .. }) => backend.delete(&lock.key).await.map(|_| ()),
+        let released = match backend.delete_if_equals(&key, &token).await {
+            Err(BackendError::Unsupported { .. }) => backend.delete(&key).await.map(|_| ()),
             other => other.map(|_| ()),
         };
-        if let Err(e) = result {
+        if let Err(e) = released {
             warn!(error = %e, "could not release the user index lock; it expires by itself");
         }
+        result
     }
 
     async fn read_index(&self, user_hash: &str) -> Result<UserIndex, SessionError> {
@@ -135,20 +199,30 @@ impl SessionManager {
         Ok(())
     }
 
-    /// Adds or refreshes one session in a user's index.
+    /// Adds or refreshes one session in a user's index, waiting for the lock.
     pub(crate) async fn index_upsert(
         &self,
         user_hash: &str,
         session_hash: &str,
         expires_at: Option<SystemTime>,
     ) -> Result<(), SessionError> {
+        self.upsert_with(user_hash, session_hash, expires_at, LockWait::Patient)
+            .await
+    }
+
+    async fn upsert_with(
+        &self,
+        user_hash: &str,
+        session_hash: &str,
+        expires_at: Option<SystemTime>,
+        wait: LockWait,
+    ) -> Result<(), SessionError> {
         let now = self.now();
         let exp = expires_at.map_or_else(
             || unix_secs(now) + self.config().session_ttl().as_secs(),
             unix_secs,
         );
-        let lock = self.lock_index(user_hash).await?;
-        let result = async {
+        self.with_index_lock(user_hash, wait, || async {
             let mut index = self.read_index(user_hash).await?;
             self.prune(&mut index, now).await?;
             match index.s.iter_mut().find(|e| e.h == session_hash) {
@@ -159,10 +233,59 @@ impl SessionManager {
                 }),
             }
             self.write_index(user_hash, &index, now).await
+        })
+        .await
+    }
+
+    /// Refreshes a renewed session's entry without waiting for the lock: one
+    /// attempt now, and when the lock is busy a background task that waits
+    /// for it (see the [module docs](self) for the consistency this gives).
+    pub(crate) async fn index_refresh(
+        &self,
+        user_hash: String,
+        session_hash: String,
+        expires_at: Option<SystemTime>,
+    ) {
+        match self
+            .upsert_with(&user_hash, &session_hash, expires_at, LockWait::Once)
+            .await
+        {
+            Ok(()) => {}
+            Err(SessionError::Busy) => self.defer_refresh(user_hash, session_hash, expires_at),
+            // The index outlives its entries by a full TTL: one missed
+            // refresh loses nothing.
+            Err(e) => warn!(user = %token::short(&user_hash), error = %e, "could not refresh the user index"),
         }
-        .await;
-        self.unlock_index(lock).await;
-        result
+    }
+
+    fn defer_refresh(&self, user_hash: String, session_hash: String, expires_at: Option<SystemTime>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            debug!(user = %token::short(&user_hash), "no runtime for a deferred index refresh; skipped");
+            return;
+        };
+        let counter = &self.deferred().0;
+        counter.send_modify(|n| *n += 1);
+        let in_flight = InFlight(counter.clone());
+        let manager = self.clone();
+        runtime.spawn(async move {
+            let _in_flight = in_flight;
+            let result = manager
+                .upsert_with(&user_hash, &session_hash, expires_at, LockWait::Patient)
+                .await;
+            if let Err(e) = result {
+                warn!(user = %token::short(&user_hash), error = %e, "deferred user index refresh failed");
+            }
+        });
+    }
+
+    /// Waits until the index refreshes that sliding renewals left to
+    /// background tasks (because the user's index was locked at the time)
+    /// have finished. For graceful shutdown and tests; requests never need
+    /// it (see the [module docs](super) on consistency).
+    pub async fn flush_index_updates(&self) {
+        let mut rx = self.deferred().0.subscribe();
+        // The sender lives as long as the manager: this cannot fail.
+        let _ = rx.wait_for(|n| *n == 0).await;
     }
 
     /// Removes one session from a user's index.
@@ -172,15 +295,12 @@ impl SessionManager {
         session_hash: &str,
     ) -> Result<(), SessionError> {
         let now = self.now();
-        let lock = self.lock_index(user_hash).await?;
-        let result = async {
+        self.with_index_lock(user_hash, LockWait::Patient, || async {
             let mut index = self.read_index(user_hash).await?;
             index.s.retain(|e| e.h != session_hash);
             self.write_index(user_hash, &index, now).await
-        }
-        .await;
-        self.unlock_index(lock).await;
-        result
+        })
+        .await
     }
 
     /// Deletes every session a user's index lists, and the index; returns
@@ -188,8 +308,7 @@ impl SessionManager {
     /// racing with this either lands before (and is deleted) or after (and
     /// survives, as a login after the logout should).
     pub(crate) async fn index_drain(&self, user_hash: &str) -> Result<u64, SessionError> {
-        let lock = self.lock_index(user_hash).await?;
-        let result = async {
+        self.with_index_lock(user_hash, LockWait::Patient, || async {
             let index = self.read_index(user_hash).await?;
             let mut deleted = 0;
             for entry in &index.s {
@@ -203,9 +322,7 @@ impl SessionManager {
             }
             self.backend_ref().delete(&self.user_key(user_hash)).await?;
             Ok(deleted)
-        }
-        .await;
-        self.unlock_index(lock).await;
-        result
+        })
+        .await
     }
 }

@@ -154,6 +154,7 @@ mod index;
 mod layer;
 mod manager;
 mod model;
+mod request;
 mod token;
 mod transport;
 
@@ -167,3 +168,4 @@ pub use extract::{SessionContext, SessionHandle, SessionRejection};
 pub use layer::{SessionFuture, SessionLayer, SessionService};
 pub use manager::{LoadedSession, SessionManager};
 pub use model::{DEFAULT_FLASH_CATEGORY, FlashMessage, Session, SessionStatus, SessionUser};
+pub use request::PendingAction;
