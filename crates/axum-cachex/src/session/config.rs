@@ -663,7 +663,10 @@ impl SessionConfigBuilder {
         self
     }
     /// Former name of [`bearer_token`](Self::bearer_token).
-    #[deprecated(since = "0.2.0", note = "renamed to `bearer_token` (builder setters are bare nouns)")]
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed to `bearer_token` (builder setters are bare nouns)"
+    )]
     pub fn use_bearer_token(self, on: bool) -> Self {
         self.bearer_token(on)
     }
@@ -745,7 +748,10 @@ impl SessionConfigBuilder {
             ));
         }
         if self.session_ttl < Duration::from_secs(1) {
-            return Err(SessionConfigError::new("session_ttl", "must be at least 1 second"));
+            return Err(SessionConfigError::new(
+                "session_ttl",
+                "must be at least 1 second",
+            ));
         }
         if self
             .absolute_timeout
@@ -800,7 +806,10 @@ impl SessionConfigBuilder {
             }
         }
         if self.jwt_leeway.subsec_nanos() != 0 {
-            return Err(SessionConfigError::new("jwt_leeway", "must be whole seconds"));
+            return Err(SessionConfigError::new(
+                "jwt_leeway",
+                "must be whole seconds",
+            ));
         }
         if self.backend_key_prefix.is_empty()
             || self

@@ -12,8 +12,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use super::{
-    FlashMessage, PendingAction, Session, SessionError, SessionManager, SessionStatus,
-    SessionUser, TokenSource,
+    FlashMessage, PendingAction, Session, SessionError, SessionManager, SessionStatus, SessionUser,
+    TokenSource,
     request::{Committed, RequestSession},
 };
 

@@ -114,7 +114,11 @@ impl SessionManager {
     {
         let key = self.user_lock_key(user_hash);
         let token = Bytes::from(token::hex(&token::random_bytes::<16>()?).into_bytes());
-        let attempts = if wait == LockWait::Patient { LOCK_ATTEMPTS } else { 1 };
+        let attempts = if wait == LockWait::Patient {
+            LOCK_ATTEMPTS
+        } else {
+            1
+        };
         let mut taken = false;
         for attempt in 0..attempts {
             if attempt > 0 {
@@ -122,7 +126,10 @@ impl SessionManager {
                 let jitter = u64::from(token::random_bytes::<1>()?[0] % 16);
                 tokio::time::sleep(Duration::from_millis(10 + jitter)).await;
             }
-            taken = self.backend_ref().add(&key, token.clone(), Some(LOCK_TTL)).await?;
+            taken = self
+                .backend_ref()
+                .add(&key, token.clone(), Some(LOCK_TTL))
+                .await?;
             if taken {
                 break;
             }
@@ -254,11 +261,18 @@ impl SessionManager {
             Err(SessionError::Busy) => self.defer_refresh(user_hash, session_hash, expires_at),
             // The index outlives its entries by a full TTL: one missed
             // refresh loses nothing.
-            Err(e) => warn!(user = %token::short(&user_hash), error = %e, "could not refresh the user index"),
+            Err(e) => {
+                warn!(user = %token::short(&user_hash), error = %e, "could not refresh the user index")
+            }
         }
     }
 
-    fn defer_refresh(&self, user_hash: String, session_hash: String, expires_at: Option<SystemTime>) {
+    fn defer_refresh(
+        &self,
+        user_hash: String,
+        session_hash: String,
+        expires_at: Option<SystemTime>,
+    ) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             debug!(user = %token::short(&user_hash), "no runtime for a deferred index refresh; skipped");
             return;

@@ -107,7 +107,13 @@ where
             let credentialed = rs.source().is_some();
             let mut res = inner.call(req).await?;
             let outcome = rs.settle(res.status()).await;
-            transport::write_token(res.headers_mut(), manager.config(), rs.source(), outcome, manager.now());
+            transport::write_token(
+                res.headers_mut(),
+                manager.config(),
+                rs.source(),
+                outcome,
+                manager.now(),
+            );
             if credentialed {
                 // Nor a cache layer outside it, even before it has learned
                 // the names below.
@@ -147,7 +153,13 @@ fn prepare<B>(manager: &SessionManager, req: &mut Request<B>) -> Arc<RequestSess
         // A cache layer inside this one must not share the answer.
         req.extensions_mut().insert(Credentialed);
     }
-    let rs = Arc::new(RequestSession::new(manager.clone(), ip, ua, found, share_guard));
+    let rs = Arc::new(RequestSession::new(
+        manager.clone(),
+        ip,
+        ua,
+        found,
+        share_guard,
+    ));
     req.extensions_mut()
         .insert(SessionContext::new(Arc::clone(&rs)));
     rs

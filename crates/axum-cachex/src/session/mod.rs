@@ -159,9 +159,9 @@ mod token;
 mod transport;
 
 pub use config::{
-    SessionConfigError, CookieConfig, DEFAULT_COOKIE_NAME, DEFAULT_HEADER_NAME, DEFAULT_KEY_PREFIX,
+    CookieConfig, DEFAULT_COOKIE_NAME, DEFAULT_HEADER_NAME, DEFAULT_KEY_PREFIX,
     DEFAULT_SESSION_TTL, JwtAlgorithm, MIN_SECRET_LEN, SameSite, SessionConfig,
-    SessionConfigBuilder, TokenFormat, TokenSource, TrustedProxy,
+    SessionConfigBuilder, SessionConfigError, TokenFormat, TokenSource, TrustedProxy,
 };
 pub use error::{SecurityError, SessionError, TokenError};
 pub use extract::{SessionContext, SessionHandle, SessionRejection};

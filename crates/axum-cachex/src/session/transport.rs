@@ -168,7 +168,11 @@ pub(crate) fn write_token(
             Err(_) => warn!("session token could not be encoded as a header"),
         },
         (None, _) => {
-            if let Some(v) = config.cookie().filter(|_| remove_cookie).and_then(removal_cookie) {
+            if let Some(v) = config
+                .cookie()
+                .filter(|_| remove_cookie)
+                .and_then(removal_cookie)
+            {
                 headers.append(SET_COOKIE, v);
             }
         }
