@@ -307,7 +307,9 @@ impl SessionHandle {
     /// # Errors
     ///
     /// As [`SessionManager::regenerate_session_id`];
-    /// [`SessionError::NotFound`] after a logout in this request.
+    /// [`SessionError::NotFound`] after a logout in this request (or when a
+    /// deferred deletion was pending, which this commit then carried out).
+    /// On an error the regeneration stays pending.
     pub async fn regenerate(&self) -> Result<String, SessionError> {
         self.rs.defer(PendingAction::Regenerate);
         match self.rs.commit().await? {

@@ -329,18 +329,22 @@ impl RequestSession {
     /// dropped (the handler failed half-way), but a deletion is carried out:
     /// a logout must not be lost.
     pub(crate) async fn settle(&self, status: StatusCode) -> TokenOutcome {
-        let pending = self.pending();
+        let (pending, tag) = {
+            let st = self.lock();
+            (st.pending, st.session.as_ref().map(|s| log_id(s.id())))
+        };
+        let tag = tag.unwrap_or_default();
         if status.is_server_error() && pending < PendingAction::Delete {
             if pending != PendingAction::None {
-                debug!(?pending, "session changes not saved after a server error");
+                debug!(session = %tag, ?pending, "session changes not saved after a server error");
             }
         } else if let Err(e) = self.commit().await {
             if e.is_client_error() {
                 // Typically: deleted by a concurrent logout. Not
                 // resurrecting it is the point.
-                debug!(?pending, error = %e, "session changes dropped");
+                debug!(session = %tag, ?pending, error = %e, "session changes dropped");
             } else {
-                warn!(?pending, error = %e, "session could not be committed");
+                warn!(session = %tag, ?pending, error = %e, "session could not be committed");
             }
         }
         let st = self.lock();
