@@ -12,8 +12,8 @@ use axum::{Router, body::Body, http::StatusCode, routing::get};
 use axum_cachex::{
     backend::{Backend, MemoryBackend},
     session::{
-        ConfigError, CookieConfig, JwtAlgorithm, SameSite, SessionConfig, SessionHandle,
-        SessionStatus, TokenFormat, TokenSource,
+        CookieConfig, JwtAlgorithm, SameSite, SessionConfig, SessionConfigError, SessionHandle,
+        SessionStatus, SessionUser, TokenFormat, TokenSource,
     },
 };
 use session_suite::SECRET;
@@ -79,7 +79,7 @@ fn defaults_follow_the_spec() {
 #[test]
 fn builder_rejects_invalid_values_naming_the_field() {
     let b = || SessionConfig::builder(SECRET);
-    let field = |r: Result<SessionConfig, ConfigError>| r.expect_err("invalid").field();
+    let field = |r: Result<SessionConfig, SessionConfigError>| r.expect_err("invalid").field();
     assert_eq!(field(SessionConfig::builder("short").build()), "secret_key");
     assert_eq!(
         field(SessionConfig::builder("x".repeat(31)).build()),
@@ -259,9 +259,7 @@ fn session_model_methods() {
     assert!(!format!("{s:?}").contains(s.id()), "Debug hides the id");
     let id = s.id().to_owned();
     assert_eq!(id.len(), 64);
-    let new_id = s.regenerate_id().expect("rng").to_owned();
-    assert_ne!(new_id, id);
-    assert_eq!(s.id(), new_id);
+    assert_ne!(session_suite::sample_session().id(), id, "random ids");
 
     s.add_flash_message("a", None);
     s.add_flash_message("b", Some("error"));
@@ -308,4 +306,93 @@ async fn extractors_without_the_layer_explain_the_fix() {
         let body = String::from_utf8_lossy(&r.body);
         assert!(body.contains("SessionLayer"), "{body}");
     }
+}
+
+/// The per-user index key of `user_id` under the default prefix, as the
+/// manager derives it (module docs: a keyed hash with the store key).
+fn user_index_key(user_id: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mac = |key: &[u8], parts: &[&[u8]]| {
+        let mut m = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("hmac key");
+        for p in parts {
+            m.update(p);
+        }
+        m.finalize().into_bytes().to_vec()
+    };
+    let store = mac(SECRET.as_bytes(), &[b"axum-cachex/session/store-key"]);
+    let hash: String = mac(&store, &[b"uid\0", user_id.as_bytes()])
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("session:user:{hash}")
+}
+
+/// The recorded expiries (Unix seconds) in a user's index.
+async fn indexed_expiries(backend: &dyn Backend, user_id: &str) -> Vec<u64> {
+    let raw = backend
+        .get(&user_index_key(user_id))
+        .await
+        .expect("get")
+        .expect("index exists");
+    let index: serde_json::Value = serde_json::from_slice(&raw).expect("index json");
+    index["s"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["e"].as_u64().expect("expiry"))
+        .collect()
+}
+
+/// A renewal (a plain read) never waits for a locked user index: it tries
+/// the lock once and leaves the refresh to a background task. A
+/// current-thread runtime runs that task only when the test awaits, so the
+/// attempt count seen right after the read is the read's own.
+#[tokio::test(flavor = "current_thread")]
+async fn a_renewal_does_not_wait_for_a_locked_user_index() {
+    let f = session_suite::fixture(
+        Arc::new(MemoryBackend::new()),
+        session_suite::config()
+            .session_ttl(Duration::from_secs(100))
+            .sliding_threshold(0.5),
+    );
+    let m = &f.manager;
+    let (s, token) = m
+        .create_session(SessionUser::new("nia"), None, None, None)
+        .await
+        .expect("create");
+    let created_exp = indexed_expiries(&*f.backend, "nia").await;
+    let lock = format!("{}:lock", user_index_key("nia"));
+    assert!(
+        f.backend
+            .add(&lock, "held".into(), Some(Duration::from_secs(60)))
+            .await
+            .expect("add"),
+        "the test holds the index lock"
+    );
+    let attempts = f.backend.lock_attempts();
+
+    f.clock.advance(Duration::from_secs(60)); // 40 s left: renewed
+    let renewed = m.get_session(&token, None, None).await.expect("renewed");
+    assert!(renewed.expires_at() > s.expires_at());
+    assert_eq!(
+        f.backend.lock_attempts(),
+        attempts + 1,
+        "one attempt at the lock, no waiting"
+    );
+    assert_eq!(indexed_expiries(&*f.backend, "nia").await, created_exp);
+
+    // Released: the deferred refresh records the new expiry.
+    assert!(f.backend.delete(&lock).await.expect("release"));
+    m.flush_index_updates().await;
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs()
+    };
+    assert_eq!(
+        indexed_expiries(&*f.backend, "nia").await,
+        vec![unix(renewed.expires_at().expect("expiry"))]
+    );
+    // And the index still finds the session.
+    assert_eq!(m.delete_user_sessions("nia").await.expect("drain"), 1);
 }

@@ -26,12 +26,12 @@ pub const MIN_SECRET_LEN: usize = 32;
 /// error when a [`SessionConfig`] is deserialised.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid session config: `{field}` {reason}")]
-pub struct ConfigError {
+pub struct SessionConfigError {
     field: &'static str,
     reason: String,
 }
 
-impl ConfigError {
+impl SessionConfigError {
     fn new(field: &'static str, reason: impl Into<String>) -> Self {
         Self {
             field,
@@ -279,18 +279,18 @@ impl CookieConfig {
         self.persistent
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), SessionConfigError> {
         // RFC 6265 cookie-name = token (RFC 7230 tchar).
         let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
         if self.name.is_empty() || !self.name.chars().all(tchar) {
-            return Err(ConfigError::new(
+            return Err(SessionConfigError::new(
                 "cookie.name",
                 format!("must be a non-empty HTTP token (got {:?})", self.name),
             ));
         }
         let attr_ok = |s: &str| s.chars().all(|c| c.is_ascii_graphic() && c != ';');
         if !self.path.starts_with('/') || !attr_ok(&self.path) {
-            return Err(ConfigError::new(
+            return Err(SessionConfigError::new(
                 "cookie.path",
                 format!(
                     "must start with '/' and contain no ';' or spaces (got {:?})",
@@ -301,13 +301,13 @@ impl CookieConfig {
         if let Some(d) = &self.domain
             && (d.is_empty() || !attr_ok(d))
         {
-            return Err(ConfigError::new(
+            return Err(SessionConfigError::new(
                 "cookie.domain",
                 format!("must be a non-empty host name (got {d:?})"),
             ));
         }
         if self.same_site == SameSite::None && !self.secure {
-            return Err(ConfigError::new(
+            return Err(SessionConfigError::new(
                 "cookie.same_site",
                 "\"none\" requires `secure`: browsers reject SameSite=None cookies without it",
             ));
@@ -412,7 +412,7 @@ impl fmt::Debug for SecretKey {
 /// | `sliding_threshold` | 0.5 (renew when less than ttl × threshold remains) |
 /// | `token_format` | `simple` (or `jwt`) |
 /// | `header_name` | `X-Session-Token` |
-/// | `use_bearer_token` | `true` |
+/// | `use_bearer_token` | `true` (builder setter: `bearer_token`) |
 /// | `token_source_priority` | `[header, bearer]` (`cookie` is consulted last when not listed) |
 /// | `jwt_algorithm` | `HS256` (`HS384`, `HS512`) |
 /// | `jwt_issuer` / `jwt_audience` | none (required and checked when set) |
@@ -658,9 +658,17 @@ impl SessionConfigBuilder {
         self
     }
     /// Whether `Authorization: Bearer` is read. Default: `true`.
-    pub fn use_bearer_token(mut self, on: bool) -> Self {
+    pub fn bearer_token(mut self, on: bool) -> Self {
         self.use_bearer_token = on;
         self
+    }
+    /// Former name of [`bearer_token`](Self::bearer_token).
+    #[deprecated(
+        since = "0.2.0",
+        note = "renamed to `bearer_token` (builder setters are bare nouns)"
+    )]
+    pub fn use_bearer_token(self, on: bool) -> Self {
+        self.bearer_token(on)
     }
     /// Token source order (non-empty, no duplicates). Default:
     /// `[Header, Bearer]`.
@@ -728,31 +736,34 @@ impl SessionConfigBuilder {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the first invalid field: a secret shorter
+    /// A [`SessionConfigError`] naming the first invalid field: a secret shorter
     /// than 32 characters, a threshold outside 0.0–1.0, a zero TTL, an
     /// invalid header or cookie name, an empty or duplicated source list,
     /// an unparsable trusted proxy, …
-    pub fn build(self) -> Result<SessionConfig, ConfigError> {
+    pub fn build(self) -> Result<SessionConfig, SessionConfigError> {
         if self.secret_key.0.chars().count() < MIN_SECRET_LEN {
-            return Err(ConfigError::new(
+            return Err(SessionConfigError::new(
                 "secret_key",
                 format!("must have at least {MIN_SECRET_LEN} characters"),
             ));
         }
         if self.session_ttl < Duration::from_secs(1) {
-            return Err(ConfigError::new("session_ttl", "must be at least 1 second"));
+            return Err(SessionConfigError::new(
+                "session_ttl",
+                "must be at least 1 second",
+            ));
         }
         if self
             .absolute_timeout
             .is_some_and(|t| t < Duration::from_secs(1))
         {
-            return Err(ConfigError::new(
+            return Err(SessionConfigError::new(
                 "absolute_timeout",
                 "must be at least 1 second when set",
             ));
         }
         if !(0.0..=1.0).contains(&self.sliding_threshold) {
-            return Err(ConfigError::new(
+            return Err(SessionConfigError::new(
                 "sliding_threshold",
                 format!(
                     "must be between 0.0 and 1.0 (got {})",
@@ -761,26 +772,26 @@ impl SessionConfigBuilder {
             ));
         }
         let header_name = HeaderName::from_bytes(self.header_name.as_bytes()).map_err(|_| {
-            ConfigError::new(
+            SessionConfigError::new(
                 "header_name",
                 format!("is not a valid HTTP header name ({:?})", self.header_name),
             )
         })?;
         if header_name == http::header::AUTHORIZATION || header_name == http::header::COOKIE {
-            return Err(ConfigError::new(
+            return Err(SessionConfigError::new(
                 "header_name",
                 "must not be Authorization or Cookie (use the bearer or cookie sources)",
             ));
         }
         if self.token_source_priority.is_empty() {
-            return Err(ConfigError::new(
+            return Err(SessionConfigError::new(
                 "token_source_priority",
                 "must list at least one source",
             ));
         }
         for (i, s) in self.token_source_priority.iter().enumerate() {
             if self.token_source_priority[..i].contains(s) {
-                return Err(ConfigError::new(
+                return Err(SessionConfigError::new(
                     "token_source_priority",
                     format!("lists {s:?} twice"),
                 ));
@@ -791,11 +802,14 @@ impl SessionConfigBuilder {
             ("jwt_audience", &self.jwt_audience),
         ] {
             if value.as_deref().is_some_and(str::is_empty) {
-                return Err(ConfigError::new(field, "must not be empty when set"));
+                return Err(SessionConfigError::new(field, "must not be empty when set"));
             }
         }
         if self.jwt_leeway.subsec_nanos() != 0 {
-            return Err(ConfigError::new("jwt_leeway", "must be whole seconds"));
+            return Err(SessionConfigError::new(
+                "jwt_leeway",
+                "must be whole seconds",
+            ));
         }
         if self.backend_key_prefix.is_empty()
             || self
@@ -803,7 +817,7 @@ impl SessionConfigBuilder {
                 .chars()
                 .any(|c| c.is_whitespace() || c.is_control())
         {
-            return Err(ConfigError::new(
+            return Err(SessionConfigError::new(
                 "backend_key_prefix",
                 "must be non-empty, without whitespace or control characters",
             ));
@@ -813,7 +827,7 @@ impl SessionConfigBuilder {
             .iter()
             .map(|s| s.parse::<TrustedProxy>())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ConfigError::new("trusted_proxies", e))?;
+            .map_err(|e| SessionConfigError::new("trusted_proxies", e))?;
         if let Some(cookie) = &self.cookie {
             cookie.validate()?;
         }

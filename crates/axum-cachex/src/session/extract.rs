@@ -1,11 +1,7 @@
-//! The request-scoped session state and the axum extractors.
+//! The axum extractors: [`SessionContext`] and [`SessionHandle`], two views
+//! of the request's [`RequestSession`].
 
-use std::{
-    fmt,
-    net::IpAddr,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
-    time::SystemTime,
-};
+use std::{fmt, net::IpAddr, sync::Arc};
 
 use axum::{
     extract::{FromRequestParts, OptionalFromRequestParts},
@@ -15,55 +11,20 @@ use http::{HeaderValue, StatusCode, header, request::Parts};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-use crate::cache::ShareGuard;
-
 use super::{
-    FlashMessage, Session, SessionError, SessionManager, SessionStatus, SessionUser, TokenSource,
+    FlashMessage, PendingAction, Session, SessionError, SessionManager, SessionStatus, SessionUser,
+    TokenSource,
+    request::{Committed, RequestSession},
 };
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic in another handler task must not take the session down with
-    // it: the data is plain and still consistent field by field.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// A token issued during the request, to be sent back by the middleware.
-#[derive(Clone)]
-pub(crate) struct Issued {
-    pub(crate) token: String,
-    pub(crate) expires_at: Option<SystemTime>,
-}
-
-pub(crate) struct HandleState {
-    pub(crate) session: Session,
-    pub(crate) modified: bool,
-    pub(crate) deleted: bool,
-}
-
-#[derive(Default)]
-pub(crate) struct CtxState {
-    pub(crate) handle: Option<Arc<Mutex<HandleState>>>,
-    pub(crate) issued: Option<Issued>,
-    pub(crate) remove_cookie: bool,
-    pub(crate) token_rejected: bool,
-}
-
-pub(crate) struct ContextInner {
-    pub(crate) manager: SessionManager,
-    pub(crate) client_ip: Option<IpAddr>,
-    pub(crate) user_agent: Option<String>,
-    pub(crate) source: Option<TokenSource>,
-    pub(crate) state: Mutex<CtxState>,
-    /// Set when this request issues, renews or removes a token: a cache
-    /// layer inside the session layer must not keep the response.
-    pub(crate) share_guard: ShareGuard,
-}
 
 /// The session machinery of one request, put in the request extensions by
 /// [`SessionLayer`](super::SessionLayer).
 ///
 /// Extract it to log a user in or to start an anonymous session; extract
 /// [`SessionHandle`] (or `Option<SessionHandle>`) to use the current one.
+/// Extracting either loads the session (once per request); a handler that
+/// extracts neither costs no backend call. Code that takes the context from
+/// the request extensions directly calls [`load`](Self::load) first.
 ///
 /// ```
 /// use axum::Json;
@@ -80,97 +41,65 @@ pub(crate) struct ContextInner {
 /// ```
 #[derive(Clone)]
 pub struct SessionContext {
-    pub(crate) inner: Arc<ContextInner>,
+    rs: Arc<RequestSession>,
 }
 
 impl fmt::Debug for SessionContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionContext")
-            .field("client_ip", &self.inner.client_ip)
-            .field("source", &self.inner.source)
-            .field("has_session", &lock(&self.inner.state).handle.is_some())
-            .finish()
+        f.debug_tuple("SessionContext").field(&self.rs).finish()
     }
 }
 
 impl SessionContext {
-    pub(crate) fn new(
-        manager: SessionManager,
-        client_ip: Option<IpAddr>,
-        user_agent: Option<String>,
-        source: Option<TokenSource>,
-        share_guard: ShareGuard,
-    ) -> Self {
-        Self {
-            inner: Arc::new(ContextInner {
-                manager,
-                client_ip,
-                user_agent,
-                source,
-                state: Mutex::new(CtxState::default()),
-                share_guard,
-            }),
-        }
+    pub(crate) fn new(rs: Arc<RequestSession>) -> Self {
+        Self { rs }
     }
 
-    pub(crate) fn set_loaded(&self, session: Session, renewed_token: Option<String>) {
-        let mut st = lock(&self.inner.state);
-        if let Some(token) = renewed_token {
-            self.inner.share_guard.forbid_sharing();
-            st.issued = Some(Issued {
-                token,
-                expires_at: session.expires_at(),
-            });
-        }
-        st.handle = Some(Arc::new(Mutex::new(HandleState {
-            session,
-            modified: false,
-            deleted: false,
-        })));
-    }
-
-    pub(crate) fn mark_rejected(&self) {
-        lock(&self.inner.state).token_rejected = true;
-    }
-
-    fn handle_from(&self, state: Arc<Mutex<HandleState>>) -> SessionHandle {
+    fn handle(&self) -> SessionHandle {
         SessionHandle {
-            ctx: Arc::clone(&self.inner),
-            state,
+            rs: Arc::clone(&self.rs),
         }
+    }
+
+    /// Loads the session the request's token names, if not done yet, and
+    /// returns it as [`session`](Self::session) does. The extractors call
+    /// this; call it yourself only with a context taken from the request
+    /// extensions (in a middleware, say).
+    pub async fn load(&self) -> Option<SessionHandle> {
+        self.rs.ensure_loaded().await;
+        self.session()
     }
 
     /// The current session, if the request carried a valid token (or one
     /// was started during this request).
     pub fn session(&self) -> Option<SessionHandle> {
-        let st = lock(&self.inner.state);
-        st.handle.clone().map(|h| self.handle_from(h))
+        self.rs.has_session().then(|| self.handle())
     }
 
     /// Whether the request carried a token that was refused (malformed,
     /// bad signature, unknown, expired, bound to another client).
     pub fn token_rejected(&self) -> bool {
-        lock(&self.inner.state).token_rejected
+        self.rs.token_rejected()
     }
 
     /// The session manager.
     pub fn manager(&self) -> &SessionManager {
-        &self.inner.manager
+        self.rs.manager()
     }
 
     /// The client address used for IP binding (see the [module docs](super)).
     pub fn client_ip(&self) -> Option<IpAddr> {
-        self.inner.client_ip
+        self.rs.client_ip()
     }
 
     /// The request's `User-Agent`.
     pub fn user_agent(&self) -> Option<&str> {
-        self.inner.user_agent.as_deref()
+        self.rs.user_agent()
     }
 
     /// Where the request's token came from, if it carried one.
     pub fn token_source(&self) -> Option<TokenSource> {
-        self.inner.source
+        self.rs.source()
     }
 
     /// Logs `user` in: attaches them to the current session (with a new id
@@ -183,23 +112,22 @@ impl SessionContext {
     /// Any [`SessionError`] of [`SessionManager::login`] or
     /// [`SessionManager::create_session`].
     pub async fn login(&self, user: SessionUser) -> Result<SessionHandle, SessionError> {
-        let manager = &self.inner.manager;
-        if let Some(handle) = self.session().filter(|h| !h.is_deleted()) {
-            let mut session = handle.snapshot();
-            let token = manager.login(&mut session, user).await?;
-            let expires_at = session.expires_at();
-            {
-                let mut hs = lock(&handle.state);
-                hs.session = session;
-                hs.modified = false;
+        self.rs.ensure_loaded().await;
+        let manager = self.rs.manager();
+        let (session, token) = match self.rs.live_session() {
+            Some(mut session) => {
+                // Saves pending changes along with the user.
+                let token = manager.login(&mut session, user).await?;
+                (session, token)
             }
-            self.set_issued(token, expires_at);
-            return Ok(handle);
-        }
-        let (session, token) = manager
-            .create_session(user, self.inner.client_ip, self.user_agent(), None)
-            .await?;
-        Ok(self.install(session, token))
+            None => {
+                manager
+                    .create_session(user, self.client_ip(), self.user_agent(), None)
+                    .await?
+            }
+        };
+        self.rs.install(session, Some(token));
+        Ok(self.handle())
     }
 
     /// The current session, or a new anonymous one bound to this request's
@@ -209,44 +137,31 @@ impl SessionContext {
     ///
     /// Any [`SessionError`] of [`SessionManager::create_anonymous_session`].
     pub async fn session_or_anonymous(&self) -> Result<SessionHandle, SessionError> {
-        if let Some(handle) = self.session().filter(|h| !h.is_deleted()) {
-            return Ok(handle);
+        self.rs.ensure_loaded().await;
+        if self.rs.live_session().is_none() {
+            let (session, token) = self
+                .rs
+                .manager()
+                .create_anonymous_session(self.client_ip(), self.user_agent(), None)
+                .await?;
+            self.rs.install(session, Some(token));
         }
-        let (session, token) = self
-            .inner
-            .manager
-            .create_anonymous_session(self.inner.client_ip, self.user_agent(), None)
-            .await?;
-        Ok(self.install(session, token))
-    }
-
-    fn install(&self, session: Session, token: String) -> SessionHandle {
-        let expires_at = session.expires_at();
-        let state = Arc::new(Mutex::new(HandleState {
-            session,
-            modified: false,
-            deleted: false,
-        }));
-        lock(&self.inner.state).handle = Some(Arc::clone(&state));
-        set_issued(&self.inner, token, expires_at);
-        self.handle_from(state)
-    }
-
-    fn set_issued(&self, token: String, expires_at: Option<SystemTime>) {
-        set_issued(&self.inner, token, expires_at);
+        Ok(self.handle())
     }
 }
 
-/// The current session of a request: a cheap handle (an `Arc`) that tracks
-/// whether the handler changed the session.
+/// The current session of a request: a cheap handle (an `Arc`) on the
+/// request's one session object, which every handle and the
+/// [`SessionContext`] share.
 ///
 /// As an extractor it requires a session and answers `401 Unauthorized`
 /// (with `WWW-Authenticate: Bearer` and a JSON body) when there is none;
 /// extract `Option<SessionHandle>` to make it optional.
 ///
-/// Changes made through the handle are saved by the middleware after the
-/// handler, unless the response is a 5xx; the save is update-only, so a
-/// session deleted meanwhile (logout on another device) stays deleted.
+/// Changes made through the handle make a save [pending](Self::pending);
+/// the middleware commits the pending action after the handler (changes and
+/// regenerations not after a 5xx). The save is update-only, so a session
+/// deleted meanwhile (logout on another device) stays deleted.
 ///
 /// ```
 /// use axum_cachex::session::SessionHandle;
@@ -259,31 +174,26 @@ impl SessionContext {
 /// ```
 #[derive(Clone)]
 pub struct SessionHandle {
-    ctx: Arc<ContextInner>,
-    state: Arc<Mutex<HandleState>>,
+    rs: Arc<RequestSession>,
 }
 
 impl fmt::Debug for SessionHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hs = lock(&self.state);
         f.debug_struct("SessionHandle")
-            .field("session", &hs.session)
-            .field("modified", &hs.modified)
-            .field("deleted", &hs.deleted)
+            .field("session", &self.snapshot())
+            .field("pending", &self.pending())
             .finish()
     }
 }
 
 impl SessionHandle {
     fn read<R>(&self, f: impl FnOnce(&Session) -> R) -> R {
-        f(&lock(&self.state).session)
+        self.rs.with_session(false, |s| f(s))
     }
 
     /// Changes the session; it is saved after the handler.
     pub fn update<R>(&self, f: impl FnOnce(&mut Session) -> R) -> R {
-        let mut hs = lock(&self.state);
-        hs.modified = true;
-        f(&mut hs.session)
+        self.rs.with_session(true, f)
     }
 
     /// A copy of the session as it is now.
@@ -342,76 +252,70 @@ impl SessionHandle {
 
     /// The pending flash messages; with `clear` they are consumed.
     pub fn get_flash_messages(&self, clear: bool) -> Vec<FlashMessage> {
-        let mut hs = lock(&self.state);
-        let msgs = hs.session.get_flash_messages(clear);
+        let msgs = self.rs.with_session(false, |s| s.get_flash_messages(clear));
         if clear && !msgs.is_empty() {
-            hs.modified = true;
+            self.rs.mark_changed();
         }
         msgs
     }
 
-    /// Whether the handler changed the session since it was loaded or saved.
+    /// Whether something is pending: the handler changed the session since
+    /// it was loaded or last committed, or deferred an action.
     pub fn is_modified(&self) -> bool {
-        lock(&self.state).modified
+        self.pending() != PendingAction::None
     }
 
-    fn is_deleted(&self) -> bool {
-        lock(&self.state).deleted
+    /// What the next commit will do (after the handler, or at an explicit
+    /// [`save`](Self::save)).
+    pub fn pending(&self) -> PendingAction {
+        self.rs.pending()
+    }
+
+    /// Defers `action` to the commit after the handler, instead of carrying
+    /// it out now as [`save`](Self::save), [`regenerate`](Self::regenerate)
+    /// and [`logout`](Self::logout) do. The pending action only escalates:
+    /// deferring `Save` after `Regenerate` changes nothing.
+    pub fn defer(&self, action: PendingAction) {
+        self.rs.defer(action);
     }
 
     /// The token issued to the client during this request (login,
     /// regeneration, JWT renewal), if any. The middleware sends it back by
     /// itself; this is for APIs that also return it in the body.
     pub fn token(&self) -> Option<String> {
-        lock(&self.ctx.state)
-            .issued
-            .as_ref()
-            .map(|i| i.token.clone())
+        self.rs.issued_token()
     }
 
-    /// Saves the session now instead of after the handler.
+    /// Commits the pending action now instead of after the handler (with
+    /// nothing pending, writes the session as it is).
     ///
     /// # Errors
     ///
-    /// As [`SessionManager::update_session`].
+    /// As [`SessionManager::update_session`] (or
+    /// [`regenerate_session_id`](SessionManager::regenerate_session_id) /
+    /// [`delete_session`](SessionManager::delete_session) for a deferred
+    /// regeneration or deletion).
     pub async fn save(&self) -> Result<(), SessionError> {
-        let mut session = self.snapshot();
-        let regenerated = session.replaced_id.is_some();
-        self.ctx.manager.update_session(&mut session).await?;
-        let token = if regenerated {
-            Some(self.ctx.manager.issue_token(&session)?)
-        } else {
-            None
-        };
-        let expires_at = session.expires_at();
-        {
-            let mut hs = lock(&self.state);
-            hs.session = session;
-            hs.modified = false;
-        }
-        if let Some(token) = token {
-            set_issued(&self.ctx, token, expires_at);
-        }
-        Ok(())
+        self.rs.mark_changed();
+        self.rs.commit().await.map(|_| ())
     }
 
-    /// Gives the session a new id (after a privilege change); the new token
-    /// goes back to the client and the old one stops working.
+    /// Gives the session a new id now (after a privilege change), saving
+    /// its pending changes under it; the new token goes back to the client
+    /// and the old one stops working.
     ///
     /// # Errors
     ///
-    /// As [`SessionManager::regenerate_session_id`].
+    /// As [`SessionManager::regenerate_session_id`];
+    /// [`SessionError::NotFound`] after a logout in this request (or when a
+    /// deferred deletion was pending, which this commit then carried out).
+    /// On an error the regeneration stays pending.
     pub async fn regenerate(&self) -> Result<String, SessionError> {
-        let mut session = self.snapshot();
-        let token = self.ctx.manager.regenerate_session_id(&mut session).await?;
-        let expires_at = session.expires_at();
-        {
-            let mut hs = lock(&self.state);
-            hs.session = session;
-            hs.modified = false;
+        self.rs.defer(PendingAction::Regenerate);
+        match self.rs.commit().await? {
+            Committed::Regenerated(token) => Ok(token),
+            _ => Err(SessionError::NotFound),
         }
-        set_issued(&self.ctx, token.clone(), expires_at);
-        Ok(token)
     }
 
     /// Deletes the session now; the response removes the session cookie
@@ -421,10 +325,8 @@ impl SessionHandle {
     ///
     /// As [`SessionManager::delete_session`].
     pub async fn logout(&self) -> Result<bool, SessionError> {
-        let id = self.id();
-        let existed = self.ctx.manager.delete_session(&id).await?;
-        self.mark_deleted();
-        Ok(existed)
+        self.rs.defer(PendingAction::Delete);
+        Ok(matches!(self.rs.commit().await?, Committed::Deleted(true)))
     }
 
     /// Deletes every session of the logged-in user (all devices), or just
@@ -434,40 +336,18 @@ impl SessionHandle {
     ///
     /// As [`SessionManager::delete_user_sessions`].
     pub async fn logout_everywhere(&self) -> Result<u64, SessionError> {
-        let (id, user) = self.read(|s| (s.id().to_owned(), s.user().map(|u| u.user_id.clone())));
-        let manager = &self.ctx.manager;
+        let user = self.read(|s| s.user().map(|u| u.user_id.clone()));
         let mut n = match user {
-            Some(uid) => manager.delete_user_sessions(&uid).await?,
+            Some(uid) => self.rs.manager().delete_user_sessions(&uid).await?,
             None => 0,
         };
         // This session may predate its user's index (e.g. a login without
         // regeneration whose index update raced): delete it directly too.
-        if manager.delete_session(&id).await? {
+        if self.logout().await? {
             n += 1;
         }
-        self.mark_deleted();
         Ok(n)
     }
-
-    fn mark_deleted(&self) {
-        {
-            let mut hs = lock(&self.state);
-            hs.deleted = true;
-            hs.modified = false;
-            hs.session.invalidate();
-        }
-        self.ctx.share_guard.forbid_sharing();
-        let mut st = lock(&self.ctx.state);
-        st.issued = None;
-        st.remove_cookie = true;
-    }
-}
-
-fn set_issued(ctx: &ContextInner, token: String, expires_at: Option<SystemTime>) {
-    ctx.share_guard.forbid_sharing();
-    let mut st = lock(&ctx.state);
-    st.issued = Some(Issued { token, expires_at });
-    st.remove_cookie = false;
 }
 
 /// Why a session extractor refused the request.
@@ -537,11 +417,15 @@ fn context(parts: &Parts) -> Result<SessionContext, SessionRejection> {
         .ok_or(SessionRejection::MissingLayer)
 }
 
+/// Loads the session on the way: extracting a context or a handle is the
+/// "first use" of the request's session.
 impl<S: Send + Sync> FromRequestParts<S> for SessionContext {
     type Rejection = SessionRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        context(parts)
+        let ctx = context(parts)?;
+        ctx.load().await;
+        Ok(ctx)
     }
 }
 
@@ -550,7 +434,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionHandle {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let ctx = context(parts)?;
-        ctx.session().ok_or(SessionRejection::Unauthenticated {
+        ctx.load().await.ok_or(SessionRejection::Unauthenticated {
             token_rejected: ctx.token_rejected(),
         })
     }
@@ -563,14 +447,15 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for SessionHandle {
         parts: &mut Parts,
         _state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
-        Ok(context(parts)?.session())
+        Ok(context(parts)?.load().await)
     }
 }
 
+/// Does not load the session.
 impl<S: Send + Sync> FromRequestParts<S> for SessionManager {
     type Rejection = SessionRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(context(parts)?.inner.manager.clone())
+        Ok(context(parts)?.manager().clone())
     }
 }

@@ -5,17 +5,42 @@
 //! scanned: Memcached cannot list keys at all, and on Redis a scan costs the
 //! whole keyspace.
 //!
-//! Read-modify-write of the list is serialised by a lock record written with
-//! `add` (atomic "create if absent" on every backend) and a short TTL, so two
-//! logins of one user on two instances cannot lose each other's entry. The
-//! lock is released with `delete_if_equals` where the backend has it, a plain
-//! `delete` otherwise (the TTL is far longer than one update).
+//! Read-modify-write of the list is serialised by the crate's distributed
+//! lock ([`crate::lock`]: `add` with a token and a short TTL, released by
+//! compare-and-delete), so two logins of one user on two instances cannot
+//! lose each other's entry. Taking and releasing it happens in
+//! [`SessionManager::with_index_lock`] only.
+//!
+//! # Who waits for the lock
+//!
+//! Creating, moving or re-assigning a session waits for the lock (up to
+//! about 3 s, then [`SessionError::Busy`]): the entry must be in the index
+//! before the session is usable, or "log out everywhere" could miss it.
+//!
+//! A sliding renewal (a plain read) only refreshes the recorded expiry of an
+//! entry that is already there, so it never waits: it tries the lock once
+//! and, when the lock is busy, leaves the refresh to a background task that
+//! waits for it ([`SessionManager::flush_index_updates`] awaits those
+//! tasks). Consistency: the *set* of sessions listed is always exact (a
+//! deferred refresh never adds or drops an entry), only an entry's recorded
+//! expiry can lag, by one deferred refresh. That lag is harmless: an entry
+//! is dropped only after the store confirms its session is gone, and the
+//! index record outlives its newest recorded expiry by a full `session_ttl`
+//! plus a minute, longer than any session can go between two renewals, so
+//! even a refresh that is lost altogether (the process stops, the backend
+//! fails) leaves the index in place until the next renewal refreshes it.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    future::Future,
+    time::{Duration, SystemTime},
+};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::lock::{Acquired, LockTimings};
 
 use super::{
     SessionError, SessionManager,
@@ -25,8 +50,10 @@ use super::{
 /// The lock outlives any sane index update many times over; it only
 /// matters when an instance dies holding it.
 const LOCK_TTL: Duration = Duration::from_secs(10);
-/// Attempts to take the lock before giving up with `Busy` (about 3 s).
-const LOCK_ATTEMPTS: u32 = 150;
+/// How long a creation or move waits for the lock before `Busy`.
+const LOCK_MAX_WAIT: Duration = Duration::from_secs(3);
+/// The pause between attempts (plus jitter, see [`crate::lock`]).
+const LOCK_POLL: Duration = Duration::from_millis(10);
 /// Extra life of the index past the newest session it lists.
 const INDEX_GRACE: Duration = Duration::from_secs(60);
 
@@ -44,40 +71,71 @@ struct Entry {
     e: u64,
 }
 
-struct Lock {
-    key: String,
-    token: Vec<u8>,
+/// How long [`SessionManager::with_index_lock`] waits for a busy lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LockWait {
+    /// Up to [`LOCK_MAX_WAIT`], with jittered pauses.
+    Patient,
+    /// One attempt: a read must not wait on another request's update.
+    Once,
+}
+
+/// Counts the index refreshes running in background tasks, so that
+/// [`SessionManager::flush_index_updates`] can wait for them.
+#[derive(Debug)]
+pub(crate) struct DeferredRefreshes(watch::Sender<usize>);
+
+impl Default for DeferredRefreshes {
+    fn default() -> Self {
+        Self(watch::Sender::new(0))
+    }
+}
+
+/// One deferred refresh in flight; dropping it (even by a panic or an
+/// aborted task) counts it done.
+struct InFlight(watch::Sender<usize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl SessionManager {
-    async fn lock_index(&self, user_hash: &str) -> Result<Lock, SessionError> {
-        let key = self.user_lock_key(user_hash);
-        let token = token::hex(&token::random_bytes::<16>()?).into_bytes();
-        for _ in 0..LOCK_ATTEMPTS {
-            if self
-                .backend_ref()
-                .add(&key, Bytes::from(token.clone()), Some(LOCK_TTL))
-                .await?
-            {
-                return Ok(Lock { key, token });
-            }
-            // 10–25 ms with jitter, so contenders do not retry in lockstep.
-            let jitter = u64::from(token::random_bytes::<1>()?[0] % 16);
-            tokio::time::sleep(Duration::from_millis(10 + jitter)).await;
-        }
-        warn!(user = %token::short(user_hash), "user session index stayed locked");
-        Err(SessionError::Busy)
-    }
-
-    async fn unlock_index(&self, lock: Lock) {
-        let backend = self.backend_ref();
-        let result = match backend.compare_and_swap() {
-            Some(cas) => cas.delete_if_equals(&lock.key, &lock.token).await.map(drop),
-            None => backend.delete(&lock.key).await.map(drop),
+    /// Runs `update` holding the user's index lock: the one place the lock
+    /// is taken and released.
+    async fn with_index_lock<R, F, Fut>(
+        &self,
+        user_hash: &str,
+        wait: LockWait,
+        update: F,
+    ) -> Result<R, SessionError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<R, SessionError>>,
+    {
+        let timings = LockTimings {
+            ttl: LOCK_TTL,
+            max_wait: match wait {
+                LockWait::Patient => LOCK_MAX_WAIT,
+                LockWait::Once => Duration::ZERO,
+            },
+            poll: LOCK_POLL,
+            call_timeout: LOCK_TTL,
         };
-        if let Err(e) = result {
-            warn!(error = %e, "could not release the user index lock; it expires by itself");
-        }
+        let key = self.user_lock_key(user_hash);
+        let nothing_to_wait_for = || async { None::<()> };
+        let acquired =
+            crate::lock::acquire_or_wait(self.backend(), key, timings, nothing_to_wait_for).await?;
+        let Acquired::Held(guard) = acquired else {
+            if wait == LockWait::Patient {
+                warn!(user = %token::short(user_hash), "user session index stayed locked");
+            }
+            return Err(SessionError::Busy);
+        };
+        let result = update().await;
+        guard.release().await;
+        result
     }
 
     async fn read_index(&self, user_hash: &str) -> Result<UserIndex, SessionError> {
@@ -134,20 +192,30 @@ impl SessionManager {
         Ok(())
     }
 
-    /// Adds or refreshes one session in a user's index.
+    /// Adds or refreshes one session in a user's index, waiting for the lock.
     pub(crate) async fn index_upsert(
         &self,
         user_hash: &str,
         session_hash: &str,
         expires_at: Option<SystemTime>,
     ) -> Result<(), SessionError> {
+        self.upsert_with(user_hash, session_hash, expires_at, LockWait::Patient)
+            .await
+    }
+
+    async fn upsert_with(
+        &self,
+        user_hash: &str,
+        session_hash: &str,
+        expires_at: Option<SystemTime>,
+        wait: LockWait,
+    ) -> Result<(), SessionError> {
         let now = self.now();
         let exp = expires_at.map_or_else(
             || unix_secs(now) + self.config().session_ttl().as_secs(),
             unix_secs,
         );
-        let lock = self.lock_index(user_hash).await?;
-        let result = async {
+        self.with_index_lock(user_hash, wait, || async {
             let mut index = self.read_index(user_hash).await?;
             self.prune(&mut index, now).await?;
             match index.s.iter_mut().find(|e| e.h == session_hash) {
@@ -158,10 +226,66 @@ impl SessionManager {
                 }),
             }
             self.write_index(user_hash, &index, now).await
+        })
+        .await
+    }
+
+    /// Refreshes a renewed session's entry without waiting for the lock: one
+    /// attempt now, and when the lock is busy a background task that waits
+    /// for it (see the [module docs](self) for the consistency this gives).
+    pub(crate) async fn index_refresh(
+        &self,
+        user_hash: String,
+        session_hash: String,
+        expires_at: Option<SystemTime>,
+    ) {
+        match self
+            .upsert_with(&user_hash, &session_hash, expires_at, LockWait::Once)
+            .await
+        {
+            Ok(()) => {}
+            Err(SessionError::Busy) => self.defer_refresh(user_hash, session_hash, expires_at),
+            // The index outlives its entries by a full TTL: one missed
+            // refresh loses nothing.
+            Err(e) => {
+                warn!(user = %token::short(&user_hash), error = %e, "could not refresh the user index")
+            }
         }
-        .await;
-        self.unlock_index(lock).await;
-        result
+    }
+
+    fn defer_refresh(
+        &self,
+        user_hash: String,
+        session_hash: String,
+        expires_at: Option<SystemTime>,
+    ) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            debug!(user = %token::short(&user_hash), "no runtime for a deferred index refresh; skipped");
+            return;
+        };
+        let counter = &self.deferred().0;
+        counter.send_modify(|n| *n += 1);
+        let in_flight = InFlight(counter.clone());
+        let manager = self.clone();
+        runtime.spawn(async move {
+            let _in_flight = in_flight;
+            let result = manager
+                .upsert_with(&user_hash, &session_hash, expires_at, LockWait::Patient)
+                .await;
+            if let Err(e) = result {
+                warn!(user = %token::short(&user_hash), error = %e, "deferred user index refresh failed");
+            }
+        });
+    }
+
+    /// Waits until the index refreshes that sliding renewals left to
+    /// background tasks (because the user's index was locked at the time)
+    /// have finished. For graceful shutdown and tests; requests never need
+    /// it (see the [module docs](super) on consistency).
+    pub async fn flush_index_updates(&self) {
+        let mut rx = self.deferred().0.subscribe();
+        // The sender lives as long as the manager: this cannot fail.
+        let _ = rx.wait_for(|n| *n == 0).await;
     }
 
     /// Removes one session from a user's index.
@@ -171,15 +295,12 @@ impl SessionManager {
         session_hash: &str,
     ) -> Result<(), SessionError> {
         let now = self.now();
-        let lock = self.lock_index(user_hash).await?;
-        let result = async {
+        self.with_index_lock(user_hash, LockWait::Patient, || async {
             let mut index = self.read_index(user_hash).await?;
             index.s.retain(|e| e.h != session_hash);
             self.write_index(user_hash, &index, now).await
-        }
-        .await;
-        self.unlock_index(lock).await;
-        result
+        })
+        .await
     }
 
     /// Deletes every session a user's index lists, and the index; returns
@@ -187,8 +308,7 @@ impl SessionManager {
     /// racing with this either lands before (and is deleted) or after (and
     /// survives, as a login after the logout should).
     pub(crate) async fn index_drain(&self, user_hash: &str) -> Result<u64, SessionError> {
-        let lock = self.lock_index(user_hash).await?;
-        let result = async {
+        self.with_index_lock(user_hash, LockWait::Patient, || async {
             let index = self.read_index(user_hash).await?;
             let mut deleted = 0;
             for entry in &index.s {
@@ -202,9 +322,7 @@ impl SessionManager {
             }
             self.backend_ref().delete(&self.user_key(user_hash)).await?;
             Ok(deleted)
-        }
-        .await;
-        self.unlock_index(lock).await;
-        result
+        })
+        .await
     }
 }

@@ -3,31 +3,28 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
-use http::{HeaderValue, Request, Response, header};
+use http::{Request, Response, header};
 use tower_layer::Layer;
 use tower_service::Service;
-use tracing::{debug, warn};
 
 use crate::cache::{CredentialNames, Credentialed, ShareGuard};
 
-use super::{
-    SessionManager, TokenSource,
-    extract::{Issued, SessionContext, lock},
-    token::log_id,
-    transport,
-};
+use super::{SessionContext, SessionManager, request::RequestSession, transport};
 
 /// The session middleware.
 ///
 /// For each request it reads the token (configured header, `Authorization:
 /// Bearer`, cookie — in the configured priority; the first source present
-/// wins), loads and checks the session, and puts a [`SessionContext`] into
-/// the request extensions for the extractors. An invalid token simply means
-/// no session. After the handler it saves a changed session (never after a
-/// 5xx), and sends back any token issued during the request: as the
+/// wins) and puts a [`SessionContext`] into the request extensions for the
+/// extractors, which load and check the session on first use (a handler
+/// that uses no session extractor costs no backend call). An invalid token
+/// simply means no session. After the handler it commits the session's
+/// [pending action](super::PendingAction) (a save or regeneration not
+/// after a 5xx), and sends back any token issued during the request: as the
 /// configured header (e.g. `X-Session-Token`) when the request used the
 /// header or bearer transport, as `Set-Cookie` when it used the cookie, and
 /// — for a request that carried no token — as a cookie if the cookie
@@ -81,8 +78,8 @@ pub struct SessionService<S> {
     manager: SessionManager,
 }
 
-/// The future of [`SessionService`]. Boxed: loading and saving are backend
-/// round trips (network I/O on Redis and Memcached) around the handler.
+/// The future of [`SessionService`]. Boxed: committing is a backend round
+/// trip (network I/O on Redis and Memcached) after the handler.
 pub type SessionFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'static>>;
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
@@ -106,24 +103,17 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let manager = self.manager.clone();
         Box::pin(async move {
-            // One guard per request: a middleware outside may have put one
-            // there already, and raising either must reach the cache layer.
-            let share_guard = req
-                .extensions()
-                .get::<ShareGuard>()
-                .cloned()
-                .unwrap_or_default();
-            req.extensions_mut().insert(share_guard.clone());
-            let (ctx, found) = prepare(&manager, &req, share_guard);
-            let credentialed = found.is_some();
-            if credentialed {
-                // A cache layer inside this one must not share the answer.
-                req.extensions_mut().insert(Credentialed);
-            }
-            let ctx = load(&manager, ctx, found).await;
-            req.extensions_mut().insert(ctx.clone());
+            let rs = prepare(&manager, &mut req);
+            let credentialed = rs.source().is_some();
             let mut res = inner.call(req).await?;
-            finish(&manager, &ctx, &mut res).await;
+            let outcome = rs.settle(res.status()).await;
+            transport::write_token(
+                res.headers_mut(),
+                manager.config(),
+                rs.source(),
+                outcome,
+                manager.now(),
+            );
             if credentialed {
                 // Nor a cache layer outside it, even before it has learned
                 // the names below.
@@ -138,13 +128,19 @@ where
     }
 }
 
-/// Reads what the middleware needs from the request synchronously, so that
-/// the request (whose body need not be `Sync`) is not held across an await.
-fn prepare<B>(
-    manager: &SessionManager,
-    req: &Request<B>,
-    share_guard: ShareGuard,
-) -> (SessionContext, Option<(String, TokenSource)>) {
+/// Sets the request up for the handler, synchronously, so that the request
+/// (whose body need not be `Sync`) is not held across an await: reads the
+/// token and the client, and puts the request's session (not loaded yet)
+/// and the markers for cache layers into the extensions.
+fn prepare<B>(manager: &SessionManager, req: &mut Request<B>) -> Arc<RequestSession> {
+    // One guard per request: a middleware outside may have put one there
+    // already, and raising either must reach the cache layer.
+    let share_guard = req
+        .extensions()
+        .get::<ShareGuard>()
+        .cloned()
+        .unwrap_or_default();
+    req.extensions_mut().insert(share_guard.clone());
     let config = manager.config();
     let headers = req.headers();
     let ip = transport::client_ip(headers, req.extensions(), config.trusted_proxies());
@@ -153,42 +149,20 @@ fn prepare<B>(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let found = transport::find_token(headers, config);
-    let ctx = SessionContext::new(
+    if found.is_some() {
+        // A cache layer inside this one must not share the answer.
+        req.extensions_mut().insert(Credentialed);
+    }
+    let rs = Arc::new(RequestSession::new(
         manager.clone(),
         ip,
         ua,
-        found.as_ref().map(|(_, s)| *s),
+        found,
         share_guard,
-    );
-    (ctx, found)
-}
-
-async fn load(
-    manager: &SessionManager,
-    ctx: SessionContext,
-    found: Option<(String, TokenSource)>,
-) -> SessionContext {
-    if let Some((token, source)) = found {
-        let (ip, ua) = (ctx.client_ip(), ctx.user_agent());
-        match manager.load_session(&token, ip, ua).await {
-            Ok(loaded) => ctx.set_loaded(loaded.session, loaded.renewed_token),
-            Err(e) if e.is_client_error() => {
-                debug!(token = %log_id(&token), ?source, error = %e, "session token refused");
-                ctx.mark_rejected();
-                if source == TokenSource::Cookie {
-                    // Stop the browser from sending a dead token forever.
-                    ctx.inner.share_guard.forbid_sharing();
-                    lock(&ctx.inner.state).remove_cookie = true;
-                }
-            }
-            Err(e) => {
-                // Backend down or a corrupt record: continue without a
-                // session rather than failing the request.
-                warn!(token = %log_id(&token), error = %e, "session could not be loaded");
-            }
-        }
-    }
-    ctx
+    ));
+    req.extensions_mut()
+        .insert(SessionContext::new(Arc::clone(&rs)));
+    rs
 }
 
 /// The request header and cookie the session layer reads tokens from.
@@ -200,88 +174,5 @@ fn credential_names(config: &super::SessionConfig) -> CredentialNames {
             .map(|c| c.get_name().to_owned())
             .into_iter()
             .collect(),
-    }
-}
-
-async fn finish<B>(manager: &SessionManager, ctx: &SessionContext, res: &mut Response<B>) {
-    let handle = lock(&ctx.inner.state).handle.clone();
-    if let Some(handle) = handle {
-        let pending = {
-            let hs = lock(&handle);
-            (hs.modified && !hs.deleted).then(|| hs.session.clone())
-        };
-        if let Some(mut session) = pending {
-            if res.status().is_server_error() {
-                debug!(session = %log_id(session.id()), "changes not saved after a server error");
-            } else {
-                let regenerated = session.replaced_id.is_some();
-                match manager.update_session(&mut session).await {
-                    Ok(()) => {
-                        if regenerated {
-                            match manager.issue_token(&session) {
-                                Ok(token) => {
-                                    let expires_at = session.expires_at();
-                                    lock(&ctx.inner.state).issued =
-                                        Some(Issued { token, expires_at });
-                                }
-                                Err(e) => {
-                                    warn!(error = %e, "could not issue the regenerated token")
-                                }
-                            }
-                        }
-                        let mut hs = lock(&handle);
-                        hs.session = session;
-                        hs.modified = false;
-                    }
-                    Err(e) if e.is_client_error() => {
-                        // Typically: deleted by a concurrent logout. Not
-                        // resurrecting it is the point.
-                        debug!(session = %log_id(session.id()), error = %e, "session changes dropped");
-                    }
-                    Err(e) => {
-                        warn!(session = %log_id(session.id()), error = %e, "session could not be saved")
-                    }
-                }
-            }
-        }
-    }
-    let (issued, remove_cookie) = {
-        let st = lock(&ctx.inner.state);
-        (st.issued.clone(), st.remove_cookie)
-    };
-    let config = manager.config();
-    let cookie_transport = match ctx.token_source() {
-        Some(TokenSource::Cookie) => true,
-        Some(_) => false,
-        None => config.cookie().is_some(),
-    };
-    if issued.is_some() || remove_cookie {
-        // A response that issues, renews or removes a token is for this
-        // client alone: no cache on the way may keep it (RFC 9111 §5.2.2.5).
-        res.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    }
-    if let Some(Issued { token, expires_at }) = issued {
-        match (cookie_transport, config.cookie()) {
-            (true, Some(cookie)) => {
-                match transport::session_cookie(cookie, &token, expires_at, manager.now()) {
-                    Some(v) => {
-                        res.headers_mut().append(header::SET_COOKIE, v);
-                    }
-                    None => warn!("session cookie could not be encoded"),
-                }
-            }
-            _ => match HeaderValue::from_str(&token) {
-                Ok(mut v) => {
-                    v.set_sensitive(true);
-                    res.headers_mut().insert(config.header_name().clone(), v);
-                }
-                Err(_) => warn!("session token could not be encoded as a header"),
-            },
-        }
-    } else if remove_cookie && let Some(cookie) = config.cookie() {
-        if let Some(v) = transport::removal_cookie(cookie) {
-            res.headers_mut().append(header::SET_COOKIE, v);
-        }
     }
 }

@@ -18,6 +18,7 @@ use crate::Clock;
 use super::{
     SecurityError, Session, SessionConfig, SessionError, SessionStatus, SessionUser, TokenFormat,
     config::canonical,
+    index::DeferredRefreshes,
     token::{self, Tokens, log_id},
 };
 
@@ -101,6 +102,7 @@ struct Inner {
     config: SessionConfig,
     tokens: Tokens,
     clock: Clock,
+    deferred: DeferredRefreshes,
 }
 
 impl fmt::Debug for SessionManager {
@@ -126,6 +128,7 @@ impl SessionManager {
                 config,
                 tokens,
                 clock,
+                deferred: DeferredRefreshes::default(),
             }),
         }
     }
@@ -173,6 +176,10 @@ impl SessionManager {
 
     pub(crate) fn backend_ref(&self) -> &dyn Backend {
         &*self.inner.backend
+    }
+
+    pub(crate) fn deferred(&self) -> &DeferredRefreshes {
+        &self.inner.deferred
     }
 
     fn prefix(&self) -> &str {
@@ -527,12 +534,9 @@ impl SessionManager {
             debug!(session = %log_id(&id), "session renewed");
             crate::manager_stats::add(&crate::manager_stats::counters().sessions_renewed, 1);
             if let Some(uh) = s.indexed_user.clone() {
+                // Never waits for the index lock: see `index::refresh`.
                 let hash = self.keys().session_hash(s.id());
-                if let Err(e) = self.index_upsert(&uh, &hash, s.expires_at()).await {
-                    // The index keeps a margin of one TTL past its newest
-                    // entry, so one missed refresh loses nothing.
-                    warn!(session = %log_id(&id), error = %e, "could not refresh the user index");
-                }
+                self.index_refresh(uh, hash, s.expires_at()).await;
             }
             if self.inner.tokens.format() == TokenFormat::Jwt {
                 renewed_token = Some(self.issue_token(&s)?);
@@ -550,10 +554,9 @@ impl SessionManager {
     /// (logout elsewhere) is not resurrected; the call then fails with
     /// [`SessionError::NotFound`]. An active session does not overwrite a
     /// stored one that was invalidated or marked expired meanwhile
-    /// ([`SessionError::Invalid`]). After [`Session::regenerate_id`] the
-    /// record moves to the new id (see
-    /// [`regenerate_session_id`](Self::regenerate_session_id)). A changed
-    /// user is moved between the per-user indexes.
+    /// ([`SessionError::Invalid`]). A save never moves the record: a new id
+    /// is [`regenerate_session_id`](Self::regenerate_session_id)'s job. A
+    /// changed user is moved between the per-user indexes.
     ///
     /// # Errors
     ///
@@ -562,11 +565,6 @@ impl SessionManager {
     pub async fn update_session(&self, session: &mut Session) -> Result<(), SessionError> {
         let now = self.now();
         session.touch(now);
-        if let Some(old_id) = session.replaced_id.clone() {
-            self.move_record(session, &old_id, now).await?;
-            session.replaced_id = None;
-            return Ok(());
-        }
         let key = self.key(session.id());
         // A session ended elsewhere must stay ended. Deletion is race-free
         // (`replace` below fails on a missing key); for a record invalidated
@@ -652,13 +650,20 @@ impl SessionManager {
     /// # Errors
     ///
     /// As [`update_session`](Self::update_session), plus
-    /// [`SessionError::Random`] and [`SessionError::Signing`].
+    /// [`SessionError::Random`] and [`SessionError::Signing`]. On an error
+    /// `session` keeps its old id.
     pub async fn regenerate_session_id(
         &self,
         session: &mut Session,
     ) -> Result<String, SessionError> {
-        session.regenerate_id()?;
-        self.update_session(session).await?;
+        let old_id = session.id().to_owned();
+        session.set_id(token::new_session_id()?);
+        let now = self.now();
+        session.touch(now);
+        if let Err(e) = self.move_record(session, &old_id, now).await {
+            session.set_id(old_id);
+            return Err(e);
+        }
         self.issue_token(session)
     }
 
@@ -684,7 +689,7 @@ impl SessionManager {
         session.set_created_at(now);
         session.set_expires_at(self.capped_expiry(session, now));
         if self.inner.config.regenerate_on_login() {
-            session.regenerate_id()?;
+            return self.regenerate_session_id(session).await;
         }
         self.update_session(session).await?;
         self.issue_token(session)

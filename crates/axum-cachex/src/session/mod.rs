@@ -5,8 +5,8 @@
 //! - [`SessionManager`]: create, load, save, regenerate, invalidate and
 //!   delete sessions; log a user out everywhere; sweep expired sessions.
 //! - [`SessionLayer`]: the tower middleware that reads the token (header,
-//!   `Authorization: Bearer`, or cookie), loads the session for the handler
-//!   and saves it afterwards.
+//!   `Authorization: Bearer`, or cookie), lets the extractors load the
+//!   session on first use, and commits its [`PendingAction`] afterwards.
 //! - Extractors: [`SessionHandle`] (required: 401 without a session;
 //!   `Option<SessionHandle>` for optional), [`SessionContext`] (log in,
 //!   start an anonymous session) and [`SessionManager`].
@@ -41,12 +41,36 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # The request's session
+//!
+//! Each request has one session object, created by the layer and shared by
+//! every [`SessionContext`] and [`SessionHandle`] of the request. It is
+//! loaded lazily: the first extractor that needs it ([`SessionContext`],
+//! [`SessionHandle`], `Option<SessionHandle>`) verifies the token and reads
+//! the store, once; a handler that extracts none of them (or only
+//! [`SessionManager`]) costs no backend call. A token that is refused
+//! (forged, expired, unknown) is found out at that point: the extractor
+//! answers 401 `invalid_token`, and a dead session cookie is removed.
+//!
+//! What the store will learn about the session is one visible
+//! [`PendingAction`] ([`SessionHandle::pending`]): `None`; `Save` once the
+//! handler changes the session; `Regenerate` (a new id, the changes saved
+//! under it) or `Delete`, deferred with [`SessionHandle::defer`]. Actions
+//! only escalate. One commit carries the action out: right away for
+//! [`SessionHandle::save`], [`regenerate`](SessionHandle::regenerate) and
+//! [`logout`](SessionHandle::logout), or in the layer after the handler.
+//! After a 5xx the layer drops a pending save or regeneration (the handler
+//! failed half-way) but still carries out a deletion (a logout must not be
+//! lost). A save never moves the record: only a regeneration gives the
+//! session a new id.
+//!
 //! # Lifecycle
 //!
 //! A session expires `session_ttl` after creation. With
 //! `sliding_expiration`, a read that finds less than `session_ttl ×
 //! sliding_threshold` left moves the expiry to `now + session_ttl`; only
-//! that read writes to the store (other reads cost one `get`).
+//! that read writes to the store (other reads cost one `get`, and a request
+//! that never touches its session costs nothing).
 //! `absolute_timeout`, if set, ends the session that long after its
 //! creation — or after the login that attached its user — however often it
 //! was renewed. The backend TTL of each record follows its expiry (at least
@@ -102,7 +126,17 @@
 //! user_id)}`) lists the hashes of a user's sessions so that
 //! [`SessionManager::delete_user_sessions`] needs no keyspace scan (which
 //! Memcached cannot do anyway); its updates are serialised by a short-lived
-//! lock record taken with `add`.
+//! lock record taken with `add`. Creating, regenerating or re-assigning a
+//! session waits for that lock (the entry must exist before the session is
+//! usable). A sliding renewal never does: it only refreshes an entry's
+//! recorded expiry, tries the lock once, and when it is busy leaves the
+//! refresh to a background task ([`SessionManager::flush_index_updates`]
+//! waits for those). So a read never waits on another request's index
+//! update, and the index stays exact in which sessions it lists; only the
+//! recorded expiry of an entry can lag, by at most one refresh, which never
+//! hides a session from [`SessionManager::delete_user_sessions`] (an entry
+//! is dropped only once the store confirms its session is gone, and the
+//! index outlives its newest entry by a full `session_ttl` plus a minute).
 //!
 //! **Binding.** With `ip_binding` / `user_agent_binding` a session is
 //! refused when the client IP / `User-Agent` differs from the one it was
@@ -154,16 +188,18 @@ mod index;
 mod layer;
 mod manager;
 mod model;
+mod request;
 mod token;
 mod transport;
 
 pub use config::{
-    ConfigError, CookieConfig, DEFAULT_COOKIE_NAME, DEFAULT_HEADER_NAME, DEFAULT_KEY_PREFIX,
+    CookieConfig, DEFAULT_COOKIE_NAME, DEFAULT_HEADER_NAME, DEFAULT_KEY_PREFIX,
     DEFAULT_SESSION_TTL, JwtAlgorithm, MIN_SECRET_LEN, SameSite, SessionConfig,
-    SessionConfigBuilder, TokenFormat, TokenSource, TrustedProxy,
+    SessionConfigBuilder, SessionConfigError, TokenFormat, TokenSource, TrustedProxy,
 };
 pub use error::{SecurityError, SessionError, TokenError};
 pub use extract::{SessionContext, SessionHandle, SessionRejection};
 pub use layer::{SessionFuture, SessionLayer, SessionService};
 pub use manager::{LoadedSession, SessionManager};
 pub use model::{DEFAULT_FLASH_CATEGORY, FlashMessage, Session, SessionStatus, SessionUser};
+pub use request::PendingAction;

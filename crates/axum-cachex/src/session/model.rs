@@ -211,10 +211,6 @@ pub struct Session {
     data: Map<String, Value>,
     #[serde(default)]
     flash_messages: Vec<FlashMessage>,
-    /// The id this session had in the store before [`Self::regenerate_id`],
-    /// until the manager has moved the record.
-    #[serde(skip)]
-    pub(crate) replaced_id: Option<String>,
     /// Hash of the user id under which the store's per-user index lists
     /// this session (kept in the store record, not in the session's JSON).
     #[serde(skip)]
@@ -268,9 +264,26 @@ impl Session {
             user_agent,
             data,
             flash_messages: Vec::new(),
-            replaced_id: None,
             indexed_user: None,
         })
+    }
+
+    /// A stand-in that is never stored: no id, no user, invalidated. Lets
+    /// request-scoped code hold "a session" without a fallible constructor.
+    pub(crate) fn detached() -> Self {
+        Self {
+            session_id: String::new(),
+            user: None,
+            created_at: std::time::UNIX_EPOCH,
+            last_accessed: std::time::UNIX_EPOCH,
+            expires_at: Some(std::time::UNIX_EPOCH),
+            status: SessionStatus::Invalidated,
+            ip_address: None,
+            user_agent: None,
+            data: Map::new(),
+            flash_messages: Vec::new(),
+            indexed_user: None,
+        }
     }
 
     /// The session id (64 lowercase hex characters). Treat it as a secret:
@@ -399,23 +412,6 @@ impl Session {
     /// Marks the session invalidated; it is refused from then on once saved.
     pub fn invalidate(&mut self) {
         self.status = SessionStatus::Invalidated;
-    }
-    /// Gives the session a new random id. Saving it through
-    /// [`SessionManager::update_session`](super::SessionManager::update_session)
-    /// moves the stored record to the new id and deletes the old one (or use
-    /// [`SessionManager::regenerate_session_id`](super::SessionManager::regenerate_session_id),
-    /// which also returns the new token).
-    ///
-    /// # Errors
-    ///
-    /// [`SessionError::Random`] when the OS random generator fails.
-    pub fn regenerate_id(&mut self) -> Result<&str, SessionError> {
-        let new_id = token::new_session_id()?;
-        let old = std::mem::replace(&mut self.session_id, new_id);
-        // Only the id that is in the store matters: after two regenerations
-        // before a save, the record still lives under the first one.
-        self.replaced_id.get_or_insert(old);
-        Ok(&self.session_id)
     }
     /// Queues a flash message; `category` defaults to `info`.
     pub fn add_flash_message(&mut self, message: impl Into<String>, category: Option<&str>) {

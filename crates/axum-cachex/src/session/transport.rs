@@ -9,12 +9,14 @@ use std::{
 use axum::extract::ConnectInfo;
 use http::{
     Extensions, HeaderMap, HeaderValue,
-    header::{AUTHORIZATION, COOKIE},
+    header::{AUTHORIZATION, CACHE_CONTROL, COOKIE, SET_COOKIE},
 };
+use tracing::warn;
 
 use super::{
     CookieConfig, SessionConfig, TokenSource,
     config::{TrustedProxy, canonical},
+    request::{Issued, TokenOutcome},
 };
 
 /// The first token present in the configured source order, and where it
@@ -119,6 +121,62 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
     hop.parse::<IpAddr>()
         .ok()
         .or_else(|| hop.parse::<SocketAddr>().ok().map(|s| s.ip()))
+}
+
+/// Tells the client about its token: the one issued during the request
+/// (login, regeneration, JWT renewal), or the removal of its cookie.
+///
+/// A client that sent its token by cookie gets it back by cookie, one that
+/// used the header or bearer transport by header; a client that sent none
+/// gets a cookie when the cookie transport is on. A token never travels in
+/// a header to a cookie client (page scripts could read it).
+pub(crate) fn write_token(
+    headers: &mut HeaderMap,
+    config: &SessionConfig,
+    source: Option<TokenSource>,
+    outcome: TokenOutcome,
+    now: SystemTime,
+) {
+    let TokenOutcome {
+        issued,
+        remove_cookie,
+    } = outcome;
+    if issued.is_some() || remove_cookie {
+        // A response that issues, renews or removes a token is for this
+        // client alone: no cache on the way may keep it (RFC 9111 §5.2.2.5).
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    let cookie_transport = match source {
+        Some(source) => source == TokenSource::Cookie,
+        None => config.cookie().is_some(),
+    };
+    let cookie = config.cookie().filter(|_| cookie_transport);
+    match (issued, cookie) {
+        (Some(Issued { token, expires_at }), Some(cookie)) => {
+            match session_cookie(cookie, &token, expires_at, now) {
+                Some(v) => {
+                    headers.append(SET_COOKIE, v);
+                }
+                None => warn!("session cookie could not be encoded"),
+            }
+        }
+        (Some(Issued { token, .. }), None) => match HeaderValue::from_str(&token) {
+            Ok(mut v) => {
+                v.set_sensitive(true);
+                headers.insert(config.header_name().clone(), v);
+            }
+            Err(_) => warn!("session token could not be encoded as a header"),
+        },
+        (None, _) => {
+            if let Some(v) = config
+                .cookie()
+                .filter(|_| remove_cookie)
+                .and_then(removal_cookie)
+            {
+                headers.append(SET_COOKIE, v);
+            }
+        }
+    }
 }
 
 /// `Set-Cookie` carrying a token.

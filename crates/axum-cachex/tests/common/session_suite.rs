@@ -23,9 +23,9 @@ use axum::{
 };
 use axum_cachex::{
     ManualClock,
-    backend::{Backend, BackendError, CompareAndSwap, Listing, PathInvalidation},
+    backend::{Backend, BackendError, CompareAndSwap, Listing, PathInvalidation, StoredValue},
     session::{
-        CookieConfig, JwtAlgorithm, SameSite, SecurityError, Session, SessionConfig,
+        CookieConfig, JwtAlgorithm, PendingAction, SameSite, SecurityError, Session, SessionConfig,
         SessionConfigBuilder, SessionContext, SessionError, SessionHandle, SessionLayer,
         SessionManager, SessionStatus, SessionUser, TokenError, TokenFormat,
     },
@@ -70,6 +70,8 @@ macro_rules! session_suite {
             http_spoofed_forwarded_for_does_not_change_the_client_ip,
             http_slow_request_does_not_undo_a_concurrent_logout,
             http_logout_everywhere,
+            http_untouched_session_costs_no_backend_call,
+            http_deferred_actions_are_committed_after_the_handler,
         );
     };
     (@emit $factory:path; $($test:ident),* $(,)?) => {
@@ -88,19 +90,41 @@ macro_rules! session_suite {
 // Fixtures
 
 /// A backend wrapper counting the writes that reach the real backend, to
-/// check that reads do not write. It delegates every call unchanged.
+/// check that reads do not write, the reads, to check that an untouched
+/// session costs nothing, and the attempts at user index locks. It
+/// delegates every call unchanged.
 #[derive(Debug)]
 pub struct Counting {
     inner: B,
     writes: AtomicU64,
+    reads: AtomicU64,
+    lock_attempts: AtomicU64,
 }
 
 impl Counting {
+    pub fn new(inner: B) -> Self {
+        Self {
+            inner,
+            writes: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
+            lock_attempts: AtomicU64::new(0),
+        }
+    }
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::SeqCst)
     }
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::SeqCst)
+    }
+    /// `add` calls on a user index lock key (`…user:{hash}:lock`).
+    pub fn lock_attempts(&self) -> u64 {
+        self.lock_attempts.load(Ordering::SeqCst)
+    }
     fn wrote(&self) {
         self.writes.fetch_add(1, Ordering::SeqCst);
+    }
+    fn read(&self) {
+        self.reads.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -110,6 +134,7 @@ impl Backend for Counting {
         self.inner.name()
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
+        self.read();
         self.inner.get(key).await
     }
     async fn set(&self, key: &str, v: Bytes, ttl: Option<Duration>) -> Result<(), BackendError> {
@@ -118,6 +143,9 @@ impl Backend for Counting {
     }
     async fn add(&self, key: &str, v: Bytes, ttl: Option<Duration>) -> Result<bool, BackendError> {
         self.wrote();
+        if key.contains("user:") && key.ends_with(":lock") {
+            self.lock_attempts.fetch_add(1, Ordering::SeqCst);
+        }
         self.inner.add(key, v, ttl).await
     }
     async fn replace(
@@ -138,13 +166,71 @@ impl Backend for Counting {
         self.inner.delete(key).await
     }
     fn listing(&self) -> Option<&dyn Listing> {
-        self.inner.listing()
+        self.inner.listing().map(|_| self as &dyn Listing)
     }
     fn compare_and_swap(&self) -> Option<&dyn CompareAndSwap> {
-        self.inner.compare_and_swap()
+        self.inner
+            .compare_and_swap()
+            .map(|_| self as &dyn CompareAndSwap)
     }
     fn path_invalidation(&self) -> Option<&dyn PathInvalidation> {
         self.inner.path_invalidation()
+    }
+}
+
+/// Listing and compare-and-swap through the counters too (the inner
+/// backend has them whenever these are announced).
+#[async_trait]
+impl Listing for Counting {
+    async fn keys(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
+        self.read();
+        self.inner_listing()?.keys(prefix).await
+    }
+    async fn entries(&self, prefix: &str) -> Result<Vec<StoredValue>, BackendError> {
+        self.read();
+        self.inner_listing()?.entries(prefix).await
+    }
+    async fn clear(&self, prefix: &str) -> Result<u64, BackendError> {
+        self.wrote();
+        self.inner_listing()?.clear(prefix).await
+    }
+}
+
+#[async_trait]
+impl CompareAndSwap for Counting {
+    async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
+        self.wrote();
+        self.inner_cas()?.delete_if_equals(key, expected).await
+    }
+    async fn set_if_equals(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<bool, BackendError> {
+        self.wrote();
+        self.inner_cas()?
+            .set_if_equals(key, expected, value, ttl)
+            .await
+    }
+}
+
+impl Counting {
+    fn missing(&self, operation: &'static str) -> BackendError {
+        BackendError::Unsupported {
+            backend: self.inner.name(),
+            operation,
+            hint: "the wrapped backend lacks it",
+        }
+    }
+    fn inner_listing(&self) -> Result<&dyn Listing, BackendError> {
+        self.inner.listing().ok_or_else(|| self.missing("listing"))
+    }
+    fn inner_cas(&self) -> Result<&dyn CompareAndSwap, BackendError> {
+        self.inner
+            .compare_and_swap()
+            .ok_or_else(|| self.missing("compare_and_swap"))
     }
 }
 
@@ -180,10 +266,7 @@ pub fn fixture(be: B, config: SessionConfigBuilder) -> Fixture {
         .expect("epoch")
         .subsec_nanos();
     clock.advance(Duration::from_nanos(u64::from(1_000_000_000 - subsec)));
-    let backend = Arc::new(Counting {
-        inner: be,
-        writes: AtomicU64::new(0),
-    });
+    let backend = Arc::new(Counting::new(be));
     let manager = SessionManager::new(backend.clone(), config.build().expect("config"))
         .with_clock(clock.clock());
     Fixture {
@@ -822,14 +905,17 @@ pub async fn regenerated_id_makes_the_old_token_fail(be: B) {
         .create_session(user("g"), None, None, None)
         .await
         .expect("create");
-    // Through the model: regenerate_id, then a save moves the record.
-    s.regenerate_id().expect("rng");
+    // A save never moves the record; a regeneration moves it with the
+    // unsaved changes.
     s.insert("k", "v").expect("json");
-    m.update_session(&mut s)
-        .await
-        .expect("save moves the record");
+    let id = s.id().to_owned();
+    m.update_session(&mut s).await.expect("save");
+    assert_eq!(s.id(), id, "a save keeps the id");
+    m.get_session(&t0, None, None).await.expect("still there");
+    s.insert("k", "v").expect("json");
+    let t1 = m.regenerate_session_id(&mut s).await.expect("regenerate");
+    assert_ne!(s.id(), id);
     assert_not_found(m.get_session(&t0, None, None).await);
-    let t1 = m.issue_token(&s).expect("issue");
     assert_eq!(
         m.get_session(&t1, None, None)
             .await
@@ -1186,6 +1272,37 @@ pub fn routes() -> Router {
             post(|s: SessionHandle| async move {
                 s.logout().await.expect("logout");
             }),
+        )
+        .route("/plain", get(|| async { "plain" }))
+        .route(
+            "/manager",
+            get(|m: SessionManager| async move { m.config().header_name().to_string() }),
+        )
+        .route(
+            "/both",
+            get(|ctx: SessionContext, s: SessionHandle| async move {
+                let same = ctx.session().map(|h| h.id()) == Some(s.id());
+                if same { "same" } else { "different" }
+            }),
+        )
+        .route(
+            "/defer/{action}",
+            post(
+                |s: SessionHandle, axum::extract::Path(action): axum::extract::Path<String>| async move {
+                    s.insert("deferred", action.as_str()).expect("json");
+                    assert_eq!(s.pending(), PendingAction::Save, "a change is a pending save");
+                    let (action, status) = match action.as_str() {
+                        "regenerate" => (PendingAction::Regenerate, StatusCode::OK),
+                        "delete" => (PendingAction::Delete, StatusCode::OK),
+                        "regenerate-boom" => (PendingAction::Regenerate, StatusCode::INTERNAL_SERVER_ERROR),
+                        "delete-boom" => (PendingAction::Delete, StatusCode::INTERNAL_SERVER_ERROR),
+                        _ => (PendingAction::Save, StatusCode::BAD_REQUEST),
+                    };
+                    s.defer(action);
+                    s.defer(PendingAction::Save); // never lowers the action
+                    (status, format!("{:?}", s.pending()))
+                },
+            ),
         )
         .route(
             "/logout-all",
@@ -1561,6 +1678,110 @@ pub async fn http_logout_everywhere(be: B) {
             .await
             .status,
         StatusCode::OK
+    );
+}
+
+pub async fn http_untouched_session_costs_no_backend_call(be: B) {
+    let f = fixture(be, config());
+    let app = app(f.manager.clone());
+    let token = call(&app, "POST", "/login/kim", &[])
+        .await
+        .header("x-session-token")
+        .to_owned();
+    let auth = [("x-session-token", token.as_str())];
+    let calls = || f.backend.reads() + f.backend.writes();
+    let before = calls();
+    for uri in ["/plain", "/manager"] {
+        let r = call(&app, "GET", uri, &auth).await;
+        assert_eq!(r.status, StatusCode::OK, "{uri}");
+        assert!(r.headers.get("x-session-token").is_none(), "{uri}");
+    }
+    assert_eq!(calls(), before, "a request that never touches its session");
+    // A forged token on an untouched route: nothing to check, nothing read.
+    let r = call(&app, "GET", "/plain", &[("x-session-token", "garbage")]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(calls(), before);
+    // Two extractors of one request share one load: one read.
+    let r = call(&app, "GET", "/both", &auth).await;
+    assert_eq!(r.body, "same");
+    assert_eq!(calls(), before + 1, "one `get`, no write");
+}
+
+pub async fn http_deferred_actions_are_committed_after_the_handler(be: B) {
+    let f = fixture(be, config().cookie(CookieConfig::new()));
+    let app = app(f.manager.clone());
+    let login = |uid: &'static str| {
+        let app = app.clone();
+        async move {
+            let r = call(&app, "POST", &format!("/login/{uid}"), &[]).await;
+            format!(
+                "session={}",
+                body_json(&r)["token"].as_str().expect("token")
+            )
+        }
+    };
+    let me = |cookie: String| {
+        let app = app.clone();
+        async move { call(&app, "GET", "/me", &[("cookie", cookie.as_str())]).await }
+    };
+
+    // A deferred regeneration: new token (by cookie, no-store), old one dead,
+    // the changes saved under the new id.
+    let old = login("lea").await;
+    let r = call(
+        &app,
+        "POST",
+        "/defer/regenerate",
+        &[("cookie", old.as_str())],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, "Regenerate");
+    assert_eq!(r.header("cache-control"), "no-store");
+    let set = r.header("set-cookie").to_owned();
+    let new = set.split(';').next().expect("cookie pair").to_owned();
+    assert!(new.len() > "session=".len() && new != old, "{set}");
+    assert_eq!(me(old).await.status, StatusCode::UNAUTHORIZED);
+    let r = me(new.clone()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(body_json(&r)["data"]["deferred"], "regenerate");
+
+    // After a 5xx a regeneration is dropped, with the changes.
+    let r = call(
+        &app,
+        "POST",
+        "/defer/regenerate-boom",
+        &[("cookie", new.as_str())],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(r.headers.get("set-cookie").is_none());
+    let r = me(new.clone()).await;
+    assert_eq!(r.status, StatusCode::OK, "the old token still works");
+    assert_eq!(body_json(&r)["data"]["deferred"], "regenerate");
+
+    // A deferred deletion removes the cookie and the session.
+    let r = call(&app, "POST", "/defer/delete", &[("cookie", new.as_str())]).await;
+    assert_eq!(r.body, "Delete");
+    assert_eq!(r.header("cache-control"), "no-store");
+    assert!(r.header("set-cookie").starts_with("session=; "));
+    assert_eq!(me(new).await.status, StatusCode::UNAUTHORIZED);
+
+    // … even after a 5xx: a logout must not be lost.
+    let cookie = login("max").await;
+    let r = call(
+        &app,
+        "POST",
+        "/defer/delete-boom",
+        &[("cookie", cookie.as_str())],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(r.header("set-cookie").starts_with("session=; "));
+    assert_eq!(me(cookie).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        f.manager.delete_user_sessions("max").await.expect("count"),
+        0
     );
 }
 

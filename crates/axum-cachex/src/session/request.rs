@@ -1,0 +1,356 @@
+//! [`RequestSession`]: the one session object of a request.
+//!
+//! [`SessionLayer`](super::SessionLayer) creates it, the extractors
+//! ([`SessionContext`](super::SessionContext),
+//! [`SessionHandle`](super::SessionHandle)) are views of it, and everything
+//! the store learns about the request's session goes through
+//! [`RequestSession::commit`]: explicit saves, regenerations and logouts
+//! during the handler, and whatever is still pending after it.
+//!
+//! The session is loaded on first use (the first extractor that needs it),
+//! not by the layer: a request that never touches its session costs no
+//! backend call.
+
+use std::{
+    fmt,
+    net::IpAddr,
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::SystemTime,
+};
+
+use http::StatusCode;
+use tokio::sync::OnceCell;
+use tracing::{debug, warn};
+
+use crate::cache::ShareGuard;
+
+use super::{Session, SessionError, SessionManager, TokenSource, token::log_id};
+
+/// What will happen to the request's session when it is next committed:
+/// by an explicit [`SessionHandle::save`](super::SessionHandle::save),
+/// [`regenerate`](super::SessionHandle::regenerate) or
+/// [`logout`](super::SessionHandle::logout), or by the middleware after the
+/// handler.
+///
+/// Actions only escalate (`None` < `Save` < `Regenerate` < `Delete`): each
+/// includes the ones before it (a regeneration saves the changes under the
+/// new id; a deletion drops them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum PendingAction {
+    /// Nothing to write.
+    #[default]
+    None,
+    /// The session changed: write it back (update-only, never resurrecting
+    /// a session deleted meanwhile).
+    Save,
+    /// Give the session a new id (saving its changes under it); the new
+    /// token goes back to the client and the old one stops working.
+    Regenerate,
+    /// Delete the session; the response removes the session cookie.
+    Delete,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Committed {
+    /// Nothing was pending, or the session had already ended.
+    Nothing,
+    Saved,
+    /// The new token.
+    Regenerated(String),
+    /// Whether the session still existed.
+    Deleted(bool),
+}
+
+/// A token issued during the request, to be sent back by the middleware.
+#[derive(Clone)]
+pub(crate) struct Issued {
+    pub(crate) token: String,
+    pub(crate) expires_at: Option<SystemTime>,
+}
+
+/// What the middleware must tell the client about its token.
+pub(crate) struct TokenOutcome {
+    pub(crate) issued: Option<Issued>,
+    pub(crate) remove_cookie: bool,
+}
+
+#[derive(Default)]
+struct State {
+    /// The current session: loaded, or started during the request. Once
+    /// set it is never taken away (a logout ends it in place), so a handle
+    /// always has a session to show.
+    session: Option<Session>,
+    /// Deleted during this request.
+    ended: bool,
+    pending: PendingAction,
+    issued: Option<Issued>,
+    remove_cookie: bool,
+    token_rejected: bool,
+}
+
+/// The session state of one request; shared (in an `Arc`) by the layer and
+/// every extractor of the request.
+pub(crate) struct RequestSession {
+    manager: SessionManager,
+    client_ip: Option<IpAddr>,
+    user_agent: Option<String>,
+    /// The token the request carried, and where from; checked on first use.
+    token: Option<(String, TokenSource)>,
+    /// Set when this request issues, renews or removes a token: a cache
+    /// layer inside the session layer must not keep the response.
+    share_guard: ShareGuard,
+    loaded: OnceCell<()>,
+    state: Mutex<State>,
+}
+
+impl fmt::Debug for RequestSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the token: it is a credential.
+        let st = self.lock();
+        f.debug_struct("RequestSession")
+            .field("client_ip", &self.client_ip)
+            .field("source", &self.source())
+            .field("loaded", &self.loaded.initialized())
+            .field("has_session", &st.session.is_some())
+            .field("pending", &st.pending)
+            .finish()
+    }
+}
+
+impl RequestSession {
+    pub(crate) fn new(
+        manager: SessionManager,
+        client_ip: Option<IpAddr>,
+        user_agent: Option<String>,
+        token: Option<(String, TokenSource)>,
+        share_guard: ShareGuard,
+    ) -> Self {
+        Self {
+            manager,
+            client_ip,
+            user_agent,
+            token,
+            share_guard,
+            loaded: OnceCell::new(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic in another handler task must not take the session down
+        // with it: the data is plain and still consistent field by field.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn manager(&self) -> &SessionManager {
+        &self.manager
+    }
+
+    pub(crate) fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip
+    }
+
+    pub(crate) fn user_agent(&self) -> Option<&str> {
+        self.user_agent.as_deref()
+    }
+
+    pub(crate) fn source(&self) -> Option<TokenSource> {
+        self.token.as_ref().map(|(_, s)| *s)
+    }
+
+    // ---- loading -----------------------------------------------------------
+
+    /// Loads the session the request's token names, once; later calls (and
+    /// concurrent ones) wait for that first load.
+    pub(crate) async fn ensure_loaded(&self) {
+        self.loaded.get_or_init(|| self.load()).await;
+    }
+
+    async fn load(&self) {
+        let Some((token, source)) = &self.token else {
+            return;
+        };
+        let loaded = self
+            .manager
+            .load_session(token, self.client_ip, self.user_agent())
+            .await;
+        match loaded {
+            Ok(loaded) => {
+                let expires_at = loaded.session.expires_at();
+                self.lock().session = Some(loaded.session);
+                if let Some(token) = loaded.renewed_token {
+                    self.issue(token, expires_at);
+                }
+            }
+            Err(e) if e.is_client_error() => {
+                debug!(token = %log_id(token), ?source, error = %e, "session token refused");
+                let mut st = self.lock();
+                st.token_rejected = true;
+                if *source == TokenSource::Cookie {
+                    // Stop the browser from sending a dead token forever.
+                    self.share_guard.forbid_sharing();
+                    st.remove_cookie = true;
+                }
+            }
+            Err(e) => {
+                // Backend down or a corrupt record: continue without a
+                // session rather than failing the request.
+                warn!(token = %log_id(token), error = %e, "session could not be loaded");
+            }
+        }
+    }
+
+    pub(crate) fn token_rejected(&self) -> bool {
+        self.lock().token_rejected
+    }
+
+    // ---- the session --------------------------------------------------------
+
+    pub(crate) fn has_session(&self) -> bool {
+        self.lock().session.is_some()
+    }
+
+    /// A copy of the session if it is live (not ended by a logout).
+    pub(crate) fn live_session(&self) -> Option<Session> {
+        let st = self.lock();
+        st.session.clone().filter(|_| !st.ended)
+    }
+
+    /// Runs `f` on the session; with `change` the session becomes pending
+    /// a save.
+    pub(crate) fn with_session<R>(&self, change: bool, f: impl FnOnce(&mut Session) -> R) -> R {
+        let mut st = self.lock();
+        if change {
+            st.pending = st.pending.max(PendingAction::Save);
+        }
+        // Only reachable through a handle, which exists once there is a
+        // session; the stand-in keeps this panic-free regardless.
+        f(st.session.get_or_insert_with(Session::detached))
+    }
+
+    /// Marks the session changed: pending at least a save.
+    pub(crate) fn mark_changed(&self) {
+        self.defer(PendingAction::Save);
+    }
+
+    pub(crate) fn pending(&self) -> PendingAction {
+        self.lock().pending
+    }
+
+    /// Raises the pending action to at least `action`.
+    pub(crate) fn defer(&self, action: PendingAction) {
+        let mut st = self.lock();
+        st.pending = st.pending.max(action);
+    }
+
+    /// Makes `session` the request's session, nothing pending, and sends
+    /// `token` (if any) back to the client.
+    pub(crate) fn install(&self, session: Session, token: Option<String>) {
+        let expires_at = session.expires_at();
+        {
+            let mut st = self.lock();
+            st.session = Some(session);
+            st.ended = false;
+            st.pending = PendingAction::None;
+        }
+        if let Some(token) = token {
+            self.issue(token, expires_at);
+        }
+    }
+
+    fn issue(&self, token: String, expires_at: Option<SystemTime>) {
+        self.share_guard.forbid_sharing();
+        let mut st = self.lock();
+        st.issued = Some(Issued { token, expires_at });
+        st.remove_cookie = false;
+    }
+
+    /// The token issued during this request, if any.
+    pub(crate) fn issued_token(&self) -> Option<String> {
+        self.lock().issued.as_ref().map(|i| i.token.clone())
+    }
+
+    // ---- committing ------------------------------------------------------------
+
+    /// Carries out the pending action: the only code that writes the
+    /// request's session to the store. On an error the action stays
+    /// pending.
+    pub(crate) async fn commit(&self) -> Result<Committed, SessionError> {
+        let (mut session, action) = {
+            let st = self.lock();
+            match &st.session {
+                Some(s) if !st.ended && st.pending != PendingAction::None => {
+                    (s.clone(), st.pending)
+                }
+                _ => return Ok(Committed::Nothing),
+            }
+        };
+        let manager = &self.manager;
+        match action {
+            PendingAction::None => Ok(Committed::Nothing),
+            PendingAction::Save => {
+                manager.update_session(&mut session).await?;
+                self.install(session, None);
+                Ok(Committed::Saved)
+            }
+            PendingAction::Regenerate => {
+                let token = manager.regenerate_session_id(&mut session).await?;
+                self.install(session, Some(token.clone()));
+                Ok(Committed::Regenerated(token))
+            }
+            PendingAction::Delete => {
+                let existed = manager.delete_session(session.id()).await?;
+                self.end();
+                Ok(Committed::Deleted(existed))
+            }
+        }
+    }
+
+    /// The session was deleted: invalidated in place, nothing pending, and
+    /// the response removes the cookie instead of issuing a token.
+    fn end(&self) {
+        {
+            let mut st = self.lock();
+            st.ended = true;
+            st.pending = PendingAction::None;
+            if let Some(s) = &mut st.session {
+                s.invalidate();
+            }
+            st.issued = None;
+            st.remove_cookie = true;
+        }
+        self.share_guard.forbid_sharing();
+    }
+
+    /// After the handler: commits what is still pending and says which
+    /// token to send back. After a 5xx, changes and regenerations are
+    /// dropped (the handler failed half-way), but a deletion is carried out:
+    /// a logout must not be lost.
+    pub(crate) async fn settle(&self, status: StatusCode) -> TokenOutcome {
+        let (pending, tag) = {
+            let st = self.lock();
+            (st.pending, st.session.as_ref().map(|s| log_id(s.id())))
+        };
+        let tag = tag.unwrap_or_default();
+        if status.is_server_error() && pending < PendingAction::Delete {
+            if pending != PendingAction::None {
+                debug!(session = %tag, ?pending, "session changes not saved after a server error");
+            }
+        } else if let Err(e) = self.commit().await {
+            if e.is_client_error() {
+                // Typically: deleted by a concurrent logout. Not
+                // resurrecting it is the point.
+                debug!(session = %tag, ?pending, error = %e, "session changes dropped");
+            } else {
+                warn!(session = %tag, ?pending, error = %e, "session could not be committed");
+            }
+        }
+        let st = self.lock();
+        TokenOutcome {
+            issued: st.issued.clone(),
+            remove_cookie: st.remove_cookie,
+        }
+    }
+}
