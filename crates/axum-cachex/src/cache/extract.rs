@@ -109,7 +109,7 @@ impl CacheBackend {
     ///
     /// The backend's error, e.g. when it is unreachable.
     pub async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        Invalidations::get().key(key);
+        Invalidations::get().key(&*self.handle.backend, key);
         self.handle.backend.delete(key).await
     }
 

@@ -190,7 +190,7 @@ where
                     Invalidation::Key(key) => {
                         // First: a handler run for it that began before
                         // this write must not store or share what it read.
-                        self.shared.invalidations.key(&key);
+                        self.shared.invalidations.key(&*self.backend, &key);
                         store::delete(&self.shared, &self.backend, &key).await;
                         // Other instances waiting on a lock for it compute
                         // it themselves instead of taking an older result.
@@ -382,7 +382,7 @@ where
         if let Some(entry) = stale.revalidating() {
             decide::add_validators(&mut parts.headers, entry);
         }
-        let run = self.shared.invalidations.begin(&slot.base);
+        let run = self.shared.invalidations.begin(&*self.backend, &slot.base);
         let pending = Pending {
             slot,
             policy: Policy::placeholder(),
@@ -762,7 +762,7 @@ where
     /// `Range`), stored like a miss; a failure leaves the stale entry.
     async fn refresh(&mut self, request: Request<ReqBody>, slot: Slot, leader: Leader) {
         let selecting = request.headers().clone();
-        let run = self.shared.invalidations.begin(&slot.base);
+        let run = self.shared.invalidations.begin(&*self.backend, &slot.base);
         let pending = Pending {
             slot,
             policy: Policy::placeholder(),

@@ -86,8 +86,9 @@ impl CacheLayer {
         match self.cache_key(request) {
             Some(key) => {
                 // A miss of it in flight must not store what it read before.
-                self.shared.invalidations.key(&key);
-                self.backend().delete(&key).await
+                let backend = self.backend();
+                self.shared.invalidations.key(&*backend, &key);
+                backend.delete(&key).await
             }
             None => Ok(false),
         }

@@ -25,7 +25,7 @@ pub(crate) async fn clear_path(
     path: &str,
     include_params: bool,
 ) -> Result<u64, BackendError> {
-    Invalidations::get().path();
+    Invalidations::get().path(backend);
     if let Some(fast) = backend.path_invalidation() {
         return fast.clear_path(path, include_params).await;
     }
@@ -39,7 +39,7 @@ pub(crate) async fn clear_pattern(
     backend: &dyn Backend,
     pattern: &str,
 ) -> Result<u64, BackendError> {
-    Invalidations::get().path();
+    Invalidations::get().path(backend);
     let listing = listing(backend, "clear_pattern")?;
     remove_listed(listing, |key| {
         path_matches_glob(pattern, &key.decoded_path())
@@ -49,7 +49,7 @@ pub(crate) async fn clear_pattern(
 
 /// Removes every stored response, and nothing else.
 pub(crate) async fn clear_all(backend: &dyn Backend) -> Result<u64, BackendError> {
-    Invalidations::get().path();
+    Invalidations::get().path(backend);
     if let Some(fast) = backend.path_invalidation() {
         return fast.clear_cache().await;
     }

@@ -3,13 +3,11 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
     time::Duration,
 };
 
+use axum_cachex_core::Backend;
 use http::HeaderValue;
 
 use super::{
@@ -114,13 +112,19 @@ impl Shared {
 
 /// Which keys were invalidated while a handler run for them was in flight
 /// (RFC 9111 §4.4: a response read before an invalidation must not be
-/// stored after it). Exact per key (a 64-bit hash of it): only runs of the
-/// invalidated key are affected, however many writes go to other keys.
-/// Invalidations by path or pattern reach every run.
+/// stored after it). Exact per backend and key (a 64-bit hash of both):
+/// only runs of the invalidated key on that backend are affected, however
+/// many writes go to other keys or other backends. Invalidations by path or
+/// pattern reach every run on their backend.
+///
+/// A backend is told apart by its address, so the layers sharing one
+/// `Arc<dyn Backend>` (or one [`BackendProxy`](crate::BackendProxy)) see
+/// each other's invalidations; two separately built clients of one server
+/// are like two app instances (see the cross-instance lock).
 #[derive(Default)]
 pub(crate) struct Invalidations {
     inflight: Mutex<HashMap<u64, InFlight>>,
-    paths: AtomicU64,
+    paths: Mutex<HashMap<usize, u64>>,
 }
 
 /// The handler runs of one key in flight.
@@ -134,9 +138,25 @@ struct InFlight {
 /// One handler run, registered from its start until it is dropped.
 pub(crate) struct Run {
     counts: &'static Invalidations,
+    backend: usize,
     key: u64,
     invalidated: u64,
     paths: u64,
+}
+
+/// The identity of a backend: the address of the value behind the `dyn`.
+fn backend_id(backend: &dyn Backend) -> usize {
+    std::ptr::from_ref(backend).cast::<()>() as usize
+}
+
+fn key_hash(backend: usize, key: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), backend as u64)
+}
+
+/// Locks a map held for one operation, never across an await: a poisoned
+/// map is still consistent.
+fn locked<K, V>(map: &Mutex<HashMap<K, V>>) -> MutexGuard<'_, HashMap<K, V>> {
+    map.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Invalidations {
@@ -149,48 +169,49 @@ impl Invalidations {
         COUNTS.get_or_init(Self::default)
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, InFlight>> {
-        // Held for one map operation, never across an await: a poisoned
-        // map is still consistent.
-        self.inflight.lock().unwrap_or_else(PoisonError::into_inner)
+    fn paths_of(&self, backend: usize) -> u64 {
+        locked(&self.paths).get(&backend).copied().unwrap_or(0)
     }
 
-    /// Registers a handler run for `key`.
-    pub(crate) fn begin(&'static self, key: &str) -> Run {
-        let hash = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
-        let mut map = self.lock();
+    /// Registers a handler run for `key` on `backend`.
+    pub(crate) fn begin(&'static self, backend: &dyn Backend, key: &str) -> Run {
+        let backend = backend_id(backend);
+        let hash = key_hash(backend, key);
+        let paths = self.paths_of(backend);
+        let mut map = locked(&self.inflight);
         let slot = map.entry(hash).or_default();
         slot.runs += 1;
         Run {
             counts: self,
+            backend,
             key: hash,
             invalidated: slot.invalidated,
-            paths: self.paths.load(Ordering::Acquire),
+            paths,
         }
     }
 
-    /// `key` is being invalidated.
-    pub(crate) fn key(&self, key: &str) {
-        let hash = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
-        if let Some(slot) = self.lock().get_mut(&hash) {
+    /// `key` of `backend` is being invalidated.
+    pub(crate) fn key(&self, backend: &dyn Backend, key: &str) {
+        let hash = key_hash(backend_id(backend), key);
+        if let Some(slot) = locked(&self.inflight).get_mut(&hash) {
             slot.invalidated += 1;
         }
     }
 
-    /// A path or pattern is being invalidated: every run in flight.
-    pub(crate) fn path(&self) {
-        self.paths.fetch_add(1, Ordering::AcqRel);
+    /// A path or pattern of `backend` is being invalidated: every run in
+    /// flight on it.
+    pub(crate) fn path(&self, backend: &dyn Backend) {
+        *locked(&self.paths).entry(backend_id(backend)).or_default() += 1;
     }
 }
 
 impl Run {
     /// Whether its key was invalidated since the run began.
     pub(crate) fn outdated(&self) -> bool {
-        if self.counts.paths.load(Ordering::Acquire) != self.paths {
+        if self.counts.paths_of(self.backend) != self.paths {
             return true;
         }
-        self.counts
-            .lock()
+        locked(&self.counts.inflight)
             .get(&self.key)
             .is_some_and(|slot| slot.invalidated != self.invalidated)
     }
@@ -198,7 +219,7 @@ impl Run {
 
 impl Drop for Run {
     fn drop(&mut self) {
-        let mut map = self.counts.lock();
+        let mut map = locked(&self.counts.inflight);
         if let Some(slot) = map.get_mut(&self.key) {
             slot.runs -= 1;
             if slot.runs == 0 {
