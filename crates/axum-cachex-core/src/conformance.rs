@@ -16,7 +16,7 @@
 //! ```
 //!
 //! Give the suite a backend of its own: it writes keys under `conf/` and
-//! under [`CACHE_NAMESPACE`](crate::CACHE_NAMESPACE) and clears the HTTP
+//! under [`CACHE_NAMESPACE`] and clears the HTTP
 //! cache namespace. Checks that need time to pass (a value expiring after its
 //! TTL) run only when the suite can wait: hand it your runtime's sleep with
 //! [`Suite::sleep`]. Concurrency checks run their futures on the caller's

@@ -28,7 +28,7 @@
 //! backend honours the TTL passed to [`Backend::set`] and never returns an
 //! expired value. Implement the six required operations, then whichever
 //! abilities the store has, and announce them from the matching accessor
-//! ([`Backend::listing`] and so on). Run [`conformance::run`] (feature
+//! ([`Backend::listing`] and so on). Run `conformance::run` (feature
 //! `conformance`) in the store's tests: the built-in memory, Redis and
 //! Memcached backends pass exactly that suite. `examples/hashmap_backend.rs`
 //! in the repository is a complete store in one file.

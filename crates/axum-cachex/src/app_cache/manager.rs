@@ -287,7 +287,7 @@ impl CacheManager {
     /// [`path_matches_glob`](axum_cachex_core::path_matches_glob)). Returns
     /// how many went.
     ///
-    /// Lists the manager's keys ([`Listing::keys`]), so it costs one pass
+    /// Lists the manager's keys ([`Listing::keys`](crate::backend::Listing::keys)), so it costs one pass
     /// over the listing plus one delete per match.
     ///
     /// # Errors

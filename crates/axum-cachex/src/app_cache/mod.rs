@@ -67,11 +67,12 @@
 //! Every operation works on every backend except
 //! [`clear_pattern`](CacheManager::clear_pattern), which lists keys and so
 //! returns [`BackendError::Unsupported`](crate::backend::BackendError::Unsupported)
-//! on Memcached. The cross-instance lock is released with
-//! [`Backend::delete_if_equals`](crate::backend::Backend::delete_if_equals)
-//! (every built-in backend has it: a compare-and-delete script on Redis,
-//! a CAS-guarded meta delete on Memcached 1.6+); on a third-party backend
-//! without it the lock expires after its TTL.
+//! on Memcached. The cross-instance lock is released with a
+//! compare-and-delete
+//! ([`CompareAndSwap::delete_if_equals`](crate::backend::CompareAndSwap::delete_if_equals):
+//! every built-in backend has it, a Lua script on Redis, a CAS-guarded meta
+//! delete on Memcached 1.6+); on a third-party backend without it, with a
+//! plain delete.
 //!
 //! # In handlers
 //!
