@@ -189,6 +189,7 @@ pub struct ReadmeDoctests;
 pub mod backend;
 pub mod cache;
 mod clock;
+mod flight;
 mod lock;
 mod manager_stats;
 pub mod monitoring;

@@ -1,8 +1,14 @@
 //! The application cache.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    any::{Any, TypeId},
+    future::Future,
+    sync::Arc,
+    time::Duration,
+};
 
-use super::{CacheError, flight::Flights};
+use super::CacheError;
+use crate::flight::{Flight, Flights};
 use crate::lock::{self as distributed, Acquired, LockGuard, LockTimings};
 use axum_cachex_core::{Backend, BackendError, path_matches_glob};
 use bytes::Bytes;
@@ -109,7 +115,7 @@ struct Inner {
     key_prefix: String,
     default_ttl: Option<Duration>,
     lock: Option<DistributedLock>,
-    flights: Flights,
+    flights: Flights<Arc<dyn Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for CacheManager {
@@ -351,15 +357,27 @@ impl CacheManager {
         if let Some(value) = found {
             return Ok(value);
         }
-        let flight = self.inner.flights.join::<Result<T, Arc<E>>>(full.clone());
-        match flight.cell() {
-            Some(cell) => cell
-                .get_or_init(|| self.load(&full, factory, ttl))
-                .await
-                .clone(),
-            // Not reachable (the cell is only taken on drop); computing
-            // without coalescing is still a correct answer.
-            None => self.load(&full, factory, ttl).await,
+        // One flight per key and result type: callers that disagree on the
+        // value type of a key never share a result.
+        let flight_key = format!("{full}\0{:?}", TypeId::of::<Result<T, Arc<E>>>());
+        loop {
+            match self.inner.flights.join(&flight_key) {
+                Flight::Leader(leader) => {
+                    let result = self.load(&full, factory, ttl).await;
+                    leader.publish(Arc::new(result.clone()));
+                    return result;
+                }
+                Flight::Waiter(waiter) => {
+                    let shared = waiter.wait(None).await;
+                    if let Some(result) =
+                        shared.and_then(|any| any.downcast::<Result<T, Arc<E>>>().ok())
+                    {
+                        return (*result).clone();
+                    }
+                    // The leader was cancelled: join again, and one of the
+                    // waiters leads the next flight.
+                }
+            }
         }
     }
 

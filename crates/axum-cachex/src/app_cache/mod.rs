@@ -101,7 +101,6 @@
 
 mod error;
 mod extract;
-mod flight;
 mod manager;
 
 pub use error::CacheError;

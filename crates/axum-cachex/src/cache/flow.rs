@@ -43,7 +43,7 @@ use tower_service::Service;
 use super::{
     admit::{self, Admission, Policy},
     body::{self, Collected, Kept, PassReason},
-    coalesce::{self, Flight, Leader, Outcome},
+    coalesce::{Flight, Leader, Outcome},
     conditional::Conditions,
     credentials::{CredentialNames, ShareGuard},
     decide::{self, Use},
@@ -413,7 +413,9 @@ where
             Flight::Leader(leader) => Ok(Some(leader)),
             Flight::Waiter(waiting) => {
                 bump(&self.shared.stats.coalesced_waits);
-                let outcome = coalesce::wait(waiting, self.shared.options.coalesce_timeout).await;
+                let outcome = waiting
+                    .wait(Some(self.shared.options.coalesce_timeout))
+                    .await;
                 let now = self.shared.options.clock.now();
                 match outcome {
                     // A leader on a cold key may have produced another
