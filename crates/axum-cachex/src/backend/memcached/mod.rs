@@ -681,21 +681,10 @@ impl CompareAndSwap for MemcachedBackend {
     /// read and the delete (a lock another instance took after ours
     /// expired) is left alone.
     async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
-        let names = KeyNames::new(&self.inner.prefix, key);
-        let (mut lease, deadline) = self.lease(self.server(key)).await?;
-        let result = timeout_at(deadline, async {
-            let conn = lease.conn();
-            let real = resolve(conn, &names).await?;
-            let Some((item, cas)) = conn.gets(&real).await? else {
-                return Ok(false);
-            };
-            match decode_envelope(key, item.flags, &item.data) {
-                Some(value) if value.as_ref() == expected => conn.delete_cas(&real, cas).await,
-                _ => Ok(false),
-            }
+        self.if_equals(key, expected, async |conn, real, cas| {
+            conn.delete_cas(real, cas).await
         })
-        .await;
-        self.finish(lease, result)
+        .await
     }
 
     /// `gets` then `cas` with the item's CAS unique: written only if no
@@ -708,6 +697,26 @@ impl CompareAndSwap for MemcachedBackend {
         ttl: Option<Duration>,
     ) -> Result<bool, BackendError> {
         let head = envelope_head(key).map_err(BackendError::InvalidInput)?;
+        self.if_equals(key, expected, async |conn, real, cas| {
+            let parts: [&[u8]; 2] = [&head, &value];
+            let mode = StoreMode::Cas(cas);
+            conn.store(mode, real, ENVELOPE_FLAGS, exptime(ttl), &parts)
+                .await
+        })
+        .await
+    }
+}
+
+impl MemcachedBackend {
+    /// Reads `key` with `gets` and, if it holds `expected`, runs `change`
+    /// with its server-side name and CAS unique (which `change` passes on,
+    /// so that a write in between makes it fail).
+    async fn if_equals(
+        &self,
+        key: &str,
+        expected: &[u8],
+        change: impl AsyncFnOnce(&mut Conn, &str, u64) -> Result<bool, ClientError>,
+    ) -> Result<bool, BackendError> {
         let names = KeyNames::new(&self.inner.prefix, key);
         let (mut lease, deadline) = self.lease(self.server(key)).await?;
         let result = timeout_at(deadline, async {
@@ -717,17 +726,7 @@ impl CompareAndSwap for MemcachedBackend {
                 return Ok(false);
             };
             match decode_envelope(key, item.flags, &item.data) {
-                Some(current) if current.as_ref() == expected => {
-                    let parts: [&[u8]; 2] = [&head, &value];
-                    conn.store(
-                        StoreMode::Cas(cas),
-                        &real,
-                        ENVELOPE_FLAGS,
-                        exptime(ttl),
-                        &parts,
-                    )
-                    .await
-                }
+                Some(current) if current.as_ref() == expected => change(conn, &real, cas).await,
                 _ => Ok(false),
             }
         })
