@@ -22,11 +22,8 @@ const MAX_TOKEN_LEN: usize = 4096;
 
 /// A fresh session id from the OS CSPRNG.
 pub(crate) fn new_session_id() -> Result<String, SessionError> {
-    Ok(hex(&random_bytes::<ID_BYTES>()?))
-}
-
-pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], SessionError> {
-    crate::random::bytes().map_err(SessionError::Random)
+    let id = crate::random::bytes::<ID_BYTES>().map_err(SessionError::Random)?;
+    Ok(hex(&id))
 }
 
 pub(crate) use crate::random::hex;
