@@ -496,7 +496,7 @@ async fn r11_clear_path_on_another_instance_leaves_the_lock_so_stale_is_stored()
 /// cache/purge.rs:83.
 #[tokio::test]
 async fn r11_per_user_post_on_another_instance_leaves_the_lock_so_stale_is_stored() {
-    use axum::{body::Body, http::Request, routing::post};
+    use axum::{body::Body, http::Request};
     let store = MemoryBackend::new();
     let inst_a: Arc<dyn Backend> = Arc::new(store.clone());
     let inst_b: Arc<dyn Backend> = Arc::new(store.clone());
