@@ -181,6 +181,7 @@ impl<'a> Suite<'a> {
             Some(c) => {
                 check!(delete_if_equals(c));
                 check!(set_if_equals(c));
+                check!(compare_ignores_expired_values(c));
             }
             None => report
                 .skipped
@@ -284,16 +285,63 @@ async fn zero_ttl_stores_nothing(b: &dyn Backend) -> Outcome {
     expect_value(b, "conf/zero", None).await
 }
 
+/// Every write that takes a TTL honours it: `set`, `add`, `replace` and,
+/// when announced, `set_if_equals` (which replaces the old TTL).
 async fn ttl_expiry(b: &dyn Backend, sleep: &SleepFn) -> Outcome {
-    fresh(b, &["conf/short", "conf/long"]).await?;
-    b.set("conf/short", bytes("v"), Some(Duration::from_millis(1200)))
-        .await?;
+    let short = Some(Duration::from_millis(1200));
+    let keys = [
+        "conf/short",
+        "conf/long",
+        "conf/add",
+        "conf/replace",
+        "conf/swap",
+    ];
+    fresh(b, &keys).await?;
+    b.set("conf/short", bytes("v"), short).await?;
     b.set("conf/long", bytes("v"), TTL).await?;
+    ensure!(
+        b.add("conf/add", bytes("v"), short).await?,
+        "add to an absent key returned false"
+    );
+    b.set("conf/replace", bytes("old"), TTL).await?;
+    ensure!(
+        b.replace("conf/replace", bytes("v"), short).await?,
+        "replace of a value returned false"
+    );
+    let cas = b.compare_and_swap();
+    if let Some(cas) = cas {
+        cas.set("conf/swap", bytes("old"), TTL).await?;
+        let swapped = cas
+            .set_if_equals("conf/swap", b"old", bytes("v"), short)
+            .await?;
+        ensure!(
+            swapped,
+            "set_if_equals of the expected value returned false"
+        );
+    }
     expect_value(b, "conf/short", Some(b"v")).await?;
     // Memcached counts TTLs in whole seconds: wait past the next boundary.
     sleep(Duration::from_millis(2500)).await;
-    expect_value(b, "conf/short", None).await?;
-    expect_value(b, "conf/long", Some(b"v")).await
+    for (key, how) in [
+        ("conf/short", "set"),
+        ("conf/add", "add"),
+        ("conf/replace", "replace"),
+    ] {
+        let left = b.get(key).await?;
+        ensure!(
+            left.is_none(),
+            "a value written by `{how}` with a 1.2 s TTL outlived it"
+        );
+    }
+    if cas.is_some() {
+        let left = b.get("conf/swap").await?;
+        ensure!(
+            left.is_none(),
+            "`set_if_equals` kept the old TTL instead of the new one"
+        );
+    }
+    expect_value(b, "conf/long", Some(b"v")).await?;
+    fresh(b, &keys).await
 }
 
 async fn add_only_when_absent(b: &dyn Backend) -> Outcome {
@@ -490,6 +538,20 @@ async fn delete_if_equals(c: &dyn CompareAndSwap) -> Outcome {
     }
     ensure!(deleted == 1, "{deleted} of 20 concurrent releases deleted");
     Ok(())
+}
+
+/// An expired value counts as absent: no swap matches it, and nothing
+/// brings it back.
+async fn compare_ignores_expired_values(c: &dyn CompareAndSwap) -> Outcome {
+    c.set("conf/cas-expired", bytes("v1"), Some(Duration::ZERO))
+        .await?;
+    let deleted = c.delete_if_equals("conf/cas-expired", b"v1").await?;
+    ensure!(!deleted, "delete_if_equals matched an expired value");
+    let swapped = c
+        .set_if_equals("conf/cas-expired", b"v1", bytes("v2"), TTL)
+        .await?;
+    ensure!(!swapped, "set_if_equals matched an expired value");
+    expect_value(c, "conf/cas-expired", None).await
 }
 
 async fn set_if_equals(c: &dyn CompareAndSwap) -> Outcome {

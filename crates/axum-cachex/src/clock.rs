@@ -12,22 +12,38 @@ use std::{
 /// uses [`Clock::system`]; tests use a [`ManualClock`] to move time forward
 /// without sleeping (the moka guide's "tests never sleep").
 #[derive(Clone)]
-pub struct Clock(Arc<dyn Fn() -> SystemTime + Send + Sync>);
+pub struct Clock {
+    now: Arc<dyn Fn() -> SystemTime + Send + Sync>,
+    /// Whether `now` is the operating system's clock, so that timers of
+    /// other libraries (moka's expiry) agree with it.
+    system: bool,
+}
 
 impl Clock {
     /// The operating system's clock.
     pub fn system() -> Self {
-        Self(Arc::new(SystemTime::now))
+        Self {
+            now: Arc::new(SystemTime::now),
+            system: true,
+        }
     }
 
     /// A clock that calls `now`.
     pub fn from_fn(now: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
-        Self(Arc::new(now))
+        Self {
+            now: Arc::new(now),
+            system: false,
+        }
     }
 
     /// The current time.
     pub fn now(&self) -> SystemTime {
-        (self.0)()
+        (self.now)()
+    }
+
+    /// Whether this is [`Clock::system`].
+    pub(crate) fn is_system(&self) -> bool {
+        self.system
     }
 }
 

@@ -34,8 +34,10 @@ struct Stored {
     value: Bytes,
     /// When the value stops being readable, by the backend's [`Clock`].
     expires_at: Option<SystemTime>,
-    /// The TTL it was written with: moka drops the entry after it (by its
-    /// own clock), which only frees memory; reads go by `expires_at`.
+    /// When moka may drop the entry (by its own clock), which only frees
+    /// memory; reads go by `expires_at`. `None` with an injected clock, which
+    /// moka's timer would not follow: expired entries then wait for
+    /// eviction by size.
     ttl: Option<Duration>,
 }
 
@@ -217,7 +219,7 @@ impl MemoryBackend {
         Stored {
             value,
             expires_at: ttl.and_then(|t| self.clock.now().checked_add(t)),
-            ttl,
+            ttl: ttl.filter(|_| self.clock.is_system()),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The opt-in cross-instance lock of the HTTP cache: app instances sharing a
 //! backend do not all compute the same cold key.
 //!
-//! The in-process leader takes `lock:{key}` with the crate's one
+//! The in-process leader takes `http:lock:{key}` with the crate's one
 //! distributed lock ([`crate::lock`]), runs the handler, stores, and
 //! releases it. An instance that finds the lock taken polls the backend for
 //! the entry until the lock's lifetime passes, and takes the lock itself
@@ -11,7 +11,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use axum_cachex_core::{Backend, CacheEntry};
+use axum_cachex_core::{Backend, CACHE_NAMESPACE, CacheEntry};
 use http::HeaderMap;
 
 use super::{
@@ -23,8 +23,15 @@ use crate::lock::{self as distributed, Acquired, LockGuard, LockTimings};
 /// How often a waiting instance looks for the entry.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
+/// The lock of a stored key: inside the cache's namespace and in the
+/// key format of the same path, so that every invalidation of the entry
+/// (by key, path, pattern or a clear, on any instance) deletes the lock
+/// with it, and a run computed under a lock that went away is not stored.
 pub(crate) fn lock_key(key: &str) -> String {
-    format!("lock:{key}")
+    match key.strip_prefix(CACHE_NAMESPACE) {
+        Some(rest) => format!("{CACHE_NAMESPACE}lock:{rest}"),
+        None => format!("lock:{key}"),
+    }
 }
 
 pub(crate) enum LockOutcome {

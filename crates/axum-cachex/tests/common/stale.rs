@@ -549,7 +549,7 @@ pub async fn cross_instance_lock_computes_once(be: B) {
         tokio::spawn(async move { get_ok(&a, "/shared").await })
     };
     eventually("instance A computing", async || c.get() == 1).await;
-    let lock = "lock:http:GET|||example.com|||/shared|||";
+    let lock = "http:lock:GET|||example.com|||/shared|||";
     assert!(
         be.get(lock).await.expect("get").is_some(),
         "A holds the lock"

@@ -245,7 +245,7 @@ impl Backend for SlowLockReads {
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
         let value = self.inner.get(key).await;
-        if key.starts_with("lock:") && self.armed.swap(false, Ordering::SeqCst) {
+        if key.starts_with("http:lock:") && self.armed.swap(false, Ordering::SeqCst) {
             self.entered.notify_one();
             self.gate.notified().await;
         }

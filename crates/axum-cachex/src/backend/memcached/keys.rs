@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use axum_cachex_core::CacheKey;
+use axum_cachex_core::{CACHE_NAMESPACE, CacheKey};
 use bytes::Bytes;
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -59,6 +59,9 @@ pub(super) fn validate_prefix(prefix: &str) -> Result<(), String> {
 pub(super) struct KeyNames<'a> {
     prefix: &'a str,
     logical: &'a str,
+    /// Whether the key is the HTTP cache's (under [`CACHE_NAMESPACE`]): it
+    /// then embeds the cache generation.
+    cached: bool,
     /// The path counter of keys in the default [`CacheKey`] format, and
     /// whether the key has an empty query (then it embeds the whole counter,
     /// otherwise only its high half).
@@ -76,25 +79,32 @@ impl<'a> KeyNames<'a> {
         Self {
             prefix,
             logical,
+            cached: logical.starts_with(CACHE_NAMESPACE),
             path,
         }
     }
 
     /// The counters to read before touching the entry: for a key of the
-    /// HTTP cache its generation, then its path counter; none for any
-    /// other key (sessions and states are never cleared in bulk here).
+    /// HTTP cache its generation, then its path counter when the key is in
+    /// the default format (a custom key builder's keys have none); none for
+    /// any other key (sessions and states are never cleared in bulk here).
     pub(super) fn counters(&self) -> Vec<String> {
-        match &self.path {
-            Some((path, _)) => vec![generation_key(self.prefix), path.clone()],
-            None => Vec::new(),
+        let mut counters = Vec::new();
+        if self.cached {
+            counters.push(generation_key(self.prefix));
         }
+        if let Some((path, _)) = &self.path {
+            counters.push(path.clone());
+        }
+        counters
     }
 
     /// The entry's server-side key, given the counter values in the order of
     /// [`counters`](Self::counters).
     ///
     /// `{prefix}{gen}.{pathgen}:` (in hex) for a key of the HTTP cache,
-    /// `{prefix}` for any other, then
+    /// `{prefix}{gen}:` for one in a custom format, `{prefix}` for any
+    /// other, then
     /// `k:{logical key}` when that is short and printable, otherwise
     /// `h:{xxh3-128 of the logical key}` (the envelope keeps the real key, so
     /// reads detect a collision).
@@ -104,6 +114,7 @@ impl<'a> KeyNames<'a> {
                 let path_gen = if *exact { path } else { path >> 32 };
                 format!("{}{generation:x}.{path_gen:x}:", self.prefix)
             }
+            (None, &[generation, ..]) => format!("{}{generation:x}:", self.prefix),
             _ => self.prefix.to_owned(),
         };
         if is_key_safe(self.logical) && key.len() + 2 + self.logical.len() <= MAX_KEY_LEN {
