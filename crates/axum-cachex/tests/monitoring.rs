@@ -1012,6 +1012,10 @@ async fn two_registries_in_one_process_do_not_mix() {
         .backend(Arc::new(MemoryBackend::new()))
         .router(PREFIX);
     let stats = monitor_json(&bare, "/stats").await;
-    assert_eq!(stats["routes"], json!([]), "no registry, no layers: {stats}");
+    assert_eq!(
+        stats["routes"],
+        json!([]),
+        "no registry, no layers: {stats}"
+    );
     assert_eq!(stats["total"]["hits"], 0);
 }

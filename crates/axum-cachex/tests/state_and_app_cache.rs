@@ -171,8 +171,16 @@ async fn cache_backend_outside_a_layer_is_rejected_with_how_to_fix_it() {
     let outside = Router::new()
         .route("/purge", post(name))
         .route("/maybe", post(optional));
-    let purge = || Request::post("/purge").body(Body::empty()).expect("request");
-    let maybe = || Request::post("/maybe").body(Body::empty()).expect("request");
+    let purge = || {
+        Request::post("/purge")
+            .body(Body::empty())
+            .expect("request")
+    };
+    let maybe = || {
+        Request::post("/maybe")
+            .body(Body::empty())
+            .expect("request")
+    };
 
     // No layer, nothing installed, global proxy unused: a 500 that says
     // what to do, not a silently empty in-memory store.
@@ -209,17 +217,21 @@ async fn cache_backend_outside_a_layer_is_rejected_with_how_to_fix_it() {
         .backend(Arc::clone(&own))
         .build()
         .expect("valid");
-    let layered = Router::new()
-        .route(
-            "/purge",
-            post(|cache: CacheBackend| async move {
-                cache.clear().await.expect("clear").to_string()
-            }),
-        )
-        .layer(cache);
+    let layered =
+        Router::new()
+            .route(
+                "/purge",
+                post(|cache: CacheBackend| async move {
+                    cache.clear().await.expect("clear").to_string()
+                }),
+            )
+            .layer(cache);
     let resp = layered.oneshot(purge()).await.expect("call");
     assert_eq!(resp.status(), StatusCode::OK);
-    assert!(own.keys().await.expect("keys").is_empty(), "the layer's backend was cleared");
+    assert!(
+        own.keys().await.expect("keys").is_empty(),
+        "the layer's backend was cleared"
+    );
 
     // A layer with its own backend does not put the global proxy in use.
     let resp = outside.clone().oneshot(purge()).await.expect("call");

@@ -567,17 +567,29 @@ impl CacheLayerBuilder {
             return Err(CacheLayerConfigError::ImmutableWithoutTtl);
         }
         if self.immutable && self.no_cache {
-            return Err(CacheLayerConfigError::Contradiction("immutable", "no_cache"));
+            return Err(CacheLayerConfigError::Contradiction(
+                "immutable",
+                "no_cache",
+            ));
         }
         if self.no_cache && self.stale.is_some() {
-            return Err(CacheLayerConfigError::Contradiction("no_cache", "stale_ttl"));
+            return Err(CacheLayerConfigError::Contradiction(
+                "no_cache",
+                "stale_ttl",
+            ));
         }
         if self.stale.is_some() {
             if self.must_revalidate {
-                return Err(CacheLayerConfigError::Contradiction("must_revalidate", "stale_ttl"));
+                return Err(CacheLayerConfigError::Contradiction(
+                    "must_revalidate",
+                    "stale_ttl",
+                ));
             }
             if self.proxy_revalidate {
-                return Err(CacheLayerConfigError::Contradiction("proxy_revalidate", "stale_ttl"));
+                return Err(CacheLayerConfigError::Contradiction(
+                    "proxy_revalidate",
+                    "stale_ttl",
+                ));
             }
         }
         if let Some(status) = self
@@ -591,7 +603,10 @@ impl CacheLayerBuilder {
             return Err(CacheLayerConfigError::Contradiction("private", "s_maxage"));
         }
         if self.private && self.proxy_revalidate {
-            return Err(CacheLayerConfigError::Contradiction("private", "proxy_revalidate"));
+            return Err(CacheLayerConfigError::Contradiction(
+                "private",
+                "proxy_revalidate",
+            ));
         }
         for (value, name) in [
             (self.ttl, "ttl"),
@@ -802,7 +817,10 @@ mod tests {
     fn rejects_impossible_combinations() {
         let b = CacheLayerBuilder::default;
         let err = |b: CacheLayerBuilder| b.validate().expect_err("must be rejected");
-        assert_eq!(err(b().public().private()), CacheLayerConfigError::PublicAndPrivate);
+        assert_eq!(
+            err(b().public().private()),
+            CacheLayerConfigError::PublicAndPrivate
+        );
         assert_eq!(
             err(b().no_store().ttl(secs(5))),
             CacheLayerConfigError::NoStoreWith("ttl")
@@ -819,7 +837,10 @@ mod tests {
             err(b().ttl(secs(5)).stale_ttl(secs(5))),
             CacheLayerConfigError::StaleIncomplete
         );
-        assert_eq!(err(b().immutable()), CacheLayerConfigError::ImmutableWithoutTtl);
+        assert_eq!(
+            err(b().immutable()),
+            CacheLayerConfigError::ImmutableWithoutTtl
+        );
         assert_eq!(
             err(b().ttl(secs(5)).immutable().no_cache()),
             CacheLayerConfigError::Contradiction("immutable", "no_cache")
@@ -836,7 +857,10 @@ mod tests {
             err(b().cacheable_statuses([])),
             CacheLayerConfigError::NoCacheableStatus
         );
-        assert_eq!(err(b().max_body_size(0)), CacheLayerConfigError::ZeroBodyLimit);
+        assert_eq!(
+            err(b().max_body_size(0)),
+            CacheLayerConfigError::ZeroBodyLimit
+        );
         assert_eq!(
             err(b()
                 .ttl(secs(5))

@@ -232,9 +232,7 @@ fn find(parts: &Parts) -> Option<CacheBackend> {
         return Some(installed.clone());
     }
     let global = BackendProxy::global();
-    global
-        .in_use()
-        .then(|| CacheBackend::new(global.backend()))
+    global.in_use().then(|| CacheBackend::new(global.backend()))
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for CacheBackend {

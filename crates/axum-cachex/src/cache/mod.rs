@@ -42,6 +42,7 @@ mod status;
 mod store;
 mod vary;
 
+pub use crate::registry::{LayerReport, Registry};
 pub use config::{
     CacheLayerBuilder, CacheLayerConfigError, DEFAULT_BACKEND_TIMEOUT, DEFAULT_CACHEABLE_STATUSES,
     DEFAULT_COALESCE_TIMEOUT, DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_REFRESHES, Freshness, Stale,
@@ -51,6 +52,5 @@ pub use credentials::{CredentialNames, Credentialed, ShareGuard};
 pub use extract::{CacheBackend, MissingCacheBackend};
 pub use key::{DefaultKeyBuilder, KeyBuilder};
 pub use layer::CacheLayer;
-pub use crate::registry::{LayerReport, Registry};
 pub use service::{CacheService, ResponseFuture};
 pub use stats::StatsSnapshot;

@@ -285,7 +285,10 @@ pub async fn concurrent_consume_has_one_winner(backend: Arc<dyn Backend>) {
 
 pub async fn expired_state_is_rejected_by_the_clock(backend: Arc<dyn Backend>) {
     let clock = ManualClock::new();
-    let states = StateManager::builder(backend).clock(clock.clock()).build().expect("valid");
+    let states = StateManager::builder(backend)
+        .clock(clock.clock())
+        .build()
+        .expect("valid");
     let state = states
         .create_state(Some(Duration::from_secs(60)), Some(json!(1)))
         .await
