@@ -85,11 +85,6 @@ impl Registry {
         Self::default()
     }
 
-    /// Whether `self` and `other` are handles to the same registry.
-    pub fn same_as(&self, other: &Registry) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
-    }
-
     pub(crate) fn register_layer(&self, shared: &Arc<Shared>) {
         let mut layers = self
             .inner

@@ -1008,6 +1008,15 @@ async fn two_registries_in_one_process_do_not_mix() {
     assert_eq!(first.layer_reports()[0].stats.hits, 2);
     assert_eq!(second.layer_reports()[0].stats.hits, 0);
 
+    // `layer_filter` narrows a registry further.
+    let filtered: Router = Monitoring::new(Guard::bearer(TOKEN))
+        .backend(Arc::new(MemoryBackend::new()))
+        .registry(&first)
+        .layer_filter(|name| name != "shared-name")
+        .router(PREFIX);
+    let stats = monitor_json(&filtered, "/stats").await;
+    assert_eq!(stats["routes"], json!([]), "filtered out: {stats}");
+
     let bare: Router = Monitoring::new(Guard::bearer(TOKEN))
         .backend(Arc::new(MemoryBackend::new()))
         .router(PREFIX);
