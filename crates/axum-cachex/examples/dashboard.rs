@@ -26,14 +26,15 @@ use axum::{
     routing::get,
 };
 use axum_cachex::{
-    CacheLayer, CacheLayerBuilder, Stale,
+    CacheLayer, CacheLayerBuilder, Registry, Stale,
     monitoring::{Guard, Monitoring},
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde_json::json;
 
-fn layer(builder: CacheLayerBuilder) -> CacheLayer {
-    match builder.build() {
+/// Builds a layer that reports to `registry`, the dashboard's.
+fn layer(registry: &Registry, builder: CacheLayerBuilder) -> CacheLayer {
+    match builder.registry(registry).build() {
         Ok(layer) => layer,
         Err(e) => panic!("invalid cache configuration: {e}"),
     }
@@ -58,6 +59,9 @@ async fn main() -> std::io::Result<()> {
     const fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
     }
+    // What the dashboard reports: the layers given this registry.
+    let registry = Registry::new();
+    let layer = |builder| layer(&registry, builder);
     let app = Router::new()
         .route(
             "/products",
@@ -116,7 +120,9 @@ async fn main() -> std::io::Result<()> {
 
     // Guarded by a bearer token; this demo listens on loopback only.
     let token = token();
-    let app = Monitoring::new(Guard::bearer(token.clone())).add_to(app, "/_cache");
+    let app = Monitoring::new(Guard::bearer(token.clone()))
+        .registry(&registry)
+        .add_to(app, "/_cache");
 
     let port = std::env::var("PORT")
         .ok()

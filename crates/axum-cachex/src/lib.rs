@@ -44,11 +44,18 @@
 //!
 //! | feature | adds |
 //! |---|---|
-//! | *(none)* | the cache layer, the memory backend, the OAuth [`StateManager`], the [`CacheManager`], monitoring |
+//! | *(none)* | the cache layer, the memory backend, the OAuth [`StateManager`], the [`CacheManager`], the [`Registry`] of counters |
+//! | `monitoring` *(default)* | `monitoring`: guarded JSON routes, Prometheus `/metrics` (`prometheus-client`), the dashboard |
 //! | `redis` | `backend::RedisBackend` (redis-rs, tokio) |
 //! | `redis-tls` | `rediss://` URLs, custom CAs and client certificates (rustls) |
 //! | `memcached` | `backend::MemcachedBackend` |
 //! | `session` | [`session`](crate#sessions): server-side sessions, tokens, JWT, cookies |
+//!
+//! `monitoring` is on by default because it ports a part of the original's
+//! default API (`add_routes(app, prefix)`), and the dashboard example runs
+//! without flags. It is the only default: an application that does not
+//! mount the routes can drop it (and `prometheus-client`) with
+//! `default-features = false`.
 //!
 //! # Sessions
 //!
@@ -102,14 +109,23 @@
 //! | [`must_revalidate`](CacheLayerBuilder::must_revalidate) / [`proxy_revalidate`](CacheLayerBuilder::proxy_revalidate) | `must-revalidate` / `proxy-revalidate` |
 //! | [`no_transform`](CacheLayerBuilder::no_transform) / [`must_understand`](CacheLayerBuilder::must_understand) | `no-transform` / `must-understand` |
 //! | [`key_builder`](CacheLayerBuilder::key_builder) | custom cache key |
-//! | [`cacheable_statuses`](CacheLayerBuilder::cacheable_statuses), [`max_body_size`](CacheLayerBuilder::max_body_size) | what may be stored |
+//! | [`cache_status`](CacheLayerBuilder::cache_status) (adds one), [`cacheable_statuses`](CacheLayerBuilder::cacheable_statuses) (replaces them), [`max_body_size`](CacheLayerBuilder::max_body_size) | what may be stored |
 //! | [`backend`](CacheLayerBuilder::backend), [`backend_proxy`](CacheLayerBuilder::backend_proxy), [`backend_timeout`](CacheLayerBuilder::backend_timeout) | where entries live |
 //! | [`coalesce`](CacheLayerBuilder::coalesce), [`coalesce_timeout`](CacheLayerBuilder::coalesce_timeout), [`cross_instance_lock`](CacheLayerBuilder::cross_instance_lock), [`max_refreshes_in_flight`](CacheLayerBuilder::max_refreshes_in_flight) | stampede protection |
+//! | [`name`](CacheLayerBuilder::name), [`registry`](CacheLayerBuilder::registry), [`clock`](CacheLayerBuilder::clock) | monitoring label, where its counters are reported, time source |
 //!
 //! Contradictory combinations (`public` + `private`, a stale window without
 //! a `ttl`, `no_store` with a `ttl`, …) make
-//! [`build`](CacheLayerBuilder::build) return a [`ConfigError`] that says
-//! what to change — at startup, never at request time.
+//! [`build`](CacheLayerBuilder::build) return a [`CacheLayerConfigError`]
+//! that says what to change — at startup, never at request time.
+//!
+//! Every builder of the crate follows one convention: setters named by the
+//! bare noun they set (`ttl`, `key_prefix`, `registry`), and a `build()`
+//! that validates and returns a `Result` whose error is named for what it
+//! builds ([`CacheLayerConfigError`],
+//! [`StateManagerConfigError`](state::StateManagerConfigError),
+//! [`CacheManagerConfigError`](app_cache::CacheManagerConfigError)). No
+//! builder panics.
 //!
 //! # What is stored, and what is not
 //!
@@ -120,8 +136,9 @@
 //! a miss, is deleted and is counted — never a panic or a 500.
 //!
 //! Not stored: responses whose status is not in
-//! [`cacheable_statuses`](CacheLayerBuilder::cacheable_statuses) (default
-//! 200, 203, 204, 300, 301, 308), responses with `Set-Cookie`, a credential
+//! the layer's cacheable statuses ([`DEFAULT_CACHEABLE_STATUSES`]: 200,
+//! 203, 204, 300, 301, 308; add one with
+//! [`cache_status`](CacheLayerBuilder::cache_status)), responses with `Set-Cookie`, a credential
 //! header or a value marked sensitive, responses the handler marks
 //! `Cache-Control: no-store` or `private`, `Vary: *`, `text/event-stream`,
 //! responses to requests with credentials (unless the route is
@@ -138,7 +155,11 @@
 //! include_params)`, `clear_pattern(glob)` and `delete(key)`, each returning
 //! how many entries went; [`CacheLayer::invalidate`] and
 //! [`CacheBackend::invalidate`] delete the entry of one request. Handlers
-//! get the backend with the [`CacheBackend`] extractor. A successful
+//! get the backend with the [`CacheBackend`] extractor: on routes under a
+//! layer, that layer's; elsewhere one installed with
+//! `Extension(CacheBackend::new(..))`, or the global proxy's when it is in
+//! use — and otherwise a [`MissingCacheBackend`] rejection that says which
+//! of these to set up. A successful
 //! `POST`/`PUT`/`PATCH`/`DELETE` through a caching layer also deletes the
 //! `GET` entry of its URI (RFC 9111 §4.4).
 //!
@@ -155,6 +176,21 @@
 //! backend set on a proxy after the layer was built is used from the next
 //! request on. A third party implements [`backend::Backend`] from the
 //! `axum-cachex-core` crate.
+//!
+//! # Process-wide state
+//!
+//! Counters are never global: each layer keeps its own
+//! ([`CacheLayer::stats`]), and a layer or manager reports to a monitoring
+//! view only through the [`Registry`] handle it was given, so two
+//! applications or two tests in one process do not mix. The one
+//! process-wide default is [`BackendProxy::global`], the original's
+//! `BackendProxy`: layers built without a backend use it, and so does the
+//! [`CacheBackend`] extractor outside a layer once the global proxy is in
+//! use. Give layers a backend (or a proxy of their own) to stay clear of
+//! it. (Internally, the record of invalidations racing handler runs is
+//! process-wide on purpose: layers of one process may share a backend, so
+//! a write through any of them must keep every layer from storing what it
+//! read before. It reports nothing.)
 //!
 //! # Failure behaviour
 //!
@@ -189,24 +225,31 @@ pub struct ReadmeDoctests;
 pub mod backend;
 pub mod cache;
 mod clock;
+mod counters;
 mod flight;
 mod lock;
 mod manager_stats;
+#[cfg(feature = "monitoring")]
+#[cfg_attr(docsrs, doc(cfg(feature = "monitoring")))]
 pub mod monitoring;
 mod proxy;
 mod random;
+mod registry;
 
 pub use app_cache::CacheManager;
 pub use axum_cachex_core::{CacheEntry, CacheKey, CacheRecord, DecodeError, VariantIndex};
 pub use cache::{
-    CacheBackend, CacheLayer, CacheLayerBuilder, ConfigError, CredentialNames, Credentialed,
-    DefaultKeyBuilder, Freshness, KeyBuilder, ShareGuard, Stale, StatsSnapshot, UserPartition,
+    CacheBackend, CacheLayer, CacheLayerBuilder, CacheLayerConfigError, CredentialNames,
+    Credentialed, DEFAULT_CACHEABLE_STATUSES, DefaultKeyBuilder, Freshness, KeyBuilder,
+    MissingCacheBackend, ShareGuard, Stale, StatsSnapshot, UserPartition,
 };
 pub use clock::{Clock, ManualClock};
-pub use manager_stats::{ManagerStats, manager_stats};
+pub use manager_stats::ManagerStats;
 pub use proxy::BackendProxy;
+pub use registry::{LayerReport, Registry};
 pub use state::StateManager;
 pub mod app_cache;
 #[cfg(feature = "session")]
+#[cfg_attr(docsrs, doc(cfg(feature = "session")))]
 pub mod session;
 pub mod state;

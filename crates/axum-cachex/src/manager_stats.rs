@@ -1,35 +1,19 @@
-//! Process-wide counters of the managers (sessions, OAuth states, the
-//! application cache), reported by the monitoring routes beside the cache
-//! layers' counters.
+//! Counters of the managers (sessions, OAuth states, the application
+//! cache). A manager counts into the [`Registry`](crate::Registry) it was
+//! given, if any; the monitoring routes watching that registry report them
+//! beside the cache layers' counters.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, atomic::AtomicU64};
 
-use serde::Serialize;
+use crate::counters::{add, define_counters};
 
-macro_rules! manager_counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        #[derive(Debug, Default)]
-        pub(crate) struct ManagerCounters {
-            $(pub(crate) $name: AtomicU64,)*
-        }
-
-        /// The managers' counters at one moment, summed over every manager
-        /// in the process.
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-        #[non_exhaustive]
-        pub struct ManagerStats {
-            $($(#[$doc])* pub $name: u64,)*
-        }
-
-        impl ManagerCounters {
-            fn snapshot(&self) -> ManagerStats {
-                ManagerStats { $($name: self.$name.load(Relaxed),)* }
-            }
-        }
-    };
-}
-
-manager_counters! {
+define_counters! {
+    /// The managers' live counters, shared by every manager of one
+    /// registry.
+    live ManagerCounters;
+    /// The managers' counters at one moment, summed over every manager
+    /// counting into one [`Registry`](crate::Registry).
+    snapshot ManagerStats;
     /// `CacheManager` reads that found a value.
     app_cache_hits,
     /// `CacheManager` reads that found nothing usable.
@@ -57,17 +41,25 @@ manager_counters! {
     sessions_deleted,
 }
 
-static COUNTERS: std::sync::OnceLock<ManagerCounters> = std::sync::OnceLock::new();
+/// Where one manager counts: its registry's counters, or nowhere when it
+/// was given no registry (then counting costs nothing).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ManagerCounting(Option<Arc<ManagerCounters>>);
 
-pub(crate) fn counters() -> &'static ManagerCounters {
-    COUNTERS.get_or_init(ManagerCounters::default)
-}
+impl ManagerCounting {
+    pub(crate) fn new(counters: Option<Arc<ManagerCounters>>) -> Self {
+        Self(counters)
+    }
 
-pub(crate) fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Relaxed);
-}
+    /// Adds `n` to the counter `which` picks, if counting.
+    pub(crate) fn add(&self, which: impl FnOnce(&ManagerCounters) -> &AtomicU64, n: u64) {
+        if let Some(counters) = &self.0 {
+            add(which(counters), n);
+        }
+    }
 
-/// The managers' counters now.
-pub fn manager_stats() -> ManagerStats {
-    counters().snapshot()
+    /// Adds one to the counter `which` picks, if counting.
+    pub(crate) fn bump(&self, which: impl FnOnce(&ManagerCounters) -> &AtomicU64) {
+        self.add(which, 1);
+    }
 }

@@ -1,6 +1,9 @@
 //! Runtime backend selection.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{
+    Arc, OnceLock,
+    atomic::{AtomicBool, Ordering::Relaxed},
+};
 
 use arc_swap::ArcSwap;
 use axum_cachex_core::Backend;
@@ -15,7 +18,13 @@ use crate::backend::MemoryBackend;
 /// configuration gives a working cache.
 ///
 /// [`CacheLayer`](crate::CacheLayer)s that were not given a backend or a
-/// proxy of their own use [`BackendProxy::global`].
+/// proxy of their own use [`BackendProxy::global`]. That global proxy is the
+/// one process-wide default of the crate, kept because the original's API
+/// is built on it (`BackendProxy.set_backend(..)`, then `@cache` routes and
+/// the `CacheBackend` dependency with no further wiring). The
+/// [`CacheBackend`](crate::CacheBackend) extractor falls back to it outside
+/// a layer only once it is in use: its backend was set with
+/// [`set_backend`], or a layer was built on it.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -29,7 +38,13 @@ use crate::backend::MemoryBackend;
 /// [`set_backend`]: BackendProxy::set_backend
 #[derive(Clone)]
 pub struct BackendProxy {
-    slot: Arc<ArcSwap<Arc<dyn Backend>>>,
+    slot: Arc<Slot>,
+}
+
+struct Slot {
+    backend: ArcSwap<Arc<dyn Backend>>,
+    /// Set by `set_backend` and by building a layer on this proxy.
+    in_use: AtomicBool,
 }
 
 impl std::fmt::Debug for BackendProxy {
@@ -50,7 +65,10 @@ impl BackendProxy {
     /// A proxy (not the global one) starting with `backend`.
     pub fn new(backend: Arc<dyn Backend>) -> Self {
         Self {
-            slot: Arc::new(ArcSwap::from_pointee(backend)),
+            slot: Arc::new(Slot {
+                backend: ArcSwap::from_pointee(backend),
+                in_use: AtomicBool::new(false),
+            }),
         }
     }
 
@@ -63,11 +81,23 @@ impl BackendProxy {
 
     /// Replaces the backend; requests already running keep the old one.
     pub fn set_backend(&self, backend: Arc<dyn Backend>) {
-        self.slot.store(Arc::new(backend));
+        self.slot.backend.store(Arc::new(backend));
+        self.mark_in_use();
     }
 
     /// The backend in use now.
     pub fn backend(&self) -> Arc<dyn Backend> {
-        Arc::clone(&self.slot.load())
+        Arc::clone(&self.slot.backend.load())
+    }
+
+    /// Records that a layer uses this proxy, or that its backend was set.
+    pub(crate) fn mark_in_use(&self) {
+        self.slot.in_use.store(true, Relaxed);
+    }
+
+    /// Whether [`set_backend`](Self::set_backend) was called or a layer was
+    /// built on this proxy.
+    pub(crate) fn in_use(&self) -> bool {
+        self.slot.in_use.load(Relaxed)
     }
 }

@@ -1,14 +1,13 @@
-//! The managers' counters, as the monitoring routes report them. One test
-//! in its own binary: the counters are process-wide, so the counts here are
-//! exact.
+//! The managers' counters, as the monitoring routes report them: each
+//! manager counts into the registry it was given, so the counts here are
+//! exact even with other tests running in the same process.
 
 use std::sync::Arc;
 
 use axum::{Router, body::Body};
 use axum_cachex::{
-    CacheManager, StateManager,
+    CacheManager, Registry, StateManager,
     backend::{Backend, MemoryBackend},
-    manager_stats,
     monitoring::{Guard, Monitoring},
 };
 use http::Request;
@@ -28,8 +27,21 @@ async fn body(app: &Router, uri: &str) -> String {
 #[tokio::test]
 async fn managers_count_what_they_do_and_monitoring_reports_it() {
     let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    let registry = Registry::new();
+    // Managers of another registry, or of none, count elsewhere.
+    let other = Registry::new();
+    let elsewhere = CacheManager::builder(Arc::clone(&backend))
+        .registry(&other)
+        .build()
+        .expect("valid");
+    let _: Option<u32> = elsewhere.get("nothing").await.expect("get");
+    let uncounted = StateManager::new(Arc::clone(&backend));
+    uncounted.create_state(None, None).await.expect("state");
 
-    let cache = CacheManager::new(Arc::clone(&backend));
+    let cache = CacheManager::builder(Arc::clone(&backend))
+        .registry(&registry)
+        .build()
+        .expect("valid");
     let computed: Result<u32, Arc<std::io::Error>> =
         cache.get_or_set("answer", || async { Ok(42) }, None).await;
     assert_eq!(computed.ok(), Some(42));
@@ -45,7 +57,10 @@ async fn managers_count_what_they_do_and_monitoring_reports_it() {
         .await;
     assert!(failed.is_err());
 
-    let states = StateManager::new(Arc::clone(&backend));
+    let states = StateManager::builder(Arc::clone(&backend))
+        .registry(&registry)
+        .build()
+        .expect("valid");
     let state = states.create_state(None, None).await.expect("state");
     states.consume_state(&state).await.expect("first consume");
     assert!(states.consume_state(&state).await.is_err(), "single use");
@@ -57,7 +72,7 @@ async fn managers_count_what_they_do_and_monitoring_reports_it() {
         let config = SessionConfig::builder("a-test-secret-that-is-long-enough-0123456789")
             .build()
             .expect("config");
-        let sessions = SessionManager::new(Arc::clone(&backend), config);
+        let sessions = SessionManager::new(Arc::clone(&backend), config).with_registry(&registry);
         let (session, token) = sessions
             .create_session(SessionUser::new("7"), None, None, None)
             .await
@@ -73,7 +88,7 @@ async fn managers_count_what_they_do_and_monitoring_reports_it() {
                 .is_err()
         );
         assert!(sessions.delete_session(session.id()).await.expect("delete"));
-        let stats = manager_stats();
+        let stats = registry.manager_stats();
         assert_eq!(
             (
                 stats.sessions_created,
@@ -85,7 +100,7 @@ async fn managers_count_what_they_do_and_monitoring_reports_it() {
         );
     }
 
-    let stats = manager_stats();
+    let stats = registry.manager_stats();
     assert_eq!(
         (stats.app_cache_hits, stats.app_cache_misses),
         (1, 2),
@@ -104,8 +119,18 @@ async fn managers_count_what_they_do_and_monitoring_reports_it() {
         (1, 1, 1)
     );
 
+    assert_eq!(
+        (
+            other.manager_stats().app_cache_misses,
+            other.manager_stats().states_created
+        ),
+        (1, 0),
+        "the other registry counts only its own manager"
+    );
+
     let app = Monitoring::new(Guard::bearer("t0ken"))
         .backend(Arc::clone(&backend))
+        .registry(&registry)
         .add_to(Router::new(), "/_cache");
     let json: serde_json::Value =
         serde_json::from_str(&body(&app, "/_cache/stats").await).expect("json");

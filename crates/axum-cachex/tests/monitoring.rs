@@ -14,7 +14,7 @@ use axum::{
     routing::get,
 };
 use axum_cachex::{
-    CacheLayer, CacheLayerBuilder, ManualClock, Stale,
+    CacheLayer, CacheLayerBuilder, ManualClock, Registry, Stale,
     backend::{Backend, MemoryBackend},
     monitoring::{Guard, Monitoring},
 };
@@ -103,20 +103,22 @@ const C_BODY_LEN: usize = 150;
 
 /// The scenario's app: four cached routes named `{tag}/a` … `{tag}/v` on
 /// `backend`, all on one manual clock, and the monitoring routes reporting
-/// only those four layers.
+/// only those four layers (their registry; the other tests of this binary
+/// build layers of their own at the same time).
 fn scenario_app(backend: &Arc<dyn Backend>, clock: &ManualClock, tag: &str) -> Router {
+    let registry = Registry::new();
     let base = |name: &str| {
         CacheLayer::builder()
             .backend(Arc::clone(backend))
             .clock(clock.clock())
             .name(format!("{tag}/{name}"))
+            .registry(&registry)
     };
     let hour = Duration::from_secs(3600);
-    let prefix = format!("{tag}/");
     let monitoring = Monitoring::new(Guard::bearer(TOKEN))
         .backend(Arc::clone(backend))
         .clock(clock.clock())
-        .layer_filter(move |name| name.starts_with(&prefix));
+        .registry(&registry);
     Router::new()
         .route(
             "/a",
@@ -961,4 +963,68 @@ async fn router_wide_cache_layer_never_serves_monitoring_answers_without_the_tok
         listed["total_hits"], 0,
         "a monitoring answer was stored: {listed}"
     );
+}
+
+/// Two apps in one process, each with its own registry and the same layer
+/// names: each monitoring view counts only its own layers, and a view
+/// without a registry counts none.
+#[tokio::test]
+async fn two_registries_in_one_process_do_not_mix() {
+    async fn app(registry: &Registry) -> Router {
+        let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let cache = layer(
+            CacheLayer::builder()
+                .backend(Arc::clone(&backend))
+                .ttl(Duration::from_secs(60))
+                .name("shared-name")
+                .registry(registry),
+        );
+        Router::new()
+            .route("/x", get(|| async { "x" }).layer(cache))
+            .merge(
+                Monitoring::new(Guard::bearer(TOKEN))
+                    .backend(backend)
+                    .registry(registry)
+                    .router(PREFIX),
+            )
+    }
+    let (first, second) = (Registry::new(), Registry::new());
+    let one = app(&first).await;
+    let two = app(&second).await;
+    for _ in 0..3 {
+        assert_eq!(fetch(&one, "/x").await.status, StatusCode::OK);
+    }
+    fetch(&two, "/x").await;
+
+    let stats_one = monitor_json(&one, "/stats").await;
+    let stats_two = monitor_json(&two, "/stats").await;
+    assert_eq!(stats_one["routes"].as_array().map(Vec::len), Some(1));
+    assert_eq!(stats_one["routes"][0]["layers"], 1, "{stats_one}");
+    assert_eq!(stats_one["total"]["misses"], 1, "{stats_one}");
+    assert_eq!(stats_one["total"]["hits"], 2, "{stats_one}");
+    assert_eq!(stats_two["routes"][0]["layers"], 1, "{stats_two}");
+    assert_eq!(stats_two["total"]["misses"], 1, "{stats_two}");
+    assert_eq!(stats_two["total"]["hits"], 0, "{stats_two}");
+    assert_eq!(first.layer_reports()[0].stats.hits, 2);
+    assert_eq!(second.layer_reports()[0].stats.hits, 0);
+
+    // `layer_filter` narrows a registry further.
+    let filtered: Router = Monitoring::new(Guard::bearer(TOKEN))
+        .backend(Arc::new(MemoryBackend::new()))
+        .registry(&first)
+        .layer_filter(|name| name != "shared-name")
+        .router(PREFIX);
+    let stats = monitor_json(&filtered, "/stats").await;
+    assert_eq!(stats["routes"], json!([]), "filtered out: {stats}");
+
+    let bare: Router = Monitoring::new(Guard::bearer(TOKEN))
+        .backend(Arc::new(MemoryBackend::new()))
+        .router(PREFIX);
+    let stats = monitor_json(&bare, "/stats").await;
+    assert_eq!(
+        stats["routes"],
+        json!([]),
+        "no registry, no layers: {stats}"
+    );
+    assert_eq!(stats["total"]["hits"], 0);
 }

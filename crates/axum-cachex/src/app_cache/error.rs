@@ -2,6 +2,8 @@
 
 use axum_cachex_core::BackendError;
 
+use super::DEFAULT_CACHE_PREFIX;
+
 /// The error of a [`CacheManager`](super::CacheManager) operation.
 ///
 /// [`get_or_set`](super::CacheManager::get_or_set) never returns it: there a
@@ -35,4 +37,22 @@ impl From<BackendError> for CacheError {
     fn from(source: BackendError) -> Self {
         Self::Backend { source }
     }
+}
+
+/// Why [`CacheManagerBuilder::build`](super::CacheManagerBuilder::build)
+/// refused a configuration, with what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheManagerConfigError {
+    /// `default_ttl` is zero: every write would store nothing.
+    #[error(
+        "`default_ttl` must be greater than zero (a zero TTL stores nothing); leave it unset to keep values until evicted"
+    )]
+    ZeroTtl,
+    /// `key_prefix` is empty.
+    #[error(
+        "`key_prefix` must not be empty: `clear_pattern(\"*\")` would delete every key of the backend's \
+         namespace (sessions, OAuth states, cached responses); keep the default `{DEFAULT_CACHE_PREFIX}` or choose another prefix"
+    )]
+    EmptyKeyPrefix,
 }

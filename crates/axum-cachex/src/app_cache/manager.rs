@@ -7,9 +7,10 @@ use std::{
     time::Duration,
 };
 
-use super::CacheError;
+use super::{CacheError, CacheManagerConfigError};
 use crate::flight::{Flight, Flights};
 use crate::lock::{self as distributed, Acquired, LockGuard, LockTimings};
+use crate::{Registry, manager_stats::ManagerCounting};
 use axum_cachex_core::{Backend, BackendError, path_matches_glob};
 use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
@@ -116,6 +117,7 @@ struct Inner {
     default_ttl: Option<Duration>,
     lock: Option<DistributedLock>,
     flights: Flights<Arc<dyn Any + Send + Sync>>,
+    counting: ManagerCounting,
 }
 
 impl std::fmt::Debug for CacheManager {
@@ -130,6 +132,22 @@ impl std::fmt::Debug for CacheManager {
 }
 
 /// Builder of a [`CacheManager`]; start with [`CacheManager::builder`].
+///
+/// ```
+/// use std::{sync::Arc, time::Duration};
+/// use axum_cachex::{Registry, app_cache::{CacheManager, CacheManagerConfigError}, backend::MemoryBackend};
+///
+/// let registry = Registry::new();
+/// let cache = CacheManager::builder(Arc::new(MemoryBackend::new()))
+///     .key_prefix("reports:")
+///     .default_ttl(Duration::from_secs(60))
+///     .registry(&registry)
+///     .build()?;
+/// # drop(cache);
+/// let refused = CacheManager::builder(Arc::new(MemoryBackend::new())).key_prefix("").build();
+/// assert_eq!(refused.err(), Some(CacheManagerConfigError::EmptyKeyPrefix));
+/// # Ok::<(), CacheManagerConfigError>(())
+/// ```
 #[derive(Debug)]
 #[must_use]
 pub struct CacheManagerBuilder {
@@ -137,6 +155,7 @@ pub struct CacheManagerBuilder {
     key_prefix: String,
     default_ttl: Option<Duration>,
     lock: Option<DistributedLock>,
+    registry: Option<Registry>,
 }
 
 impl CacheManagerBuilder {
@@ -155,25 +174,47 @@ impl CacheManagerBuilder {
     }
 
     /// Also coalesces [`get_or_set`](CacheManager::get_or_set) misses across
-    /// instances sharing the backend, with a lock in the backend. Meant for
-    /// Redis; see [`DistributedLock`]. Default: off (coalescing within the
-    /// process only).
+    /// instances sharing the backend (Redis, Memcached), with a lock in the
+    /// backend; see [`DistributedLock`]. Default: off (coalescing within
+    /// the process only).
     pub fn distributed_lock(mut self, lock: DistributedLock) -> Self {
         self.lock = Some(lock);
         self
     }
 
-    /// Builds the manager.
-    pub fn build(self) -> CacheManager {
-        CacheManager {
-            inner: Arc::new(Inner {
-                backend: self.backend,
-                key_prefix: self.key_prefix,
-                default_ttl: self.default_ttl,
-                lock: self.lock,
-                flights: Flights::default(),
-            }),
+    /// Counts what the manager does (hits, misses, factory runs and
+    /// errors) in `registry`, for the monitoring routes watching it.
+    /// Default: not counted.
+    pub fn registry(mut self, registry: &Registry) -> Self {
+        self.registry = Some(registry.clone());
+        self
+    }
+
+    /// Checks the configuration and builds the manager.
+    ///
+    /// # Errors
+    ///
+    /// A [`CacheManagerConfigError`] saying what to change: a zero
+    /// `default_ttl` or an empty `key_prefix`.
+    pub fn build(self) -> Result<CacheManager, CacheManagerConfigError> {
+        if self.default_ttl.is_some_and(|ttl| ttl.is_zero()) {
+            return Err(CacheManagerConfigError::ZeroTtl);
         }
+        if self.key_prefix.is_empty() {
+            return Err(CacheManagerConfigError::EmptyKeyPrefix);
+        }
+        let counting = self
+            .registry
+            .as_ref()
+            .map(Registry::manager_counting)
+            .unwrap_or_default();
+        Ok(CacheManager::from_parts(
+            self.backend,
+            self.key_prefix,
+            self.default_ttl,
+            self.lock,
+            counting,
+        ))
     }
 }
 
@@ -188,10 +229,36 @@ enum Waited<T> {
 }
 
 impl CacheManager {
-    /// A manager with the default prefix (`cache:`), no default TTL and no
-    /// cross-instance lock.
+    /// A manager with the default prefix (`cache:`), no default TTL, no
+    /// cross-instance lock, counting nowhere. Infallible: the defaults are
+    /// valid; use [`builder`](Self::builder) for anything else.
     pub fn new(backend: Arc<dyn Backend>) -> Self {
-        Self::builder(backend).build()
+        Self::from_parts(
+            backend,
+            DEFAULT_CACHE_PREFIX.to_owned(),
+            None,
+            None,
+            ManagerCounting::default(),
+        )
+    }
+
+    fn from_parts(
+        backend: Arc<dyn Backend>,
+        key_prefix: String,
+        default_ttl: Option<Duration>,
+        lock: Option<DistributedLock>,
+        counting: ManagerCounting,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                backend,
+                key_prefix,
+                default_ttl,
+                lock,
+                flights: Flights::default(),
+                counting,
+            }),
+        }
     }
 
     /// Starts configuring a manager over `backend`.
@@ -201,6 +268,7 @@ impl CacheManager {
             key_prefix: DEFAULT_CACHE_PREFIX.to_owned(),
             default_ttl: None,
             lock: None,
+            registry: None,
         }
     }
 
@@ -234,7 +302,7 @@ impl CacheManager {
             .get(&full)
             .await?
             .and_then(|raw| decode(&full, &raw));
-        count_read(value.is_some());
+        self.count_read(value.is_some());
         Ok(value)
     }
 
@@ -353,7 +421,7 @@ impl CacheManager {
     {
         let full = self.full_key(key);
         let found = self.read::<T>(&full).await;
-        count_read(found.is_some());
+        self.count_read(found.is_some());
         if let Some(value) = found {
             return Ok(value);
         }
@@ -416,11 +484,11 @@ impl CacheManager {
                 Waited::Unlocked => {}
             }
         }
-        let stats = crate::manager_stats::counters();
-        crate::manager_stats::add(&stats.app_cache_factory_runs, 1);
+        let counting = &self.inner.counting;
+        counting.bump(|c| &c.app_cache_factory_runs);
         let result = factory().await.map_err(Arc::new);
         if result.is_err() {
-            crate::manager_stats::add(&stats.app_cache_factory_errors, 1);
+            counting.bump(|c| &c.app_cache_factory_errors);
         }
         if let Ok(value) = &result {
             self.store(full, value, ttl).await;
@@ -503,13 +571,15 @@ fn decode<T: DeserializeOwned>(full: &str, raw: &[u8]) -> Option<T> {
     }
 }
 
-/// Counts a read for the monitoring routes.
-fn count_read(hit: bool) {
-    let stats = crate::manager_stats::counters();
-    let counter = if hit {
-        &stats.app_cache_hits
-    } else {
-        &stats.app_cache_misses
-    };
-    crate::manager_stats::add(counter, 1);
+impl CacheManager {
+    /// Counts a read for the monitoring routes.
+    fn count_read(&self, hit: bool) {
+        self.inner.counting.bump(|c| {
+            if hit {
+                &c.app_cache_hits
+            } else {
+                &c.app_cache_misses
+            }
+        });
+    }
 }

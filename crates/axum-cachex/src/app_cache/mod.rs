@@ -18,7 +18,8 @@
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), CacheError> {
 //! let cache = CacheManager::builder(Arc::new(MemoryBackend::new()))
 //!     .default_ttl(Duration::from_secs(60))
-//!     .build();
+//!     .build()
+//!     .expect("valid configuration");
 //!
 //! let alice = User { id: 1, name: "alice".into() };
 //! cache.set("user:1", &alice, None).await?;
@@ -42,9 +43,8 @@
 //! [`distributed_lock`](CacheManagerBuilder::distributed_lock) the instances
 //! sharing a backend (Redis, Memcached) also coordinate through a lock key
 //! (created with `add`, holding a random token, released only by its
-//! holder); waiters on other
-//! instances poll for the value for a bounded time, then compute it
-//! themselves.
+//! holder); waiters on other instances poll for the value for a bounded
+//! time, then compute it themselves.
 //!
 //! ```
 //! # use std::{convert::Infallible, sync::Arc, time::Duration};
@@ -69,10 +69,13 @@
 //! returns [`BackendError::Unsupported`](crate::backend::BackendError::Unsupported)
 //! on Memcached. The cross-instance lock is released with a
 //! compare-and-delete
-//! ([`CompareAndSwap::delete_if_equals`](crate::backend::CompareAndSwap::delete_if_equals):
-//! every built-in backend has it, a Lua script on Redis, a CAS-guarded meta
-//! delete on Memcached 1.6+); on a third-party backend without it, with a
-//! plain delete.
+//! ([`CompareAndSwap::delete_if_equals`](crate::backend::CompareAndSwap::delete_if_equals)),
+//! which every built-in backend has (a Lua script on Redis, a CAS-guarded
+//! meta delete on Memcached 1.6+, a compare-and-remove on the memory
+//! backend); on a third-party backend without it, with a plain delete. The
+//! lock is useful only where several instances share the backend (Redis,
+//! Memcached); on the memory backend it costs a few extra calls and changes
+//! nothing.
 //!
 //! # In handlers
 //!
@@ -103,6 +106,6 @@ mod error;
 mod extract;
 mod manager;
 
-pub use error::CacheError;
+pub use error::{CacheError, CacheManagerConfigError};
 pub use extract::MissingCacheManager;
 pub use manager::{CacheManager, CacheManagerBuilder, DEFAULT_CACHE_PREFIX, DistributedLock};

@@ -6,7 +6,7 @@ use axum_cachex_core::Backend;
 use http::{HeaderName, HeaderValue, StatusCode, request::Parts};
 
 use super::{KeyBuilder, credentials::CredentialNames, key::DefaultKeyBuilder};
-use crate::{BackendProxy, clock::Clock};
+use crate::{BackendProxy, Registry, clock::Clock};
 
 /// Where a layer gets its backend from, per request.
 #[derive(Clone)]
@@ -38,10 +38,11 @@ pub enum Stale {
     Both,
 }
 
-/// A configuration the layer refuses to build, with what to change.
+/// Why [`CacheLayerBuilder::build`] refused a configuration, with what to
+/// change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum ConfigError {
+pub enum CacheLayerConfigError {
     /// `public` and `private` were both set.
     #[error("`public` and `private` are mutually exclusive: keep one of them")]
     PublicAndPrivate,
@@ -74,7 +75,7 @@ pub enum ConfigError {
     ZeroLifetime(&'static str),
     /// No status is cacheable.
     #[error(
-        "`cacheable_statuses` is empty: nothing would ever be cached; leave the default or list at least one status"
+        "`cacheable_statuses` is empty: nothing would ever be cached; leave the default, list at least one status, or add one with `.cache_status(..)`"
     )]
     NoCacheableStatus,
     /// A zero body limit.
@@ -104,7 +105,7 @@ pub const DEFAULT_MAX_REFRESHES: usize = 64;
 ///
 /// Option names follow the original's `@cache(...)` arguments and the
 /// `Cache-Control` directives they emit. [`build`](Self::build) checks the
-/// combination and returns a [`ConfigError`] that says what to change.
+/// combination and returns a [`CacheLayerConfigError`] that says what to change.
 #[must_use]
 #[derive(Clone)]
 pub struct CacheLayerBuilder {
@@ -137,6 +138,7 @@ pub struct CacheLayerBuilder {
     pub(crate) freshness: Freshness,
     pub(crate) credentials: CredentialNames,
     pub(crate) per_user: Option<Arc<dyn UserPartition>>,
+    pub(crate) registry: Option<Registry>,
 }
 
 /// Where the freshness of a stored response comes from; see
@@ -210,7 +212,7 @@ impl Default for CacheLayerBuilder {
             key_builder: Arc::new(DefaultKeyBuilder),
             custom_keys: false,
             backend: BackendSource::Proxy(BackendProxy::global().clone()),
-            cacheable_statuses: default_cacheable_statuses(),
+            cacheable_statuses: DEFAULT_CACHEABLE_STATUSES.into_iter().collect(),
             max_body_size: DEFAULT_MAX_BODY_SIZE,
             backend_timeout: DEFAULT_BACKEND_TIMEOUT,
             coalesce: true,
@@ -222,19 +224,29 @@ impl Default for CacheLayerBuilder {
             freshness: Freshness::Layer,
             credentials: CredentialNames::default(),
             per_user: None,
+            registry: None,
         }
     }
 }
 
-/// 200, 203, 204, 300, 301 and 308: the statuses RFC 9110 §15.1 calls
-/// heuristically cacheable, minus 404/405/410/414/501 (opt in to those with
-/// [`CacheLayerBuilder::cacheable_statuses`]) and 206 (partial content is
-/// not assembled by this cache).
+/// The statuses a layer stores by default: 200, 203, 204, 300, 301 and 308
+/// — the statuses RFC 9110 §15.1 calls heuristically cacheable, minus
+/// 404/405/410/414/501 (add those with
+/// [`CacheLayerBuilder::cache_status`]) and 206 (partial content is not
+/// assembled by this cache).
+pub const DEFAULT_CACHEABLE_STATUSES: [StatusCode; 6] = [
+    StatusCode::OK,
+    StatusCode::NON_AUTHORITATIVE_INFORMATION,
+    StatusCode::NO_CONTENT,
+    StatusCode::MULTIPLE_CHOICES,
+    StatusCode::MOVED_PERMANENTLY,
+    StatusCode::PERMANENT_REDIRECT,
+];
+
+/// [`DEFAULT_CACHEABLE_STATUSES`] as a set, e.g. to start a
+/// [`cacheable_statuses`](CacheLayerBuilder::cacheable_statuses) list from.
 pub fn default_cacheable_statuses() -> HashSet<StatusCode> {
-    [200u16, 203, 204, 300, 301, 308]
-        .into_iter()
-        .filter_map(|s| StatusCode::from_u16(s).ok())
-        .collect()
+    DEFAULT_CACHEABLE_STATUSES.into_iter().collect()
 }
 
 impl CacheLayerBuilder {
@@ -416,10 +428,36 @@ impl CacheLayerBuilder {
         self
     }
 
-    /// Statuses whose responses are stored; replaces the default set
-    /// [`default_cacheable_statuses`] (200, 203, 204, 300, 301, 308). To
-    /// cache "not found" too, pass the defaults plus 404. 1xx, 206 and 304
-    /// are refused by [`build`](Self::build).
+    /// Also stores responses with this status, on top of the ones already
+    /// configured (by default [`DEFAULT_CACHEABLE_STATUSES`]: 200, 203,
+    /// 204, 300, 301, 308). Call it once per status, e.g.
+    /// `.cache_status(StatusCode::NOT_FOUND)` to cache "not found" too.
+    /// 1xx, 206 and 304 are refused by [`build`](Self::build).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum_cachex::CacheLayer;
+    /// use http::StatusCode;
+    ///
+    /// let layer = CacheLayer::builder()
+    ///     .ttl(Duration::from_secs(60))
+    ///     .cache_status(StatusCode::NOT_FOUND)
+    ///     .cache_status(StatusCode::GONE)
+    ///     .build()?;
+    /// # drop(layer);
+    /// # Ok::<(), axum_cachex::CacheLayerConfigError>(())
+    /// ```
+    pub fn cache_status(mut self, status: StatusCode) -> Self {
+        self.cacheable_statuses.insert(status);
+        self
+    }
+
+    /// **Replaces** the set of statuses whose responses are stored (the
+    /// default set is [`DEFAULT_CACHEABLE_STATUSES`]: 200, 203, 204, 300,
+    /// 301, 308). Only the statuses listed here are stored afterwards: to
+    /// *add* a status to the defaults, use [`cache_status`](Self::cache_status)
+    /// instead. 1xx, 206 and 304 are refused by [`build`](Self::build), and
+    /// so is an empty list.
     pub fn cacheable_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.cacheable_statuses = statuses.into_iter().collect();
         self
@@ -481,6 +519,15 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// Reports this layer's counters to `registry` (and so to the
+    /// monitoring routes watching it, feature `monitoring`).
+    /// Default: no registry; the counters are still kept and readable with
+    /// [`CacheLayer::stats`](super::CacheLayer::stats).
+    pub fn registry(mut self, registry: &Registry) -> Self {
+        self.registry = Some(registry.clone());
+        self
+    }
+
     /// Replaces the clock used for freshness and `Age` (tests use it to
     /// move time forward without sleeping). Default: the system clock.
     pub fn clock(mut self, clock: Clock) -> Self {
@@ -488,9 +535,9 @@ impl CacheLayerBuilder {
         self
     }
 
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), CacheLayerConfigError> {
         if self.public && self.private {
-            return Err(ConfigError::PublicAndPrivate);
+            return Err(CacheLayerConfigError::PublicAndPrivate);
         }
         if self.no_store {
             let conflicts = [
@@ -507,30 +554,42 @@ impl CacheLayerBuilder {
                 (self.proxy_revalidate, "proxy_revalidate"),
             ];
             if let Some((_, name)) = conflicts.into_iter().find(|(set, _)| *set) {
-                return Err(ConfigError::NoStoreWith(name));
+                return Err(CacheLayerConfigError::NoStoreWith(name));
             }
         }
         if self.stale_ttl.is_some() != self.stale.is_some() {
-            return Err(ConfigError::StaleIncomplete);
+            return Err(CacheLayerConfigError::StaleIncomplete);
         }
         if self.stale_ttl.is_some() && self.ttl.is_none() {
-            return Err(ConfigError::StaleWithoutTtl);
+            return Err(CacheLayerConfigError::StaleWithoutTtl);
         }
         if self.immutable && self.ttl.is_none() {
-            return Err(ConfigError::ImmutableWithoutTtl);
+            return Err(CacheLayerConfigError::ImmutableWithoutTtl);
         }
         if self.immutable && self.no_cache {
-            return Err(ConfigError::Contradiction("immutable", "no_cache"));
+            return Err(CacheLayerConfigError::Contradiction(
+                "immutable",
+                "no_cache",
+            ));
         }
         if self.no_cache && self.stale.is_some() {
-            return Err(ConfigError::Contradiction("no_cache", "stale_ttl"));
+            return Err(CacheLayerConfigError::Contradiction(
+                "no_cache",
+                "stale_ttl",
+            ));
         }
         if self.stale.is_some() {
             if self.must_revalidate {
-                return Err(ConfigError::Contradiction("must_revalidate", "stale_ttl"));
+                return Err(CacheLayerConfigError::Contradiction(
+                    "must_revalidate",
+                    "stale_ttl",
+                ));
             }
             if self.proxy_revalidate {
-                return Err(ConfigError::Contradiction("proxy_revalidate", "stale_ttl"));
+                return Err(CacheLayerConfigError::Contradiction(
+                    "proxy_revalidate",
+                    "stale_ttl",
+                ));
             }
         }
         if let Some(status) = self
@@ -538,13 +597,16 @@ impl CacheLayerBuilder {
             .iter()
             .find(|s| s.is_informational() || matches!(s.as_u16(), 206 | 304))
         {
-            return Err(ConfigError::UncacheableStatus(status.as_u16()));
+            return Err(CacheLayerConfigError::UncacheableStatus(status.as_u16()));
         }
         if self.private && self.s_maxage.is_some() {
-            return Err(ConfigError::Contradiction("private", "s_maxage"));
+            return Err(CacheLayerConfigError::Contradiction("private", "s_maxage"));
         }
         if self.private && self.proxy_revalidate {
-            return Err(ConfigError::Contradiction("private", "proxy_revalidate"));
+            return Err(CacheLayerConfigError::Contradiction(
+                "private",
+                "proxy_revalidate",
+            ));
         }
         for (value, name) in [
             (self.ttl, "ttl"),
@@ -552,23 +614,23 @@ impl CacheLayerBuilder {
             (self.stale_ttl, "stale_ttl"),
         ] {
             if value.is_some_and(|d| d.as_secs() == 0) {
-                return Err(ConfigError::ZeroLifetime(name));
+                return Err(CacheLayerConfigError::ZeroLifetime(name));
             }
         }
         if self.cacheable_statuses.is_empty() {
-            return Err(ConfigError::NoCacheableStatus);
+            return Err(CacheLayerConfigError::NoCacheableStatus);
         }
         if self.lock_ttl.is_some() && !self.coalesce {
-            return Err(ConfigError::Contradiction(
+            return Err(CacheLayerConfigError::Contradiction(
                 "cross_instance_lock",
                 "coalesce(false)",
             ));
         }
         if self.max_body_size == 0 {
-            return Err(ConfigError::ZeroBodyLimit);
+            return Err(CacheLayerConfigError::ZeroBodyLimit);
         }
         if self.max_refreshes > tokio::sync::Semaphore::MAX_PERMITS {
-            return Err(ConfigError::OutOfRange("max_refreshes_in_flight"));
+            return Err(CacheLayerConfigError::OutOfRange("max_refreshes_in_flight"));
         }
         Ok(())
     }
@@ -720,51 +782,92 @@ mod tests {
     }
 
     #[test]
+    fn cache_status_adds_to_the_defaults_and_cacheable_statuses_replaces_them() {
+        let b = CacheLayerBuilder::default;
+        let added = b()
+            .cache_status(StatusCode::NOT_FOUND)
+            .cache_status(StatusCode::GONE);
+        let mut expected = default_cacheable_statuses();
+        expected.extend([StatusCode::NOT_FOUND, StatusCode::GONE]);
+        assert_eq!(added.cacheable_statuses, expected);
+        assert!(added.validate().is_ok());
+
+        let replaced = b().cacheable_statuses([StatusCode::NOT_FOUND]);
+        assert_eq!(
+            replaced.cacheable_statuses,
+            HashSet::from([StatusCode::NOT_FOUND])
+        );
+        // Adding after replacing adds to the replacement.
+        let both = b()
+            .cacheable_statuses([StatusCode::OK])
+            .cache_status(StatusCode::NOT_FOUND);
+        assert_eq!(
+            both.cacheable_statuses,
+            HashSet::from([StatusCode::OK, StatusCode::NOT_FOUND])
+        );
+        assert_eq!(
+            b().cache_status(StatusCode::PARTIAL_CONTENT)
+                .validate()
+                .expect_err("206"),
+            CacheLayerConfigError::UncacheableStatus(206)
+        );
+    }
+
+    #[test]
     fn rejects_impossible_combinations() {
         let b = CacheLayerBuilder::default;
         let err = |b: CacheLayerBuilder| b.validate().expect_err("must be rejected");
-        assert_eq!(err(b().public().private()), ConfigError::PublicAndPrivate);
+        assert_eq!(
+            err(b().public().private()),
+            CacheLayerConfigError::PublicAndPrivate
+        );
         assert_eq!(
             err(b().no_store().ttl(secs(5))),
-            ConfigError::NoStoreWith("ttl")
+            CacheLayerConfigError::NoStoreWith("ttl")
         );
         assert_eq!(
             err(b().no_store().public()),
-            ConfigError::NoStoreWith("public")
+            CacheLayerConfigError::NoStoreWith("public")
         );
         assert_eq!(
             err(b().stale_ttl(secs(5)).stale(Stale::Revalidate)),
-            ConfigError::StaleWithoutTtl
+            CacheLayerConfigError::StaleWithoutTtl
         );
         assert_eq!(
             err(b().ttl(secs(5)).stale_ttl(secs(5))),
-            ConfigError::StaleIncomplete
+            CacheLayerConfigError::StaleIncomplete
         );
-        assert_eq!(err(b().immutable()), ConfigError::ImmutableWithoutTtl);
+        assert_eq!(
+            err(b().immutable()),
+            CacheLayerConfigError::ImmutableWithoutTtl
+        );
         assert_eq!(
             err(b().ttl(secs(5)).immutable().no_cache()),
-            ConfigError::Contradiction("immutable", "no_cache")
+            CacheLayerConfigError::Contradiction("immutable", "no_cache")
         );
         assert_eq!(
             err(b().private().s_maxage(secs(5))),
-            ConfigError::Contradiction("private", "s_maxage")
+            CacheLayerConfigError::Contradiction("private", "s_maxage")
         );
         assert_eq!(
             err(b().ttl(Duration::from_millis(500))),
-            ConfigError::ZeroLifetime("ttl")
+            CacheLayerConfigError::ZeroLifetime("ttl")
         );
         assert_eq!(
             err(b().cacheable_statuses([])),
-            ConfigError::NoCacheableStatus
+            CacheLayerConfigError::NoCacheableStatus
         );
-        assert_eq!(err(b().max_body_size(0)), ConfigError::ZeroBodyLimit);
+        assert_eq!(
+            err(b().max_body_size(0)),
+            CacheLayerConfigError::ZeroBodyLimit
+        );
         assert_eq!(
             err(b()
                 .ttl(secs(5))
                 .must_revalidate()
                 .stale_ttl(secs(5))
                 .stale(Stale::Error)),
-            ConfigError::Contradiction("must_revalidate", "stale_ttl")
+            CacheLayerConfigError::Contradiction("must_revalidate", "stale_ttl")
         );
         assert_eq!(
             err(b()
@@ -772,23 +875,23 @@ mod tests {
                 .proxy_revalidate()
                 .stale_ttl(secs(5))
                 .stale(Stale::Revalidate)),
-            ConfigError::Contradiction("proxy_revalidate", "stale_ttl")
+            CacheLayerConfigError::Contradiction("proxy_revalidate", "stale_ttl")
         );
         for code in [100u16, 206, 304] {
             let status = StatusCode::from_u16(code).expect("status");
             assert_eq!(
                 err(b().cacheable_statuses([StatusCode::OK, status])),
-                ConfigError::UncacheableStatus(code)
+                CacheLayerConfigError::UncacheableStatus(code)
             );
         }
         // Messages say what to change.
         assert!(
-            ConfigError::StaleWithoutTtl
+            CacheLayerConfigError::StaleWithoutTtl
                 .to_string()
                 .contains("add `.ttl(..)`")
         );
         assert!(
-            ConfigError::NoStoreWith("ttl")
+            CacheLayerConfigError::NoStoreWith("ttl")
                 .to_string()
                 .contains("remove `ttl`")
         );

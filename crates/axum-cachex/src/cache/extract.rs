@@ -2,9 +2,12 @@
 
 use std::{convert::Infallible, ops::Deref, sync::Arc};
 
-use axum::extract::{FromRequestParts, OptionalFromRequestParts};
+use axum::{
+    extract::{FromRequestParts, OptionalFromRequestParts},
+    response::{IntoResponse, Response},
+};
 use axum_cachex_core::{Backend, BackendError};
-use http::{Request, request::Parts};
+use http::{Request, StatusCode, request::Parts};
 
 use super::{
     KeyBuilder,
@@ -33,17 +36,34 @@ impl CacheHandle {
 /// Extracts the cache backend in a handler (the original's `CacheBackend`
 /// dependency), e.g. to invalidate entries after a write.
 ///
-/// Inside a route wrapped by a [`CacheLayer`](crate::CacheLayer) it is that
-/// layer's backend and key builder; elsewhere the backend of
-/// [`BackendProxy::global`] with the default key builder. It never rejects.
+/// Where the backend comes from, first match wins:
+///
+/// 1. inside a route wrapped by a [`CacheLayer`](crate::CacheLayer): that
+///    layer's backend and key builder;
+/// 2. a `CacheBackend` installed with
+///    `.layer(axum::Extension(CacheBackend::new(backend)))`, for routes
+///    that manage a cache without being cached themselves;
+/// 3. the process-wide [`BackendProxy::global`], **only** once it is in use
+///    (its backend was set with
+///    [`set_backend`](BackendProxy::set_backend), or a layer was built
+///    without a backend of its own and so uses it). This is the original's
+///    zero-configuration path: layers and the extractor share the global
+///    backend with no wiring.
+///
+/// Otherwise the handler is not called and the request is answered with
+/// [`MissingCacheBackend`] (500, with a message saying how to fix it),
+/// instead of silently handing out an unused in-memory store while the
+/// layers write elsewhere. `Option<CacheBackend>` is `None` there.
+///
 /// It dereferences to [`Backend`], so every backend operation is
 /// available; its own `delete`, `clear_path`, `clear_pattern`, `clear` and
 /// `invalidate` also keep misses already running in the process from
 /// storing what they read before the change (RFC 9111 §4.4):
 ///
 /// ```
-/// use axum::{Router, routing::post};
-/// use axum_cachex::CacheBackend;
+/// use std::time::Duration;
+/// use axum::{Router, routing::{get, post}};
+/// use axum_cachex::{CacheBackend, CacheLayer};
 ///
 /// async fn update_user(cache: CacheBackend) -> String {
 ///     // ... write the user, then drop every cached variant of /users:
@@ -51,7 +71,13 @@ impl CacheHandle {
 ///     format!("updated; {removed} cached responses removed")
 /// }
 ///
-/// let app: Router = Router::new().route("/users", post(update_user));
+/// let cache = CacheLayer::builder().ttl(Duration::from_secs(60)).build()?;
+/// // The write route goes under the same layer, so the extractor gets the
+/// // backend the cached route uses.
+/// let app: Router = Router::new()
+///     .route("/users", get(|| async { "[]" }).post(update_user))
+///     .layer(cache);
+/// # Ok::<(), axum_cachex::CacheLayerConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct CacheBackend {
@@ -67,6 +93,32 @@ impl std::fmt::Debug for CacheBackend {
 }
 
 impl CacheBackend {
+    /// An extractor value for `backend`, with the default key builder. Put
+    /// it in the request extensions with
+    /// `.layer(axum::Extension(CacheBackend::new(backend)))` so that
+    /// handlers outside any [`CacheLayer`](crate::CacheLayer) extract it.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use axum::{Extension, Router, routing::post};
+    /// use axum_cachex::{CacheBackend, backend::{Backend, MemoryBackend}};
+    ///
+    /// let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    /// let admin: Router = Router::new()
+    ///     .route("/purge", post(|cache: CacheBackend| async move {
+    ///         cache.clear().await.map(|n| n.to_string()).unwrap_or_default()
+    ///     }))
+    ///     .layer(Extension(CacheBackend::new(backend)));
+    /// ```
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Self {
+            handle: CacheHandle {
+                backend,
+                shared: None,
+            },
+        }
+    }
+
     /// The backend as a shareable trait object.
     pub fn backend(&self) -> Arc<dyn Backend> {
         Arc::clone(&self.handle.backend)
@@ -165,31 +217,54 @@ impl Deref for CacheBackend {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for CacheBackend {
-    type Rejection = Infallible;
+/// Rejection of the [`CacheBackend`] extractor outside a cache layer when no
+/// backend was installed for it and the global proxy is not in use. A
+/// server configuration error, answered with 500 and this message.
+#[derive(Debug, Clone, Copy, Default, thiserror::Error)]
+#[error(
+    "CacheBackend was extracted outside a CacheLayer and no backend is configured for it: \
+     put the route under the CacheLayer whose entries it manages (`.layer(cache_layer.clone())`), \
+     or install one with `.layer(axum::Extension(CacheBackend::new(backend)))`, \
+     or set the process-wide backend with `BackendProxy::global().set_backend(backend)`"
+)]
+#[non_exhaustive]
+pub struct MissingCacheBackend;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let handle = parts
-            .extensions
-            .get::<CacheHandle>()
-            .cloned()
-            .unwrap_or_else(|| CacheHandle {
-                backend: BackendProxy::global().backend(),
-                shared: None,
-            });
-        Ok(Self { handle })
+impl IntoResponse for MissingCacheBackend {
+    fn into_response(self) -> Response {
+        (StatusCode::INTERNAL_SERVER_ERROR, self.to_string()).into_response()
     }
 }
 
+fn find(parts: &Parts) -> Option<CacheBackend> {
+    if let Some(handle) = parts.extensions.get::<CacheHandle>() {
+        return Some(CacheBackend {
+            handle: handle.clone(),
+        });
+    }
+    if let Some(installed) = parts.extensions.get::<CacheBackend>() {
+        return Some(installed.clone());
+    }
+    let global = BackendProxy::global();
+    global.in_use().then(|| CacheBackend::new(global.backend()))
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for CacheBackend {
+    type Rejection = MissingCacheBackend;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        find(parts).ok_or(MissingCacheBackend)
+    }
+}
+
+/// `Option<CacheBackend>`: `None` where the extractor would reject.
 impl<S: Send + Sync> OptionalFromRequestParts<S> for CacheBackend {
     type Rejection = Infallible;
 
     async fn from_request_parts(
         parts: &mut Parts,
-        state: &S,
+        _state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
-        <Self as FromRequestParts<S>>::from_request_parts(parts, state)
-            .await
-            .map(Some)
+        Ok(find(parts))
     }
 }

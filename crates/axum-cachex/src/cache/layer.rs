@@ -7,7 +7,7 @@ use http::{HeaderValue, Request};
 use tower_layer::Layer;
 
 use super::{
-    config::{CacheLayerBuilder, ConfigError},
+    config::{CacheLayerBuilder, CacheLayerConfigError},
     service::CacheService,
     shared::Shared,
     stats::StatsSnapshot,
@@ -142,12 +142,19 @@ impl CacheLayerBuilder {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the options to change, e.g. `public` with
-    /// `private`, a stale window without a `ttl`, or `no_store` with a `ttl`.
-    pub fn build(self) -> Result<CacheLayer, ConfigError> {
+    /// A [`CacheLayerConfigError`] naming the options to change, e.g.
+    /// `public` with `private`, a stale window without a `ttl`, or
+    /// `no_store` with a `ttl`.
+    pub fn build(self) -> Result<CacheLayer, CacheLayerConfigError> {
         self.validate()?;
+        let registry = self.registry.clone();
+        if let super::config::BackendSource::Proxy(proxy) = &self.backend {
+            proxy.mark_in_use();
+        }
         let shared = Arc::new(Shared::new(self));
-        super::registry::register(&shared);
+        if let Some(registry) = registry {
+            registry.register_layer(&shared);
+        }
         Ok(CacheLayer { shared })
     }
 }

@@ -35,24 +35,23 @@ mod layer;
 mod lock;
 mod plan;
 pub(crate) mod purge;
-mod registry;
 mod response;
 mod service;
-mod shared;
+pub(crate) mod shared;
 mod stats;
 mod status;
 mod store;
 mod vary;
 
+pub use crate::registry::{LayerReport, Registry};
 pub use config::{
-    CacheLayerBuilder, ConfigError, DEFAULT_BACKEND_TIMEOUT, DEFAULT_COALESCE_TIMEOUT,
-    DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_REFRESHES, Freshness, Stale, UserPartition,
-    default_cacheable_statuses,
+    CacheLayerBuilder, CacheLayerConfigError, DEFAULT_BACKEND_TIMEOUT, DEFAULT_CACHEABLE_STATUSES,
+    DEFAULT_COALESCE_TIMEOUT, DEFAULT_MAX_BODY_SIZE, DEFAULT_MAX_REFRESHES, Freshness, Stale,
+    UserPartition, default_cacheable_statuses,
 };
 pub use credentials::{CredentialNames, Credentialed, ShareGuard};
-pub use extract::CacheBackend;
+pub use extract::{CacheBackend, MissingCacheBackend};
 pub use key::{DefaultKeyBuilder, KeyBuilder};
 pub use layer::CacheLayer;
-pub use registry::{LayerReport, layer_reports};
 pub use service::{CacheService, ResponseFuture};
 pub use stats::StatsSnapshot;

@@ -6,35 +6,17 @@ use std::{
 };
 
 use axum_cachex_core::BackendError;
-use serde::Serialize;
 
 use super::status::CacheStatus;
+pub(crate) use crate::counters::bump;
+use crate::counters::define_counters;
 
-macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// Live counters of one [`CacheLayer`](crate::CacheLayer) (atomics,
-        /// no lock).
-        #[derive(Debug, Default)]
-        pub(crate) struct CacheStats {
-            $(pub(crate) $name: AtomicU64,)*
-        }
-
-        /// A copy of a layer's counters at one moment.
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-        #[non_exhaustive]
-        pub struct StatsSnapshot {
-            $($(#[$doc])* pub $name: u64,)*
-        }
-
-        impl CacheStats {
-            pub(crate) fn snapshot(&self) -> StatsSnapshot {
-                StatsSnapshot { $($name: self.$name.load(Relaxed),)* }
-            }
-        }
-    };
-}
-
-counters! {
+define_counters! {
+    /// Live counters of one [`CacheLayer`](crate::CacheLayer) (atomics,
+    /// no lock).
+    live CacheStats;
+    /// A copy of a layer's counters at one moment.
+    snapshot StatsSnapshot;
     /// Requests answered from the store (200 or 304) without the handler.
     hits,
     /// Cacheable requests that ran the handler (no usable entry).
@@ -118,10 +100,6 @@ impl StatsSnapshot {
             self.hits as f64 / total as f64
         }
     }
-}
-
-pub(crate) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Relaxed);
 }
 
 /// Logs backend failures at most once per interval, with a count of the

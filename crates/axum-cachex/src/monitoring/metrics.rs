@@ -7,12 +7,12 @@ use axum_cachex_core::Backend;
 use prometheus_client::{
     encoding::prometheus_text,
     metrics::{counter::Counter, family::Family},
-    registry::Registry,
+    registry::Registry as PromRegistry,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::cache::{StatsSnapshot, layer_reports};
+use crate::{ManagerStats, Registry, StatsSnapshot};
 
 /// Counters read from [`StatsSnapshot`]s as a name → value map.
 ///
@@ -62,11 +62,12 @@ pub(crate) struct RouteStats {
     stats: Counters,
 }
 
-/// Every live layer accepted by `filter`, merged by route name (Prometheus
-/// allows one series per label set, so `/stats` merges the same way).
-pub(crate) fn route_stats(filter: &dyn Fn(&str) -> bool) -> Vec<RouteStats> {
+/// Every live layer of `registry` accepted by `filter`, merged by route
+/// name (Prometheus allows one series per label set, so `/stats` merges the
+/// same way).
+pub(crate) fn route_stats(registry: &Registry, filter: &dyn Fn(&str) -> bool) -> Vec<RouteStats> {
     let mut routes: BTreeMap<String, RouteStats> = BTreeMap::new();
-    for report in layer_reports() {
+    for report in registry.layer_reports() {
         if !filter(&report.route) {
             continue;
         }
@@ -131,10 +132,14 @@ pub(crate) struct StatsBody {
     total: Counters,
     routes: Vec<RouteStats>,
     /// Counters of the session, OAuth state and application cache managers.
-    managers: crate::ManagerStats,
+    managers: ManagerStats,
 }
 
-pub(crate) fn stats_body(backend: &dyn Backend, routes: Vec<RouteStats>) -> StatsBody {
+pub(crate) fn stats_body(
+    backend: &dyn Backend,
+    routes: Vec<RouteStats>,
+    managers: ManagerStats,
+) -> StatsBody {
     let total = totals(&routes);
     StatsBody {
         backend: backend.name(),
@@ -142,7 +147,7 @@ pub(crate) fn stats_body(backend: &dyn Backend, routes: Vec<RouteStats>) -> Stat
         hit_ratio: hit_ratio(&total),
         total,
         routes,
-        managers: crate::manager_stats(),
+        managers,
     }
 }
 
@@ -183,9 +188,10 @@ type Labels = Vec<(String, String)>;
 /// when the backend counts evictions.
 pub(crate) fn prometheus_text(
     routes: &[RouteStats],
+    managers: ManagerStats,
     backend: &dyn Backend,
 ) -> Result<String, std::fmt::Error> {
-    let mut registry = Registry::with_prefix(NAMESPACE);
+    let mut registry = PromRegistry::with_prefix(NAMESPACE);
     // Every counter name any route reports, plus the layer's own list so
     // that families exist (with no series) before the first layer does.
     let mut names: Vec<String> = counters_of(&StatsSnapshot::default()).into_keys().collect();
@@ -236,11 +242,11 @@ pub(crate) fn prometheus_text(
     }
     // The managers' counters: one family, labelled by manager and event
     // (`sessions_created` → manager="sessions", event="created").
-    let managers: Family<Labels, Counter> = Family::default();
-    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(crate::manager_stats()) {
+    let manager_events: Family<Labels, Counter> = Family::default();
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(managers) {
         for (name, value) in fields {
             let (manager, event) = split_manager_counter(&name);
-            managers
+            manager_events
                 .get_or_create(&vec![
                     ("manager".to_owned(), manager.to_owned()),
                     ("event".to_owned(), event.to_owned()),
@@ -251,7 +257,7 @@ pub(crate) fn prometheus_text(
     registry.register(
         "manager_events",
         "Events of the session, OAuth state and application cache managers",
-        managers,
+        manager_events,
     );
     let mut text = String::new();
     prometheus_text::encode(&mut text, &registry)?;

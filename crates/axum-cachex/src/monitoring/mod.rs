@@ -15,17 +15,30 @@
 //! ```
 //! use std::time::Duration;
 //! use axum::{Router, routing::get};
-//! use axum_cachex::{CacheLayer, monitoring::{self, Guard}};
+//! use axum_cachex::{CacheLayer, Registry, monitoring::{Guard, Monitoring}};
 //!
-//! let cache = CacheLayer::builder().ttl(Duration::from_secs(60)).build()?;
+//! // What this app's monitoring reports: the layers given this registry.
+//! let registry = Registry::new();
+//! let cache = CacheLayer::builder()
+//!     .ttl(Duration::from_secs(60))
+//!     .registry(&registry)
+//!     .build()?;
 //! let app: Router = Router::new().route("/products", get(|| async { "[]" }).layer(cache));
 //!
 //! // The token comes from your secret store, never from source code.
 //! let token = std::env::var("CACHEX_MONITORING_TOKEN")
 //!     .unwrap_or_else(|_| "dev-only-token-change-me-0123456789".to_owned());
-//! let app = monitoring::add_routes(app, "/_cache", Guard::bearer(token));
-//! # Ok::<(), axum_cachex::ConfigError>(())
+//! let app = Monitoring::new(Guard::bearer(token))
+//!     .registry(&registry)
+//!     .add_to(app, "/_cache");
+//! # Ok::<(), axum_cachex::CacheLayerConfigError>(())
 //! ```
+//!
+//! The listings read the backend ([`BackendProxy::global`]'s unless given
+//! [`Monitoring::backend`]); the counters come from the [`Registry`] given
+//! with [`Monitoring::registry`]. Nothing is process-wide: without a
+//! registry the routes report no counters, and two apps (or two tests) in
+//! one process, each with its own registry, do not see each other's.
 //!
 //! # Exposing it safely
 //!
@@ -105,8 +118,9 @@
 //! # Metrics
 //!
 //! `/stats` and `/metrics` report the counters of every live
-//! [`CacheLayer`](crate::CacheLayer) in the process (see
-//! [`layer_reports`](crate::cache::layer_reports)), summed per layer name,
+//! [`CacheLayer`](crate::CacheLayer) of the registry (see
+//! [`Registry::layer_reports`]), summed per layer name, the managers'
+//! counters ([`Registry::manager_stats`]),
 //! plus the evictions of the backend when it counts them (the memory
 //! backend does). Prometheus names: `axum_cachex_<counter>_total{route}`
 //! (`hits`, `misses`, `stores`, `not_modified`, `stale_served`,
@@ -126,7 +140,7 @@ use axum::{
 };
 use axum_cachex_core::Backend;
 
-use crate::{BackendProxy, Clock};
+use crate::{BackendProxy, Clock, Registry};
 
 mod guard;
 mod listing;
@@ -171,6 +185,7 @@ pub struct Monitoring {
     max_limit: usize,
     backend_timeout: Duration,
     layer_filter: routes::LayerFilter,
+    registry: Registry,
 }
 
 impl std::fmt::Debug for Monitoring {
@@ -180,13 +195,15 @@ impl std::fmt::Debug for Monitoring {
             .field("default_limit", &self.default_limit)
             .field("max_limit", &self.max_limit)
             .field("backend_timeout", &self.backend_timeout)
+            .field("registry", &self.registry)
             .finish_non_exhaustive()
     }
 }
 
 impl Monitoring {
     /// Routes guarded by `guard`, inspecting [`BackendProxy::global`]'s
-    /// backend (looked up per request), reporting every cache layer.
+    /// backend (looked up per request) and reporting the counters of no
+    /// layer or manager until given a [`registry`](Self::registry).
     pub fn new(guard: Guard) -> Self {
         Self {
             guard,
@@ -196,7 +213,18 @@ impl Monitoring {
             max_limit: DEFAULT_MAX_LIMIT,
             backend_timeout: DEFAULT_BACKEND_TIMEOUT,
             layer_filter: Arc::new(|_| true),
+            registry: Registry::new(),
         }
+    }
+
+    /// Reports the counters of the layers and managers registered with
+    /// `registry` (see [`Registry`]), and only those: two applications in
+    /// one process, each with its own registry, never see each other's
+    /// counters. Default: an empty registry (no counters; the listings of
+    /// stored entries work without one).
+    pub fn registry(mut self, registry: &Registry) -> Self {
+        self.registry = registry.clone();
+        self
     }
 
     /// Inspects this backend (give it the one your layers use). Default:
@@ -241,10 +269,10 @@ impl Monitoring {
         self
     }
 
-    /// Reports only the cache layers whose name (see
+    /// Reports only the cache layers of the [`registry`](Self::registry)
+    /// whose name (see
     /// [`CacheLayerBuilder::name`](crate::CacheLayerBuilder::name)) passes
-    /// `filter`, e.g. one application's layers in a process that hosts
-    /// several. Default: every layer.
+    /// `filter`. Default: every registered layer.
     pub fn layer_filter(mut self, filter: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
         self.layer_filter = Arc::new(filter);
         self
@@ -273,6 +301,7 @@ impl Monitoring {
             max_limit,
             backend_timeout: self.backend_timeout,
             layer_filter: self.layer_filter,
+            registry: self.registry,
         });
         let (hits, records, stats, prom, clear) = (
             Arc::clone(&inner),
@@ -327,7 +356,10 @@ impl Monitoring {
 
 /// Adds the monitoring routes under `prefix` to `router`, guarded by
 /// `guard`, inspecting [`BackendProxy::global`]'s backend. The port of the
-/// original's `add_routes(app, prefix)`, with the guard made mandatory.
+/// original's `add_routes(app, prefix)`, with the guard made mandatory: the
+/// listings of stored entries, as in the original. It reports no counters
+/// (there is no process-wide registry); use
+/// `Monitoring::new(guard).registry(&registry)` for those.
 ///
 /// See the [module documentation](self) for the routes and how to expose
 /// them safely; use [`Monitoring`] for the other options.

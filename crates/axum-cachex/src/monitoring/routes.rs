@@ -17,7 +17,7 @@ use super::{
     listing::{self, Loaded, Page},
     metrics,
 };
-use crate::{BackendProxy, Clock};
+use crate::{BackendProxy, Clock, Registry};
 
 /// Where the routes find the backend to inspect.
 #[derive(Clone)]
@@ -50,6 +50,7 @@ pub(crate) struct Inner {
     pub(crate) max_limit: usize,
     pub(crate) backend_timeout: Duration,
     pub(crate) layer_filter: LayerFilter,
+    pub(crate) registry: Registry,
 }
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -207,7 +208,11 @@ async fn listing_request(inner: &Inner, request: Request) -> Result<(Loaded, Pag
 }
 
 fn counters(inner: &Inner) -> serde_json::Map<String, serde_json::Value> {
-    metrics::totals_json(&metrics::route_stats(inner.layer_filter.as_ref()))
+    metrics::totals_json(&route_stats(inner))
+}
+
+fn route_stats(inner: &Inner) -> Vec<metrics::RouteStats> {
+    metrics::route_stats(&inner.registry, inner.layer_filter.as_ref())
 }
 
 /// `GET {prefix}/cached-hits`.
@@ -239,10 +244,10 @@ pub(crate) async fn stats(inner: Arc<Inner>, request: Request) -> Response {
         return failure.into_response();
     }
     let backend = inner.source.resolve();
-    let routes = metrics::route_stats(inner.layer_filter.as_ref());
+    let routes = route_stats(&inner);
     json(
         StatusCode::OK,
-        &metrics::stats_body(backend.as_ref(), routes),
+        &metrics::stats_body(backend.as_ref(), routes, inner.registry.manager_stats()),
     )
 }
 
@@ -253,8 +258,8 @@ pub(crate) async fn prometheus(inner: Arc<Inner>, request: Request) -> Response 
         return failure.into_response();
     }
     let backend = inner.source.resolve();
-    let routes = metrics::route_stats(inner.layer_filter.as_ref());
-    match metrics::prometheus_text(&routes, backend.as_ref()) {
+    let routes = route_stats(&inner);
+    match metrics::prometheus_text(&routes, inner.registry.manager_stats(), backend.as_ref()) {
         Ok(text) => {
             let mut response = Response::new(Body::from(text));
             let headers = response.headers_mut();

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tracing::{debug, warn};
 
-use crate::Clock;
+use crate::{Clock, Registry, manager_stats::ManagerCounting};
 
 use super::{
     SecurityError, Session, SessionConfig, SessionError, SessionStatus, SessionUser, TokenFormat,
@@ -103,6 +103,7 @@ struct Inner {
     tokens: Tokens,
     clock: Clock,
     deferred: DeferredRefreshes,
+    counting: ManagerCounting,
 }
 
 impl fmt::Debug for SessionManager {
@@ -117,10 +118,15 @@ impl fmt::Debug for SessionManager {
 impl SessionManager {
     /// A manager storing sessions in `backend`.
     pub fn new(backend: Arc<dyn Backend>, config: SessionConfig) -> Self {
-        Self::with_parts(backend, config, Clock::system())
+        Self::with_parts(backend, config, Clock::system(), ManagerCounting::default())
     }
 
-    fn with_parts(backend: Arc<dyn Backend>, config: SessionConfig, clock: Clock) -> Self {
+    fn with_parts(
+        backend: Arc<dyn Backend>,
+        config: SessionConfig,
+        clock: Clock,
+        counting: ManagerCounting,
+    ) -> Self {
         let tokens = Tokens::new(&config);
         Self {
             inner: Arc::new(Inner {
@@ -129,8 +135,22 @@ impl SessionManager {
                 tokens,
                 clock,
                 deferred: DeferredRefreshes::default(),
+                counting,
             }),
         }
+    }
+
+    /// The same manager counting what it does (sessions created, loaded,
+    /// rejected, renewed, deleted) in `registry`, for the monitoring routes
+    /// watching it. Default: not counted.
+    #[must_use]
+    pub fn with_registry(self, registry: &Registry) -> Self {
+        Self::with_parts(
+            Arc::clone(&self.inner.backend),
+            self.inner.config.clone(),
+            self.inner.clock.clone(),
+            registry.manager_counting(),
+        )
     }
 
     /// The same manager reading time from `clock`; tests pass a
@@ -142,6 +162,7 @@ impl SessionManager {
             Arc::clone(&self.inner.backend),
             self.inner.config.clone(),
             clock,
+            self.inner.counting.clone(),
         )
     }
 
@@ -383,8 +404,7 @@ impl SessionManager {
         self.insert_new(&mut s, now).await?;
         let token = self.issue_token(&s)?;
         debug!(session = %log_id(s.id()), user = s.is_authenticated(), "session created");
-        let stats = crate::manager_stats::counters();
-        crate::manager_stats::add(&stats.sessions_created, 1);
+        self.inner.counting.bump(|c| &c.sessions_created);
         Ok((s, token))
     }
 
@@ -468,11 +488,10 @@ impl SessionManager {
         user_agent: Option<&str>,
     ) -> Result<LoadedSession, SessionError> {
         let result = self.load_checked(token, ip, user_agent).await;
-        let stats = crate::manager_stats::counters();
         match &result {
-            Ok(_) => crate::manager_stats::add(&stats.sessions_loaded, 1),
+            Ok(_) => self.inner.counting.bump(|c| &c.sessions_loaded),
             Err(e) if e.is_client_error() => {
-                crate::manager_stats::add(&stats.sessions_rejected, 1);
+                self.inner.counting.bump(|c| &c.sessions_rejected);
             }
             Err(_) => {}
         }
@@ -532,7 +551,7 @@ impl SessionManager {
                 return Err(SessionError::NotFound);
             }
             debug!(session = %log_id(&id), "session renewed");
-            crate::manager_stats::add(&crate::manager_stats::counters().sessions_renewed, 1);
+            self.inner.counting.bump(|c| &c.sessions_renewed);
             if let Some(uh) = s.indexed_user.clone() {
                 // Never waits for the index lock: see `index::refresh`.
                 let hash = self.keys().session_hash(s.id());
@@ -707,7 +726,7 @@ impl SessionManager {
         let existed = self.inner.backend.delete(&self.key(session_id)).await?;
         debug!(session = %log_id(session_id), existed, "session deleted");
         if existed {
-            crate::manager_stats::add(&crate::manager_stats::counters().sessions_deleted, 1);
+            self.inner.counting.bump(|c| &c.sessions_deleted);
         }
         Ok(existed)
     }
@@ -751,7 +770,7 @@ impl SessionManager {
         let uh = self.keys().user_hash(user_id);
         let n = self.index_drain(&uh).await?;
         debug!(user = %token::short(&uh), deleted = n, "user sessions deleted");
-        crate::manager_stats::add(&crate::manager_stats::counters().sessions_deleted, n);
+        self.inner.counting.add(|c| &c.sessions_deleted, n);
         Ok(n)
     }
 

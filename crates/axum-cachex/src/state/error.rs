@@ -110,3 +110,24 @@ impl From<BackendError> for StateError {
         Self::Backend { source }
     }
 }
+
+/// Why [`StateManagerBuilder::build`](super::StateManagerBuilder::build)
+/// refused a configuration, with what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateManagerConfigError {
+    /// `default_ttl` is zero: every state would be born expired.
+    #[error("`default_ttl` must be greater than zero: every state would be born expired")]
+    ZeroTtl,
+    /// `default_ttl` is so large that expiry times overflow.
+    #[error(
+        "`default_ttl` of {0:?} is too large: the expiry time overflows; use a lifetime of minutes"
+    )]
+    TtlOutOfRange(Duration),
+    /// `key_prefix` is empty.
+    #[error(
+        "`key_prefix` must not be empty: without one, a client-supplied state names any key of \
+         the backend's namespace; keep the default `oauth_state:` or choose another prefix"
+    )]
+    EmptyKeyPrefix,
+}

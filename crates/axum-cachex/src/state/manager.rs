@@ -6,9 +6,9 @@ use axum_cachex_core::Backend;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::{InvalidStateReason, StateData, StateError};
-use crate::Clock;
+use super::{InvalidStateReason, StateData, StateError, StateManagerConfigError};
 use crate::random::{constant_time_eq, url_token};
+use crate::{Clock, Registry, manager_stats::ManagerCounting};
 
 /// Default key prefix of state records: `oauth_state:`.
 pub const DEFAULT_STATE_PREFIX: &str = "oauth_state:";
@@ -39,6 +39,7 @@ pub struct StateManager {
     key_prefix: Arc<str>,
     default_ttl: Duration,
     clock: Clock,
+    counting: ManagerCounting,
 }
 
 impl std::fmt::Debug for StateManager {
@@ -53,6 +54,23 @@ impl std::fmt::Debug for StateManager {
 }
 
 /// Builder of a [`StateManager`]; start with [`StateManager::builder`].
+///
+/// ```
+/// use std::{sync::Arc, time::Duration};
+/// use axum_cachex::{Registry, backend::MemoryBackend, state::{StateManager, StateManagerConfigError}};
+///
+/// let registry = Registry::new();
+/// let states = StateManager::builder(Arc::new(MemoryBackend::new()))
+///     .default_ttl(Duration::from_secs(300))
+///     .registry(&registry)
+///     .build()?;
+/// # drop(states);
+/// let refused = StateManager::builder(Arc::new(MemoryBackend::new()))
+///     .default_ttl(Duration::ZERO)
+///     .build();
+/// assert_eq!(refused.err(), Some(StateManagerConfigError::ZeroTtl));
+/// # Ok::<(), StateManagerConfigError>(())
+/// ```
 #[derive(Debug)]
 #[must_use]
 pub struct StateManagerBuilder {
@@ -60,6 +78,7 @@ pub struct StateManagerBuilder {
     key_prefix: String,
     default_ttl: Duration,
     clock: Clock,
+    registry: Option<Registry>,
 }
 
 impl StateManagerBuilder {
@@ -87,30 +106,56 @@ impl StateManagerBuilder {
         self
     }
 
-    /// Builds the manager.
+    /// Counts what the manager does (states created, consumed, rejected)
+    /// in `registry`, for the monitoring routes watching it. Default: not
+    /// counted.
+    pub fn registry(mut self, registry: &Registry) -> Self {
+        self.registry = Some(registry.clone());
+        self
+    }
+
+    /// Checks the configuration and builds the manager.
     ///
-    /// # Panics
+    /// # Errors
     ///
-    /// When the default TTL is zero: every state would be born expired.
-    pub fn build(self) -> StateManager {
-        assert!(
-            !self.default_ttl.is_zero(),
-            "StateManager: default_ttl must be greater than zero"
-        );
-        StateManager {
+    /// A [`StateManagerConfigError`] saying what to change: a zero or
+    /// overflowing `default_ttl`, or an empty `key_prefix`.
+    pub fn build(self) -> Result<StateManager, StateManagerConfigError> {
+        if self.default_ttl.is_zero() {
+            return Err(StateManagerConfigError::ZeroTtl);
+        }
+        if self.clock.now().checked_add(self.default_ttl).is_none() {
+            return Err(StateManagerConfigError::TtlOutOfRange(self.default_ttl));
+        }
+        if self.key_prefix.is_empty() {
+            return Err(StateManagerConfigError::EmptyKeyPrefix);
+        }
+        Ok(StateManager {
             backend: self.backend,
             key_prefix: self.key_prefix.into(),
             default_ttl: self.default_ttl,
             clock: self.clock,
-        }
+            counting: self
+                .registry
+                .as_ref()
+                .map(Registry::manager_counting)
+                .unwrap_or_default(),
+        })
     }
 }
 
 impl StateManager {
     /// A manager with the default prefix (`oauth_state:`), lifetime (600 s)
-    /// and clock.
+    /// and clock, counting nowhere. Infallible: the defaults are valid; use
+    /// [`builder`](Self::builder) for anything else.
     pub fn new(backend: Arc<dyn Backend>) -> Self {
-        Self::builder(backend).build()
+        Self {
+            backend,
+            key_prefix: DEFAULT_STATE_PREFIX.into(),
+            default_ttl: DEFAULT_STATE_TTL,
+            clock: Clock::system(),
+            counting: ManagerCounting::default(),
+        }
     }
 
     /// Starts configuring a manager over `backend`.
@@ -120,6 +165,7 @@ impl StateManager {
             key_prefix: DEFAULT_STATE_PREFIX.to_owned(),
             default_ttl: DEFAULT_STATE_TTL,
             clock: Clock::system(),
+            registry: None,
         }
     }
 
@@ -154,7 +200,7 @@ impl StateManager {
         ttl: Option<Duration>,
         metadata: Option<Value>,
     ) -> Result<String, StateError> {
-        counted_create(self.create(ttl, metadata, None).await)
+        self.counted_create(self.create(ttl, metadata, None).await)
     }
 
     /// Like [`create_state`](Self::create_state), and binds the state to a
@@ -175,7 +221,7 @@ impl StateManager {
         ttl: Option<Duration>,
         metadata: Option<Value>,
     ) -> Result<String, StateError> {
-        counted_create(self.create(ttl, metadata, Some(binding)).await)
+        self.counted_create(self.create(ttl, metadata, Some(binding)).await)
     }
 
     /// Consumes an unbound state: returns its data and removes it, atomically
@@ -191,7 +237,7 @@ impl StateManager {
     /// [`StateError::Expired`], [`StateError::Corrupt`],
     /// [`StateError::Backend`].
     pub async fn consume_state(&self, state: &str) -> Result<StateData, StateError> {
-        counted_consume(self.consume(state, None).await)
+        self.counted_consume(self.consume(state, None).await)
     }
 
     /// Consumes a state created by
@@ -210,7 +256,7 @@ impl StateManager {
         state: &str,
         binding: &str,
     ) -> Result<StateData, StateError> {
-        counted_consume(self.consume(state, Some(binding)).await)
+        self.counted_consume(self.consume(state, Some(binding)).await)
     }
 
     /// Whether [`consume_state`](Self::consume_state) would accept the state
@@ -388,20 +434,23 @@ fn check_binding(data: &StateData, binding: Option<&str>) -> Result<(), StateErr
     }
 }
 
-fn counted_create(result: Result<String, StateError>) -> Result<String, StateError> {
-    if result.is_ok() {
-        let stats = crate::manager_stats::counters();
-        crate::manager_stats::add(&stats.states_created, 1);
+impl StateManager {
+    fn counted_create(&self, result: Result<String, StateError>) -> Result<String, StateError> {
+        if result.is_ok() {
+            self.counting.bump(|c| &c.states_created);
+        }
+        result
     }
-    result
-}
 
-fn counted_consume(result: Result<StateData, StateError>) -> Result<StateData, StateError> {
-    let stats = crate::manager_stats::counters();
-    match &result {
-        Ok(_) => crate::manager_stats::add(&stats.states_consumed, 1),
-        Err(e) if e.is_rejection() => crate::manager_stats::add(&stats.states_rejected, 1),
-        Err(_) => {}
+    fn counted_consume(
+        &self,
+        result: Result<StateData, StateError>,
+    ) -> Result<StateData, StateError> {
+        match &result {
+            Ok(_) => self.counting.bump(|c| &c.states_consumed),
+            Err(e) if e.is_rejection() => self.counting.bump(|c| &c.states_rejected),
+            Err(_) => {}
+        }
+        result
     }
-    result
 }

@@ -93,7 +93,7 @@ mod extract;
 mod manager;
 
 pub use data::StateData;
-pub use error::{InvalidStateReason, StateError};
+pub use error::{InvalidStateReason, StateError, StateManagerConfigError};
 pub use extract::MissingStateManager;
 pub use manager::{
     DEFAULT_STATE_PREFIX, DEFAULT_STATE_TTL, STATE_BYTES, StateManager, StateManagerBuilder,

@@ -273,7 +273,10 @@ pub async fn concurrent_consume_has_one_winner(backend: Arc<dyn Backend>) {
 
 pub async fn expired_state_is_rejected_by_the_clock(backend: Arc<dyn Backend>) {
     let clock = ManualClock::new();
-    let states = StateManager::builder(backend).clock(clock.clock()).build();
+    let states = StateManager::builder(backend)
+        .clock(clock.clock())
+        .build()
+        .expect("valid");
     let state = states
         .create_state(Some(Duration::from_secs(60)), Some(json!(1)))
         .await
@@ -518,7 +521,8 @@ pub async fn invalid_ttls_are_refused(backend: Arc<dyn Backend>) {
 pub async fn state_prefix_is_configurable(backend: Arc<dyn Backend>) {
     let states = StateManager::builder(Arc::clone(&backend))
         .key_prefix("login_state:")
-        .build();
+        .build()
+        .expect("valid");
     let state = states.create_state(None, None).await.expect("create");
     assert!(
         backend
@@ -621,7 +625,8 @@ pub async fn cache_type_mismatch_is_a_miss(backend: Arc<dyn Backend>) {
 pub async fn cache_ttls_expire(backend: Arc<dyn Backend>) {
     let cache = CacheManager::builder(Arc::clone(&backend))
         .default_ttl(Duration::from_secs(1))
-        .build();
+        .build()
+        .expect("valid");
     cache.set("default", &1u8, None).await.expect("set");
     cache
         .set("explicit", &2u8, Some(Duration::from_secs(1)))
@@ -664,7 +669,8 @@ pub async fn cache_clear_pattern_counts(backend: Arc<dyn Backend>) {
         .expect("set");
     let other = CacheManager::builder(Arc::clone(&backend))
         .key_prefix("other:")
-        .build();
+        .build()
+        .expect("valid");
     other.set("user:1", &1, None).await.expect("set");
 
     if backend.listing().is_none() {
@@ -844,6 +850,7 @@ fn locked(backend: &Arc<dyn Backend>) -> CacheManager {
                 .poll_interval(Duration::from_millis(10)),
         )
         .build()
+        .expect("valid")
 }
 
 pub async fn distributed_lock_runs_the_factory_once_across_instances(backend: Arc<dyn Backend>) {
