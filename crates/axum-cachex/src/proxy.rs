@@ -31,8 +31,9 @@ use crate::backend::MemoryBackend;
 /// use axum_cachex::{BackendProxy, backend::MemoryBackend};
 ///
 /// let proxy = BackendProxy::global();
-/// proxy.set_backend(Arc::new(MemoryBackend::builder().max_capacity(1 << 20).build()));
+/// proxy.set_backend(Arc::new(MemoryBackend::builder().max_capacity(1 << 20).build()?));
 /// assert_eq!(proxy.backend().name(), "memory");
+/// # Ok::<(), axum_cachex::backend::MemoryBackendConfigError>(())
 /// ```
 ///
 /// [`set_backend`]: BackendProxy::set_backend

@@ -18,7 +18,10 @@ conformance_suite!(memory);
 #[tokio::test]
 async fn passes_the_published_conformance_suite() {
     let manual = ManualClock::new();
-    let backend = MemoryBackend::builder().clock(manual.clock()).build();
+    let backend = MemoryBackend::builder()
+        .clock(manual.clock())
+        .build()
+        .expect("valid");
     let report = common::conformance::run(&backend, move |d| {
         manual.advance(d);
         std::future::ready(())
@@ -31,7 +34,10 @@ async fn passes_the_published_conformance_suite() {
 #[tokio::test]
 async fn a_namespace_passes_the_suite_beside_a_sibling() {
     let manual = ManualClock::new();
-    let root = MemoryBackend::builder().clock(manual.clock()).build();
+    let root = MemoryBackend::builder()
+        .clock(manual.clock())
+        .build()
+        .expect("valid");
     let sibling = root.namespace("other:");
     for key in ["conf/k1", "http:GET|||conf.test|||/users|||", "conf/list/a"] {
         sibling
@@ -53,7 +59,10 @@ async fn a_namespace_passes_the_suite_beside_a_sibling() {
 
 #[tokio::test]
 async fn namespaces_share_the_bound_and_clear_apart() {
-    let root = MemoryBackend::builder().max_capacity(1024 * 1024).build();
+    let root = MemoryBackend::builder()
+        .max_capacity(1024 * 1024)
+        .build()
+        .expect("valid");
     let http = root.namespace("http:");
     let sessions = root.namespace("session:");
     http.set("GET|||h|||/a|||", Bytes::from_static(b"page"), None)
@@ -83,7 +92,10 @@ async fn namespaces_share_the_bound_and_clear_apart() {
 #[tokio::test]
 async fn values_expire_by_the_injected_clock() {
     let manual = ManualClock::new();
-    let be = MemoryBackend::builder().clock(manual.clock()).build();
+    let be = MemoryBackend::builder()
+        .clock(manual.clock())
+        .build()
+        .expect("valid");
     be.set("k", Bytes::from_static(b"v"), Some(Duration::from_secs(60)))
         .await
         .expect("set");
@@ -106,7 +118,10 @@ async fn values_expire_by_the_injected_clock() {
 
 #[tokio::test]
 async fn stays_within_its_byte_bound_and_admits_new_keys_when_full() {
-    let be = MemoryBackend::builder().max_capacity(256 * 1024).build();
+    let be = MemoryBackend::builder()
+        .max_capacity(256 * 1024)
+        .build()
+        .expect("valid");
     // Fill far past the bound, reading the early keys often so that a
     // frequency-based admission policy would favour them.
     for i in 0..400 {

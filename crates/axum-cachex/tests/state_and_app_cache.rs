@@ -209,9 +209,13 @@ async fn cache_backend_outside_a_layer_is_rejected_with_how_to_fix_it() {
 
     // Under a layer with a backend of its own: that backend.
     let own: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-    own.set("http:GET|||h|||/x|||", bytes::Bytes::from_static(b"v"), None)
-        .await
-        .expect("set");
+    own.set(
+        "http:GET|||h|||/x|||",
+        bytes::Bytes::from_static(b"v"),
+        None,
+    )
+    .await
+    .expect("set");
     let cache = CacheLayer::builder()
         .ttl(Duration::from_secs(60))
         .backend(Arc::clone(&own))

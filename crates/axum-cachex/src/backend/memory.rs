@@ -86,10 +86,11 @@ impl Expiry<String, Stored> for PerEntryTtl {
 /// ```
 /// use axum_cachex::backend::MemoryBackend;
 ///
-/// let root = MemoryBackend::builder().max_capacity(16 * 1024 * 1024).build();
-/// let responses = root.namespace("http:");
-/// let sessions = root.namespace("session:");
+/// let root = MemoryBackend::builder().max_capacity(16 * 1024 * 1024).build()?;
+/// let responses = root.namespace("responses:");
+/// let sessions = root.namespace("sessions:");
 /// # let _ = (responses, sessions);
+/// # Ok::<(), axum_cachex::backend::MemoryBackendConfigError>(())
 /// ```
 #[derive(Clone)]
 pub struct MemoryBackend {
@@ -114,6 +115,15 @@ impl Default for MemoryBackend {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Why a [`MemoryBackendBuilder`] cannot make a backend.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MemoryBackendConfigError {
+    /// `max_capacity(0)`: the backend could store nothing.
+    #[error("the memory backend's max_capacity must be greater than zero")]
+    ZeroCapacity,
 }
 
 /// Builder of a [`MemoryBackend`].
@@ -149,8 +159,8 @@ impl MemoryBackendBuilder {
         self
     }
 
-    /// Builds the backend.
-    pub fn build(self) -> MemoryBackend {
+    /// Builds a backend from settings already checked.
+    fn build_valid(self) -> MemoryBackend {
         let evictions = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&evictions);
         let cache = Cache::builder()
@@ -173,12 +183,25 @@ impl MemoryBackendBuilder {
             clock: self.clock,
         }
     }
+
+    /// Builds the backend.
+    ///
+    /// # Errors
+    ///
+    /// [`MemoryBackendConfigError::ZeroCapacity`] for a bound of 0 bytes,
+    /// which would store nothing.
+    pub fn build(self) -> Result<MemoryBackend, MemoryBackendConfigError> {
+        if self.max_capacity == 0 {
+            return Err(MemoryBackendConfigError::ZeroCapacity);
+        }
+        Ok(self.build_valid())
+    }
 }
 
 impl MemoryBackend {
     /// A backend with the default bound (64 MiB).
     pub fn new() -> Self {
-        Self::builder().build()
+        Self::builder().build_valid()
     }
 
     /// Starts configuring a backend.

@@ -21,6 +21,8 @@ pub use axum_cachex_core::{
 };
 #[cfg(feature = "memcached")]
 pub use memcached::*;
-pub use memory::{DEFAULT_MAX_CAPACITY, MemoryBackend, MemoryBackendBuilder};
+pub use memory::{
+    DEFAULT_MAX_CAPACITY, MemoryBackend, MemoryBackendBuilder, MemoryBackendConfigError,
+};
 #[cfg(feature = "redis")]
 pub use redis::*;

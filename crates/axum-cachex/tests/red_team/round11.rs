@@ -376,7 +376,10 @@ async fn r11_suite_accepts_a_set_if_equals_that_ignores_ttl() {
 #[tokio::test]
 async fn r11_memory_backend_expires_by_wall_clock_despite_manual_clock() {
     let clock = ManualClock::new();
-    let backend = MemoryBackend::builder().clock(clock.clock()).build();
+    let backend = MemoryBackend::builder()
+        .clock(clock.clock())
+        .build()
+        .expect("valid");
     backend
         .set(
             "k",
