@@ -14,6 +14,7 @@ mod support;
 mod round1;
 mod round10;
 mod round11;
+mod round12;
 mod round2;
 mod round3;
 #[cfg(all(feature = "redis", feature = "memcached"))]
