@@ -101,7 +101,9 @@ pub struct StoredValue {
 ///
 /// Keys passed in are *logical* keys; an implementation may prepend its own
 /// namespace prefix. Values are opaque bytes. Every method may fail with a
-/// [`BackendError`]; no method may panic on data read from the server.
+/// [`BackendError`]; no method may panic on data read from the server, and
+/// every call finishes in bounded time: a store that talks to a server
+/// bounds each call with a timeout ([`BackendError::Timeout`]).
 ///
 /// The `conformance` feature of this crate holds the suite every store
 /// must pass (`axum_cachex_core::conformance::run`).

@@ -113,20 +113,7 @@ impl SessionContext {
     /// [`SessionManager::create_session`].
     pub async fn login(&self, user: SessionUser) -> Result<SessionHandle, SessionError> {
         self.rs.ensure_loaded().await;
-        let manager = self.rs.manager();
-        let (session, token) = match self.rs.live_session() {
-            Some(mut session) => {
-                // Saves pending changes along with the user.
-                let token = manager.login(&mut session, user).await?;
-                (session, token)
-            }
-            None => {
-                manager
-                    .create_session(user, self.client_ip(), self.user_agent(), None)
-                    .await?
-            }
-        };
-        self.rs.install(session, Some(token));
+        self.rs.login(user).await?;
         Ok(self.handle())
     }
 
@@ -291,11 +278,15 @@ impl SessionHandle {
     ///
     /// # Errors
     ///
-    /// As [`SessionManager::update_session`] (or
+    /// [`SessionError::NotFound`] after a logout in this request; otherwise
+    /// as [`SessionManager::update_session`] (or
     /// [`regenerate_session_id`](SessionManager::regenerate_session_id) /
     /// [`delete_session`](SessionManager::delete_session) for a deferred
     /// regeneration or deletion).
     pub async fn save(&self) -> Result<(), SessionError> {
+        if self.rs.ended() {
+            return Err(SessionError::NotFound);
+        }
         self.rs.mark_changed();
         self.rs.commit().await.map(|_| ())
     }

@@ -269,6 +269,8 @@ impl SessionManager {
         let manager = self.clone();
         runtime.spawn(async move {
             let _in_flight = in_flight;
+            // The lock was just seen taken: give its holder a moment.
+            tokio::time::sleep(LOCK_POLL).await;
             let result = manager
                 .upsert_with(&user_hash, &session_hash, expires_at, LockWait::Patient)
                 .await;

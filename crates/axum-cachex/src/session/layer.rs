@@ -7,7 +7,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{Request, Response, header};
+use http::{Request, Response, StatusCode, header};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -86,6 +86,7 @@ impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
     ReqBody: Send + 'static,
     ResBody: Send + 'static,
 {
@@ -105,7 +106,16 @@ where
         Box::pin(async move {
             let rs = prepare(&manager, &mut req);
             let credentialed = rs.source().is_some();
-            let mut res = inner.call(req).await?;
+            let mut res = match inner.call(req).await {
+                Ok(res) => res,
+                Err(error) => {
+                    // A logout the handler deferred is carried out even so
+                    // (as after a 5xx); there is no response to carry a
+                    // token.
+                    rs.settle(StatusCode::INTERNAL_SERVER_ERROR).await;
+                    return Err(error);
+                }
+            };
             let outcome = rs.settle(res.status()).await;
             transport::write_token(
                 res.headers_mut(),

@@ -14,7 +14,7 @@
 use std::{
     fmt,
     net::IpAddr,
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::SystemTime,
 };
 
@@ -85,6 +85,9 @@ struct State {
     /// Deleted during this request.
     ended: bool,
     pending: PendingAction,
+    /// Bumped by every change and deferral, so that a commit learns whether
+    /// the request moved on while it waited on the store.
+    version: u64,
     issued: Option<Issued>,
     remove_cookie: bool,
     token_rejected: bool,
@@ -103,6 +106,9 @@ pub(crate) struct RequestSession {
     share_guard: ShareGuard,
     loaded: OnceCell<()>,
     state: Mutex<State>,
+    /// Held while a commit (or a login) talks to the store: one at a time,
+    /// and the commit after the handler waits for one still running.
+    committing: tokio::sync::Mutex<()>,
 }
 
 impl fmt::Debug for RequestSession {
@@ -135,6 +141,7 @@ impl RequestSession {
             share_guard,
             loaded: OnceCell::new(),
             state: Mutex::new(State::default()),
+            committing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -208,14 +215,23 @@ impl RequestSession {
 
     // ---- the session --------------------------------------------------------
 
+    /// Whether the request has a session that was not logged out.
     pub(crate) fn has_session(&self) -> bool {
-        self.lock().session.is_some()
+        let st = self.lock();
+        st.session.is_some() && !st.ended
     }
 
-    /// A copy of the session if it is live (not ended by a logout).
+    /// A copy of the session if it is live: not ended by a logout, nor
+    /// doomed by a deferred one.
     pub(crate) fn live_session(&self) -> Option<Session> {
         let st = self.lock();
-        st.session.clone().filter(|_| !st.ended)
+        let doomed = st.ended || st.pending == PendingAction::Delete;
+        st.session.clone().filter(|_| !doomed)
+    }
+
+    /// Whether the session was logged out during this request.
+    pub(crate) fn ended(&self) -> bool {
+        self.lock().ended
     }
 
     /// Runs `f` on the session; with `change` the session becomes pending
@@ -224,6 +240,7 @@ impl RequestSession {
         let mut st = self.lock();
         if change {
             st.pending = st.pending.max(PendingAction::Save);
+            st.version += 1;
         }
         // Only reachable through a handle, which exists once there is a
         // session; the stand-in keeps this panic-free regardless.
@@ -243,6 +260,7 @@ impl RequestSession {
     pub(crate) fn defer(&self, action: PendingAction) {
         let mut st = self.lock();
         st.pending = st.pending.max(action);
+        st.version += 1;
     }
 
     /// Makes `session` the request's session, nothing pending, and sends
@@ -277,12 +295,27 @@ impl RequestSession {
     /// Carries out the pending action: the only code that writes the
     /// request's session to the store. On an error the action stays
     /// pending.
-    pub(crate) async fn commit(&self) -> Result<Committed, SessionError> {
-        let (mut session, action) = {
+    ///
+    /// The store work runs on its own task: a caller that is cancelled
+    /// half-way (a timeout around `regenerate`, say) cannot leave the store
+    /// changed and the request unaware of it; the commit after the handler
+    /// waits for it.
+    pub(crate) async fn commit(self: &Arc<Self>) -> Result<Committed, SessionError> {
+        let this = Arc::clone(self);
+        let task = tokio::spawn(async move {
+            let _turn = this.committing.lock().await;
+            this.commit_locked().await
+        });
+        task.await.unwrap_or(Err(SessionError::Busy))
+    }
+
+    /// [`commit`](Self::commit), with the commit lock held.
+    async fn commit_locked(&self) -> Result<Committed, SessionError> {
+        let (mut session, action, version) = {
             let st = self.lock();
             match &st.session {
                 Some(s) if !st.ended && st.pending != PendingAction::None => {
-                    (s.clone(), st.pending)
+                    (s.clone(), st.pending, st.version)
                 }
                 _ => return Ok(Committed::Nothing),
             }
@@ -292,12 +325,12 @@ impl RequestSession {
             PendingAction::None => Ok(Committed::Nothing),
             PendingAction::Save => {
                 manager.update_session(&mut session).await?;
-                self.install(session, None);
+                self.settled(session, version, None);
                 Ok(Committed::Saved)
             }
             PendingAction::Regenerate => {
                 let token = manager.regenerate_session_id(&mut session).await?;
-                self.install(session, Some(token.clone()));
+                self.settled(session, version, Some(token.clone()));
                 Ok(Committed::Regenerated(token))
             }
             PendingAction::Delete => {
@@ -306,6 +339,53 @@ impl RequestSession {
                 Ok(Committed::Deleted(existed))
             }
         }
+    }
+
+    /// Takes in what a save or regeneration wrote. When the request changed
+    /// the session or deferred something while the store was busy, those
+    /// stay: the newer contents under the stored id, still pending.
+    fn settled(&self, stored: Session, version: u64, token: Option<String>) {
+        let expires_at = stored.expires_at();
+        {
+            let mut st = self.lock();
+            if st.version == version {
+                st.session = Some(stored);
+                st.pending = PendingAction::None;
+            } else if let Some(newer) = &mut st.session {
+                newer.set_id(stored.id().to_owned());
+                newer.indexed_user = stored.indexed_user.clone();
+                // What was just written is done; what came since is not.
+                st.pending = st.pending.max(PendingAction::Save);
+                if st.pending == PendingAction::Regenerate && token.is_some() {
+                    st.pending = PendingAction::Save;
+                }
+            }
+        }
+        if let Some(token) = token {
+            self.issue(token, expires_at);
+        }
+    }
+
+    /// Logs `user` in, after carrying out a logout still pending: attaches
+    /// them to the live session (saving its changes) or creates a session
+    /// bound to the request's client.
+    pub(crate) async fn login(&self, user: super::SessionUser) -> Result<(), SessionError> {
+        let _turn = self.committing.lock().await;
+        if self.pending() == PendingAction::Delete {
+            self.commit_locked().await?;
+        }
+        let (session, token) = match self.live_session() {
+            Some(mut session) => {
+                let token = self.manager.login(&mut session, user).await?;
+                (session, token)
+            }
+            None => {
+                let (ip, agent) = (self.client_ip, self.user_agent());
+                self.manager.create_session(user, ip, agent, None).await?
+            }
+        };
+        self.install(session, Some(token));
+        Ok(())
     }
 
     /// The session was deleted: invalidated in place, nothing pending, and
@@ -328,7 +408,7 @@ impl RequestSession {
     /// token to send back. After a 5xx, changes and regenerations are
     /// dropped (the handler failed half-way), but a deletion is carried out:
     /// a logout must not be lost.
-    pub(crate) async fn settle(&self, status: StatusCode) -> TokenOutcome {
+    pub(crate) async fn settle(self: &Arc<Self>, status: StatusCode) -> TokenOutcome {
         let (pending, tag) = {
             let st = self.lock();
             (st.pending, st.session.as_ref().map(|s| log_id(s.id())))

@@ -75,6 +75,9 @@ struct Gated {
     yield_each: AtomicBool,
     hang_after_delete: AtomicBool,
     deleted: Notify,
+    /// Lets a delayed delete reply arrive (backends answer or time out in
+    /// bounded time: that is part of the contract).
+    resume: Notify,
     lock_adds: AtomicUsize,
 }
 
@@ -85,6 +88,7 @@ impl Gated {
             yield_each: AtomicBool::new(false),
             hang_after_delete: AtomicBool::new(false),
             deleted: Notify::new(),
+            resume: Notify::new(),
             lock_adds: AtomicUsize::new(0),
         })
     }
@@ -146,7 +150,7 @@ impl Backend for Gated {
         if session_record && self.hang_after_delete.load(Ordering::SeqCst) {
             // The delete took effect; the reply is still on its way.
             self.deleted.notify_one();
-            std::future::pending::<()>().await;
+            self.resume.notified().await;
         }
         Ok(done)
     }
@@ -402,6 +406,8 @@ async fn cancelled_regenerate_leaves_the_client_a_working_token() {
                         r = session.regenerate() => panic!("regenerate finished: {r:?}"),
                     }
                     gate.hang_after_delete.store(false, Ordering::SeqCst);
+                    // The reply arrives after the caller gave up on it.
+                    gate.resume.notify_one();
                     StatusCode::OK
                 }
             }),
