@@ -188,9 +188,10 @@
 //! [`CacheBackend`] extractor outside a layer once the global proxy is in
 //! use. Give layers a backend (or a proxy of their own) to stay clear of
 //! it. (Internally, the record of invalidations racing handler runs is
-//! process-wide on purpose: layers of one process may share a backend, so
-//! a write through any of them must keep every layer from storing what it
-//! read before. It reports nothing.)
+//! process-wide on purpose, keyed by backend and key: layers of one process
+//! may share a backend, so a write through any of them must keep every
+//! layer on that backend from storing what it read before, while a clear of
+//! another backend changes nothing. It reports nothing.)
 //!
 //! # Failure behaviour
 //!
