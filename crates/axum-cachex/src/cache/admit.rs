@@ -72,7 +72,7 @@ pub(crate) fn admit(
     headers: &HeaderMap,
     now: SystemTime,
 ) -> Admission {
-    let cc = Directives::from_headers(headers);
+    let cc = super::targeted::response_directives(headers, &shared.options.targets);
     if let Some(reason) = refusal(shared, status, headers, &cc) {
         return Admission::Refuse(reason);
     }

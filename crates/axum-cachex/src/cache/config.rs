@@ -123,6 +123,9 @@ pub struct CacheLayerBuilder {
     pub(crate) no_transform: bool,
     pub(crate) must_understand: bool,
     pub(crate) key_builder: Arc<dyn KeyBuilder>,
+    /// Targeted cache-control fields obeyed instead of `Cache-Control`
+    /// (RFC 9213), most specific first.
+    pub(crate) targets: Vec<HeaderName>,
     /// Whether `key_builder` was replaced (the default one is inlined).
     pub(crate) custom_keys: bool,
     pub(crate) backend: BackendSource,
@@ -210,6 +213,7 @@ impl Default for CacheLayerBuilder {
             no_transform: false,
             must_understand: false,
             key_builder: Arc::new(DefaultKeyBuilder),
+            targets: Vec::new(),
             custom_keys: false,
             backend: BackendSource::Proxy(BackendProxy::global().clone()),
             cacheable_statuses: DEFAULT_CACHEABLE_STATUSES.into_iter().collect(),
@@ -362,6 +366,18 @@ impl CacheLayerBuilder {
     /// session layer's cookie is always included.
     pub fn credential_cookie(mut self, name: impl Into<String>) -> Self {
         self.credentials.cookies.push(name.into());
+        self
+    }
+
+    /// Obeys a targeted cache-control field (RFC 9213), e.g.
+    /// `CDN-Cache-Control`: when a response carries it with a valid value
+    /// (a Structured Field Dictionary), its directives replace
+    /// `Cache-Control`'s for every decision of this cache (storing,
+    /// freshness, stale windows); an invalid one is ignored. Call once per
+    /// field, most specific first: the first one present wins. Default:
+    /// none.
+    pub fn targeted_cache_control(mut self, field: HeaderName) -> Self {
+        self.targets.push(field);
         self
     }
 

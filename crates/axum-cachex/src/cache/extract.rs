@@ -12,7 +12,7 @@ use http::{Request, StatusCode, request::Parts};
 use super::{
     KeyBuilder,
     key::{DefaultKeyBuilder, key_for_request},
-    shared::{Invalidations, Shared},
+    shared::Shared,
 };
 use crate::BackendProxy;
 
@@ -161,8 +161,7 @@ impl CacheBackend {
     ///
     /// The backend's error, e.g. when it is unreachable.
     pub async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        Invalidations::get().key(&*self.handle.backend, key);
-        self.handle.backend.delete(key).await
+        super::purge::delete_key(&*self.handle.backend, key).await
     }
 
     /// Deletes the stored responses of `path`: with `include_params` every

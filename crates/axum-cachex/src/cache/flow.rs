@@ -188,14 +188,7 @@ where
             for target in invalidate::targets(&self.shared, &request, res.headers()) {
                 match target {
                     Invalidation::Key(key) => {
-                        // First: a handler run for it that began before
-                        // this write must not store or share what it read.
-                        self.shared.invalidations.key(&*self.backend, &key);
                         store::delete(&self.shared, &self.backend, &key).await;
-                        // Other instances waiting on a lock for it compute
-                        // it themselves instead of taking an older result.
-                        let lock = lock::lock_key(&key);
-                        store::delete(&self.shared, &self.backend, &lock).await;
                     }
                     Invalidation::Path(path) => {
                         store::clear_path(&self.shared, &self.backend, &path).await;
@@ -253,7 +246,7 @@ where
             &self.shared,
             res_parts.status,
             &res_parts.headers,
-            &super::directives::Directives::from_headers(&res_parts.headers),
+            &super::targeted::response_directives(&res_parts.headers, &self.shared.options.targets),
         );
         if let Some(reason) = refused {
             let res = self.bodiless_if_head(Response::from_parts(res_parts, Body::new(res_body)));

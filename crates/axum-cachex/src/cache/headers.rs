@@ -59,7 +59,9 @@ pub(crate) fn keep_private(headers: &mut HeaderMap, private_default: &HeaderValu
 /// `Cache-Control` nor `Expires` (which the layer's `max-age` would
 /// override downstream). Never stored: added on the way out.
 pub(crate) fn add_default_cache_control(headers: &mut HeaderMap, default: &HeaderValue) {
-    if headers.contains_key(EXPIRES) {
+    // An empty default (a proxy configured with no directives of its own)
+    // adds nothing: an empty field line says nothing either.
+    if default.is_empty() || headers.contains_key(EXPIRES) {
         return;
     }
     if let http::header::Entry::Vacant(slot) = headers.entry(CACHE_CONTROL) {

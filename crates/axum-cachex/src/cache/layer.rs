@@ -84,14 +84,21 @@ impl CacheLayer {
     /// The backend's error, e.g. when it is unreachable.
     pub async fn invalidate<B>(&self, request: &Request<B>) -> Result<bool, BackendError> {
         match self.cache_key(request) {
-            Some(key) => {
-                // A miss of it in flight must not store what it read before.
-                let backend = self.backend();
-                self.shared.invalidations.key(&*backend, &key);
-                backend.delete(&key).await
-            }
+            Some(key) => self.delete(&key).await,
             None => Ok(false),
         }
+    }
+
+    /// Deletes one stored response by its key (see
+    /// [`cache_key`](Self::cache_key)), every `Vary` variant included; a
+    /// miss of it in flight stores nothing it read before. Returns whether
+    /// it existed.
+    ///
+    /// # Errors
+    ///
+    /// The backend's error, e.g. when it is unreachable.
+    pub async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        super::purge::delete_key(&*self.backend(), key).await
     }
 
     /// Deletes the stored responses of `path` (as clients send it): with

@@ -41,6 +41,7 @@ pub(crate) mod shared;
 mod stats;
 mod status;
 mod store;
+mod targeted;
 mod vary;
 
 pub use crate::registry::{LayerReport, Registry};

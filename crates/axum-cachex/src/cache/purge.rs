@@ -18,6 +18,19 @@ use axum_cachex_core::{
     Backend, BackendError, CACHE_NAMESPACE, CacheKey, Listing, path_matches_glob,
 };
 
+/// Removes one stored response (every `Vary` variant goes with its base
+/// key) and the cross-instance lock of its key, so that instances waiting
+/// on that lock compute it themselves instead of taking an older result.
+/// Returns whether the response existed.
+pub(crate) async fn delete_key(backend: &dyn Backend, key: &str) -> Result<bool, BackendError> {
+    // First: a handler run for it that began before this must not store or
+    // share what it read.
+    Invalidations::get().key(backend, key);
+    let existed = backend.delete(key).await?;
+    backend.delete(&super::lock::lock_key(key)).await?;
+    Ok(existed)
+}
+
 /// Removes the stored responses of `path`: every query, host, user and
 /// variant with `include_params`, only the query-less ones without.
 pub(crate) async fn clear_path(

@@ -323,9 +323,11 @@ async fn put_index(
     Some(index.clone())
 }
 
-/// Deletes a base key (and with it every variant), failing open.
+/// Deletes a base key (and with it every variant) and its lock, failing
+/// open.
 pub(crate) async fn delete(shared: &Shared, backend: &Arc<dyn Backend>, key: &str) {
-    let _ = with_timeout(shared, &**backend, "delete", backend.delete(key)).await;
+    let call = super::purge::delete_key(&**backend, key);
+    let _ = with_timeout(shared, &**backend, "delete", call).await;
 }
 
 /// Deletes every stored response of `path` (all hosts, queries, users

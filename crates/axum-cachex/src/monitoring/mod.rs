@@ -10,6 +10,7 @@
 //! | `GET {prefix}/stats` | yes | the layers' counters, total and per route, backend, evictions, hit ratio (JSON) |
 //! | `GET {prefix}/metrics` | yes | the same counters in the Prometheus text format 0.0.4 |
 //! | `POST {prefix}/clear-path?path=/x&include_params=true` | yes | clears one path, returns the count (JSON) |
+//! | `POST {prefix}/purge?pattern=/x/*`, `?key=K` or `?all=true` | yes | deletes by glob, by cache key, or every stored response (JSON `removed`) |
 //! | `GET {prefix}/` | **no** | the dashboard page: static HTML with no data in it |
 //!
 //! ```
@@ -303,7 +304,8 @@ impl Monitoring {
             layer_filter: self.layer_filter,
             registry: self.registry,
         });
-        let (hits, records, stats, prom, clear) = (
+        let (hits, records, stats, prom, clear, purge) = (
+            Arc::clone(&inner),
             Arc::clone(&inner),
             Arc::clone(&inner),
             Arc::clone(&inner),
@@ -330,6 +332,10 @@ impl Monitoring {
             .route(
                 &format!("{prefix}/clear-path"),
                 post(move |req: Request| routes::clear_path(clear, req)),
+            )
+            .route(
+                &format!("{prefix}/purge"),
+                post(move |req: Request| routes::purge(purge, req)),
             )
             .route(&format!("{prefix}/"), get(routes::dashboard));
         if !prefix.is_empty() {

@@ -1,5 +1,6 @@
 //! The route handlers: guard, parameters, backend call, JSON.
 
+use crate::cache::purge;
 use std::{sync::Arc, time::Duration};
 
 use axum::{
@@ -293,25 +294,85 @@ struct Cleared {
     exact_count: bool,
 }
 
-/// `POST {prefix}/clear-path?path=/x&include_params=true`.
-pub(crate) async fn clear_path(inner: Arc<Inner>, request: Request) -> Response {
-    let (parts, _) = request.into_parts();
-    if let Err(failure) = check_guard(&inner, &parts) {
-        return failure.into_response();
-    }
-    // A guard that does not rely on a header the browser adds by itself
-    // (a predicate on the client address, say) would let another site's
-    // page make the admin's browser post here; browsers label such requests.
+/// The checks of every route that changes the cache: the guard, and no
+/// cross-site request. A guard that does not rely on a header the browser
+/// adds by itself (a predicate on the client address, say) would let
+/// another site's page make the admin's browser post here; browsers label
+/// such requests.
+fn check_write(inner: &Inner, parts: &Parts, route: &str) -> Result<(), Response> {
+    check_guard(inner, parts).map_err(IntoResponse::into_response)?;
     let cross_site = parts
         .headers
         .get("sec-fetch-site")
         .is_some_and(|site| !matches!(site.as_bytes(), b"same-origin" | b"none"));
     if cross_site {
-        return error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "clear-path does not accept cross-site requests",
-        );
+        let message = format!("{route} does not accept cross-site requests");
+        return Err(error(StatusCode::FORBIDDEN, "forbidden", &message));
+    }
+    Ok(())
+}
+
+/// `POST {prefix}/purge?pattern=/glob/*`, `?key=<cache key>` or
+/// `?all=true`: exactly one of them.
+pub(crate) async fn purge(inner: Arc<Inner>, request: Request) -> Response {
+    let (parts, _) = request.into_parts();
+    if let Err(refused) = check_write(&inner, &parts, "purge") {
+        return refused;
+    }
+    let pairs: Vec<(String, String)> = query_pairs(&parts).collect();
+    let backend = inner.source.resolve();
+    let backend = backend.as_ref();
+    let call = match pairs.as_slice() {
+        [(name, pattern)] if name == "pattern" => Some(("clear_pattern", pattern.as_str())),
+        [(name, key)] if name == "key" => Some(("delete", key.as_str())),
+        [(name, all)] if name == "all" && all == "true" => Some(("clear", "")),
+        _ => None,
+    };
+    let Some((operation, arg)) = call else {
+        return Failure::BadRequest(
+            "give exactly one of ?pattern=/glob/*, ?key=<cache key> or ?all=true",
+        )
+        .into_response();
+    };
+    let result = match operation {
+        "clear_pattern" => {
+            timed(
+                &inner,
+                backend,
+                operation,
+                purge::clear_pattern(backend, arg),
+            )
+            .await
+        }
+        "delete" => timed(&inner, backend, operation, purge::delete_key(backend, arg))
+            .await
+            .map(u64::from),
+        _ => timed(&inner, backend, operation, purge::clear_all(backend)).await,
+    };
+    match result {
+        Ok(removed) => json(
+            StatusCode::OK,
+            &Purged {
+                removed,
+                exact_count: purge::counts_exactly(backend),
+            },
+        ),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+#[derive(Serialize)]
+struct Purged {
+    removed: u64,
+    /// As [`Cleared::exact_count`].
+    exact_count: bool,
+}
+
+/// `POST {prefix}/clear-path?path=/x&include_params=true`.
+pub(crate) async fn clear_path(inner: Arc<Inner>, request: Request) -> Response {
+    let (parts, _) = request.into_parts();
+    if let Err(refused) = check_write(&inner, &parts, "clear-path") {
+        return refused;
     }
     let mut path = None;
     let mut include_params = false;
@@ -342,7 +403,7 @@ pub(crate) async fn clear_path(inner: Arc<Inner>, request: Request) -> Response 
         &inner,
         backend.as_ref(),
         "clear_path",
-        crate::cache::purge::clear_path(backend.as_ref(), &path, include_params),
+        purge::clear_path(backend.as_ref(), &path, include_params),
     )
     .await
     {
@@ -352,7 +413,7 @@ pub(crate) async fn clear_path(inner: Arc<Inner>, request: Request) -> Response 
                 path,
                 include_params,
                 cleared,
-                exact_count: crate::cache::purge::counts_exactly(backend.as_ref()),
+                exact_count: purge::counts_exactly(backend.as_ref()),
             },
         ),
         Err(failure) => failure.into_response(),

@@ -1,0 +1,109 @@
+//! The proxied listener: one cache layer per rule in front of the
+//! forwarder, and the request dispatched by the longest matching prefix.
+
+use std::{convert::Infallible, sync::Arc};
+
+use axum::{Router, body::Body, extract::Request, response::Response};
+use axum_cachex::{CacheLayer, CacheLayerConfigError, Freshness, Registry, backend::Backend};
+use tower::{ServiceBuilder, ServiceExt, service_fn, util::BoxCloneSyncService};
+
+use crate::{
+    config::{Rule, Settings},
+    forward::Forwarder,
+};
+
+type Route = BoxCloneSyncService<Request, Response, Infallible>;
+
+/// Builds the proxied router.
+pub(crate) fn build(
+    settings: &Settings,
+    forwarder: Forwarder,
+    backend: Arc<dyn Backend>,
+    registry: &Registry,
+) -> Result<Router, CacheLayerConfigError> {
+    let forward = service_fn(move |req: Request| {
+        let forwarder = forwarder.clone();
+        async move { Ok::<_, Infallible>(forwarder.forward(req).await) }
+    });
+    let mut routes: Vec<Route> = Vec::with_capacity(settings.rules.len());
+    for rule in &settings.rules {
+        if rule.bypass {
+            routes.push(BoxCloneSyncService::new(forward.clone()));
+            continue;
+        }
+        let layer = layer_for(rule, settings, &backend, registry)?;
+        let service = ServiceBuilder::new().layer(layer).service(forward.clone());
+        routes.push(BoxCloneSyncService::new(service));
+    }
+    let rules = settings.clone();
+    let routes = Arc::new(routes);
+    let router = Router::new().fallback(move |req: Request| {
+        let route = routes.get(rules.rule_for(req.uri().path())).cloned();
+        async move {
+            match route {
+                Some(route) => route
+                    .oneshot(req)
+                    .await
+                    .unwrap_or_else(|never| match never {}),
+                None => Response::new(Body::empty()),
+            }
+        }
+    });
+    Ok(router.layer(axum::middleware::from_fn(access_log)))
+}
+
+/// One `tracing` event per request: method, path, status, what the cache
+/// did (`Cache-Status`) and how long it took.
+async fn access_log(req: Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let res = next.run(req).await;
+    let cache = res
+        .headers()
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info!(
+        target: "access",
+        %method,
+        path,
+        status = res.status().as_u16(),
+        cache,
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+    );
+    res
+}
+
+/// The settings every layer of the proxy shares: a shared cache whose
+/// freshness comes from the upstream's responses (RFC 9111 §4.2).
+fn shared_builder(
+    settings: &Settings,
+    backend: &Arc<dyn Backend>,
+    registry: &Registry,
+) -> axum_cachex::CacheLayerBuilder {
+    let mut builder = CacheLayer::builder()
+        .freshness(Freshness::FromResponse)
+        .backend(Arc::clone(backend))
+        .registry(registry);
+    for target in &settings.targets {
+        builder = builder.targeted_cache_control(target.clone());
+    }
+    builder
+}
+
+/// The cache layer of one rule.
+fn layer_for(
+    rule: &Rule,
+    settings: &Settings,
+    backend: &Arc<dyn Backend>,
+    registry: &Registry,
+) -> Result<CacheLayer, CacheLayerConfigError> {
+    let mut builder = shared_builder(settings, backend, registry).name(rule.prefix.clone());
+    if let Some(ttl) = rule.default_ttl {
+        builder = builder.ttl(ttl);
+    }
+    for header in &rule.credential_headers {
+        builder = builder.credential_header(header.clone());
+    }
+    builder.build()
+}

@@ -1,0 +1,245 @@
+//! Forwarding one request to the upstream and its response back, streaming
+//! both bodies.
+//!
+//! - Hop-by-hop fields (RFC 9110 §7.6.1) are removed both ways: the fixed
+//!   list and every field the `Connection` header names.
+//! - `Via` gets this hop (§7.6.3); `X-Forwarded-For` and `Forwarded` get the
+//!   client's address.
+//! - `Host` stays the client's, unless `rewrite_host` sends the upstream's.
+//! - Connections to the upstream are pooled (hyper-util's client).
+//! - An upstream that cannot be reached is a `502`, one that does not send
+//!   its response head within the timeout a `504`, each with a short body;
+//!   the cache layer in front may answer with a stale response instead
+//!   where `stale-if-error` allows.
+
+use std::{net::SocketAddr, time::Duration};
+
+use axum::{body::Body, extract::ConnectInfo};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri,
+    header::{CONNECTION, HOST, VIA},
+    uri::{Authority, PathAndQuery, Scheme},
+};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+
+/// Fields that describe one connection, never forwarded (RFC 9110 §7.6.1,
+/// plus the obsolete `Keep-Alive` and `Proxy-Connection`).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+/// What this hop adds to `Via`.
+const VIA_THIS_HOP: &str = "1.1 axum-cachex";
+
+/// Sends requests to one upstream.
+#[derive(Clone)]
+pub(crate) struct Forwarder {
+    client: Client<HttpConnector, Body>,
+    authority: Authority,
+    rewrite_host: bool,
+    timeout: Duration,
+}
+
+impl Forwarder {
+    /// A forwarder to `upstream` (an `http://host[:port]` URI, checked by
+    /// the settings).
+    pub(crate) fn new(upstream: &Uri, rewrite_host: bool, timeout: Duration) -> Option<Self> {
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Some(Self {
+            client,
+            authority: upstream.authority()?.clone(),
+            rewrite_host,
+            timeout,
+        })
+    }
+
+    /// Forwards `req`; never fails: upstream trouble becomes a 502 or 504.
+    pub(crate) async fn forward(&self, req: Request<Body>) -> Response<Body> {
+        let req = match self.outbound(req) {
+            Ok(req) => req,
+            Err(status) => return short(status, "request cannot be forwarded"),
+        };
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Ok(Ok(res)) => inbound(res.map(Body::new)),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, upstream = %self.authority, "upstream unreachable");
+                short(
+                    StatusCode::BAD_GATEWAY,
+                    "bad gateway: the upstream cannot be reached",
+                )
+            }
+            Err(_) => {
+                tracing::warn!(upstream = %self.authority, timeout = ?self.timeout, "upstream timed out");
+                short(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "gateway timeout: the upstream did not answer in time",
+                )
+            }
+        }
+    }
+
+    /// The request as the upstream gets it.
+    fn outbound(&self, req: Request<Body>) -> Result<Request<Body>, StatusCode> {
+        let (mut parts, body) = req.into_parts();
+        let client_addr = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        let client_host = parts.headers.get(HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|_| StatusCode::BAD_REQUEST)?;
+        strip_hop_by_hop(&mut parts.headers);
+        let host = match (&client_host, self.rewrite_host) {
+            (Some(host), false) => host.clone(),
+            _ => HeaderValue::from_str(self.authority.as_str())
+                .map_err(|_| StatusCode::BAD_REQUEST)?,
+        };
+        parts.headers.insert(HOST, host);
+        append(&mut parts.headers, VIA, VIA_THIS_HOP);
+        if let Some(ip) = client_addr {
+            append(
+                &mut parts.headers,
+                HeaderName::from_static("x-forwarded-for"),
+                &ip.to_string(),
+            );
+            let forwarded = forwarded_element(ip, client_host.as_ref());
+            append(
+                &mut parts.headers,
+                HeaderName::from_static("forwarded"),
+                &forwarded,
+            );
+        }
+        Ok(Request::from_parts(parts, body))
+    }
+}
+
+/// The upstream's response as the client gets it.
+fn inbound(res: Response<Body>) -> Response<Body> {
+    let (mut parts, body) = res.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    append(&mut parts.headers, VIA, VIA_THIS_HOP);
+    Response::from_parts(parts, body)
+}
+
+/// Removes the hop-by-hop fields, including those `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Appends `value` to a list-valued field (one comma-separated line).
+fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {value}"),
+        _ => value.to_owned(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&joined) {
+        headers.insert(name, value);
+    }
+}
+
+/// One `Forwarded` element (RFC 7239): the client and the host it asked
+/// for, IPv6 addresses quoted and bracketed.
+fn forwarded_element(ip: std::net::IpAddr, host: Option<&HeaderValue>) -> String {
+    let mut element = match ip {
+        std::net::IpAddr::V4(v4) => format!("for={v4}"),
+        std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+    };
+    if let Some(host) = host.and_then(|h| h.to_str().ok())
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
+        element.push_str(&format!(";host=\"{host}\""));
+    }
+    element.push_str(";proto=http");
+    element
+}
+
+/// A short plain-text answer of the proxy's own.
+fn short(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut res = Response::new(Body::from(format!("{text}\n")));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_fields_go_including_those_connection_names() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("close, X-Secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn list_fields_are_appended_to() {
+        let mut h = HeaderMap::new();
+        append(&mut h, VIA, VIA_THIS_HOP);
+        assert_eq!(h[VIA], "1.1 axum-cachex");
+        h.insert(VIA, HeaderValue::from_static("1.0 fred"));
+        append(&mut h, VIA, VIA_THIS_HOP);
+        assert_eq!(h[VIA], "1.0 fred, 1.1 axum-cachex");
+    }
+
+    #[test]
+    fn forwarded_quotes_ipv6_and_drops_odd_hosts() {
+        let v6: std::net::IpAddr = "::1".parse().expect("ip");
+        assert_eq!(forwarded_element(v6, None), "for=\"[::1]\";proto=http");
+        let v4: std::net::IpAddr = "10.0.0.1".parse().expect("ip");
+        let host = HeaderValue::from_static("example.com");
+        assert_eq!(
+            forwarded_element(v4, Some(&host)),
+            "for=10.0.0.1;host=\"example.com\";proto=http"
+        );
+        let odd = HeaderValue::from_static("a\"b");
+        assert_eq!(forwarded_element(v4, Some(&odd)), "for=10.0.0.1;proto=http");
+    }
+}
