@@ -82,6 +82,9 @@ if [ "${AXUM_CACHEX_SKIP_LINT:-0}" != 1 ]; then
     cargo fmt --all -- --check
     log "cargo clippy"
     cargo clippy --workspace --all-targets --all-features -- -D warnings
+    # The library alone, with no optional feature: no dead code behind a
+    # feature gate.
+    cargo clippy -p axum-cachex --no-default-features -- -D warnings
     log "cargo doc"
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --quiet
 fi

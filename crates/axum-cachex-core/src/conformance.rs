@@ -164,6 +164,7 @@ impl<'a> Suite<'a> {
         check!(take_is_single_use(b));
         check!(concurrent_take_has_one_winner(b));
         check!(delete_reports_existence(b));
+        check!(expired_values_are_absent(b));
         check!(concurrent_writers_never_tear(b));
         check!(get_now_agrees_with_get(b));
         match &self.sleep {
@@ -423,6 +424,26 @@ async fn delete_reports_existence(b: &dyn Backend) -> Outcome {
         "delete of nothing returned true"
     );
     expect_value(b, "conf/d", None).await
+}
+
+/// An expired value counts as absent for every operation: `replace` must
+/// not bring it back (the late save that resurrects a session), `take`
+/// must not return it, `delete` must not report it.
+async fn expired_values_are_absent(b: &dyn Backend) -> Outcome {
+    let expired = Some(Duration::ZERO);
+    b.set("conf/expired", bytes("old"), expired).await?;
+    let replaced = b.replace("conf/expired", bytes("new"), TTL).await?;
+    ensure!(!replaced, "replace wrote over an expired value");
+    expect_value(b, "conf/expired", None).await?;
+    b.set("conf/expired", bytes("old"), expired).await?;
+    let taken = b.take("conf/expired").await?;
+    ensure!(taken.is_none(), "take returned an expired value");
+    b.set("conf/expired", bytes("old"), expired).await?;
+    ensure!(
+        !b.delete("conf/expired").await?,
+        "delete reported an expired value"
+    );
+    Ok(())
 }
 
 async fn concurrent_writers_never_tear(b: &dyn Backend) -> Outcome {

@@ -256,7 +256,7 @@ mod tests {
         assert_eq!(s.upstream_timeout, Duration::from_secs(30));
         let prefixes: Vec<_> = s.rules.iter().map(|r| r.prefix.as_str()).collect();
         assert_eq!(prefixes, ["/static/private/", "/static/", "/"]);
-        assert_eq!(s.rules[s.rule_for("/static/private/x")].bypass, true);
+        assert!(s.rules[s.rule_for("/static/private/x")].bypass);
         assert_eq!(
             s.rules[s.rule_for("/static/app.js")].default_ttl,
             Some(Duration::from_secs(60))

@@ -151,9 +151,11 @@
 //!
 //! # Invalidation
 //!
-//! Every [`Backend`](backend::Backend) offers `clear`, `clear_path(path,
-//! include_params)`, `clear_pattern(glob)` and `delete(key)`, each returning
-//! how many entries went; [`CacheLayer::invalidate`] and
+//! The HTTP cache offers `clear`, `clear_path(path, include_params)`,
+//! `clear_pattern(glob)` and `delete(key)` on [`CacheLayer`] and on the
+//! [`CacheBackend`] extractor, each returning how many entries went; they
+//! act only on the cache's own `http:` namespace, so sessions and states
+//! sharing the backend stay. [`CacheLayer::invalidate`] and
 //! [`CacheBackend::invalidate`] delete the entry of one request. Handlers
 //! get the backend with the [`CacheBackend`] extractor: on routes under a
 //! layer, that layer's; elsewhere one installed with

@@ -95,6 +95,21 @@ impl Registry {
         layers.push(Arc::downgrade(shared));
     }
 
+    /// The backend of the first registered layer still alive: what a
+    /// monitoring view of this registry lists by default.
+    #[cfg(feature = "monitoring")]
+    pub(crate) fn layer_backend(&self) -> Option<Arc<dyn axum_cachex_core::Backend>> {
+        let layers = self
+            .inner
+            .layers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        layers
+            .iter()
+            .find_map(Weak::upgrade)
+            .map(|shared| shared.options.backend.resolve())
+    }
+
     /// Where a manager given this registry counts.
     pub(crate) fn manager_counting(&self) -> ManagerCounting {
         ManagerCounting::new(Some(Arc::clone(&self.inner.managers)))

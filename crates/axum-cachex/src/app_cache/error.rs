@@ -55,4 +55,9 @@ pub enum CacheManagerConfigError {
          namespace (sessions, OAuth states, cached responses); keep the default `{DEFAULT_CACHE_PREFIX}` or choose another prefix"
     )]
     EmptyKeyPrefix,
+    /// `key_prefix` starts with `http:`, the HTTP cache's namespace.
+    #[error(
+        "`key_prefix` must not start with `http:`: that is the HTTP cache's namespace, and clearing the cache would delete these values"
+    )]
+    CacheNamespace,
 }

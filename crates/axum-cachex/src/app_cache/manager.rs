@@ -203,6 +203,12 @@ impl CacheManagerBuilder {
         if self.key_prefix.is_empty() {
             return Err(CacheManagerConfigError::EmptyKeyPrefix);
         }
+        if self
+            .key_prefix
+            .starts_with(axum_cachex_core::CACHE_NAMESPACE)
+        {
+            return Err(CacheManagerConfigError::CacheNamespace);
+        }
         let counting = self
             .registry
             .as_ref()

@@ -71,6 +71,7 @@ pub(crate) async fn clear_all(backend: &dyn Backend) -> Result<u64, BackendError
 
 /// Whether the counts these operations return are exact for `backend`
 /// (generation counters cannot count what they made unreachable).
+#[cfg(feature = "monitoring")]
 pub(crate) fn counts_exactly(backend: &dyn Backend) -> bool {
     backend
         .path_invalidation()

@@ -40,6 +40,8 @@ enum Kind {
     Bearer(Arc<[u8]>),
     Predicate(Arc<dyn Fn(&Parts) -> bool + Send + Sync>),
     AllowAll,
+    /// A bearer guard built with an unusable token: refuses everything.
+    Misconfigured,
 }
 
 impl fmt::Debug for Guard {
@@ -49,6 +51,7 @@ impl fmt::Debug for Guard {
             Kind::Bearer(_) => "bearer",
             Kind::Predicate(_) => "predicate",
             Kind::AllowAll => "insecure_allow_all",
+            Kind::Misconfigured => "misconfigured",
         };
         f.debug_tuple("Guard").field(&kind).finish()
     }
@@ -63,6 +66,8 @@ pub(crate) enum Rejection {
     InvalidToken,
     /// The predicate said no.
     Forbidden,
+    /// The guard's token was unusable: nothing is let through.
+    Misconfigured,
 }
 
 impl Rejection {
@@ -70,6 +75,7 @@ impl Rejection {
         match self {
             Self::MissingToken | Self::InvalidToken => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Misconfigured => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -82,7 +88,7 @@ impl Rejection {
             Self::InvalidToken => Some(HeaderValue::from_static(
                 r#"Bearer realm="axum-cachex monitoring", error="invalid_token""#,
             )),
-            Self::Forbidden => None,
+            Self::Forbidden | Self::Misconfigured => None,
         }
     }
 
@@ -93,6 +99,9 @@ impl Rejection {
             }
             Self::InvalidToken => "the bearer token is not valid for the monitoring routes",
             Self::Forbidden => "the monitoring guard refused this request",
+            Self::Misconfigured => {
+                "the monitoring token is empty or not visible ASCII: every request is refused until it is fixed"
+            }
         }
     }
 }
@@ -103,20 +112,19 @@ impl Guard {
     /// Use a long random secret (32 bytes of randomness, e.g. base64 or hex
     /// encoded) kept out of source control.
     ///
-    /// # Panics
-    ///
-    /// When `token` is empty or contains characters that cannot appear in
-    /// an HTTP header (a configuration error, reported at startup).
+    /// A token that is empty or not visible ASCII (an unset environment
+    /// variable, say) cannot be matched: the guard then refuses every
+    /// request with `503` and a message saying why, and logs an error now.
+    /// The application keeps running; the routes stay closed.
     pub fn bearer(token: impl Into<String>) -> Self {
         let token = token.into();
-        assert!(
-            !token.is_empty(),
-            "Guard::bearer: the monitoring token is empty; use a long random secret"
-        );
-        assert!(
-            HeaderValue::from_str(&token).is_ok() && !token.contains(' '),
-            "Guard::bearer: the monitoring token must be visible ASCII without spaces"
-        );
+        let usable = !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic());
+        if !usable {
+            tracing::error!(
+                "monitoring bearer token is empty or not visible ASCII: the monitoring routes refuse every request"
+            );
+            return Self(Kind::Misconfigured);
+        }
         Self(Kind::Bearer(Arc::from(token.into_bytes())))
     }
 
@@ -138,6 +146,7 @@ impl Guard {
     pub(crate) fn check(&self, parts: &Parts) -> Result<(), Rejection> {
         match &self.0 {
             Kind::AllowAll => Ok(()),
+            Kind::Misconfigured => Err(Rejection::Misconfigured),
             Kind::Predicate(allow) => {
                 if allow(parts) {
                     Ok(())
@@ -209,9 +218,19 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "empty")]
-    fn empty_token_is_a_startup_error() {
-        let _ = Guard::bearer("");
+    fn an_unusable_token_closes_the_routes_without_panicking() {
+        for token in ["", "with space"] {
+            let guard = Guard::bearer(token);
+            assert_eq!(
+                guard.check(&parts(Some(&format!("Bearer {token}")))),
+                Err(Rejection::Misconfigured),
+                "{token:?}"
+            );
+            assert_eq!(
+                Rejection::Misconfigured.status(),
+                StatusCode::SERVICE_UNAVAILABLE
+            );
+        }
     }
 
     #[test]

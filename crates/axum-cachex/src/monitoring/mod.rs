@@ -35,8 +35,8 @@
 //! # Ok::<(), axum_cachex::CacheLayerConfigError>(())
 //! ```
 //!
-//! The listings read the backend ([`BackendProxy::global`]'s unless given
-//! [`Monitoring::backend`]); the counters come from the [`Registry`] given
+//! The listings read the backend given with [`Monitoring::backend`], else
+//! that of the registry's first layer, else [`BackendProxy::global`]'s; the counters come from the [`Registry`] given
 //! with [`Monitoring::registry`]. Nothing is process-wide: without a
 //! registry the routes report no counters, and two apps (or two tests) in
 //! one process, each with its own registry, do not see each other's.
@@ -208,7 +208,7 @@ impl Monitoring {
     pub fn new(guard: Guard) -> Self {
         Self {
             guard,
-            source: routes::Source::Global,
+            source: routes::Source::Default,
             clock: Clock::system(),
             default_limit: DEFAULT_LIMIT,
             max_limit: DEFAULT_MAX_LIMIT,
@@ -228,8 +228,9 @@ impl Monitoring {
         self
     }
 
-    /// Inspects this backend (give it the one your layers use). Default:
-    /// [`BackendProxy::global`]'s, per request.
+    /// Inspects this backend. Default, per request: the backend of the
+    /// first layer in the [`registry`](Self::registry), else
+    /// [`BackendProxy::global`]'s.
     pub fn backend(mut self, backend: Arc<dyn Backend>) -> Self {
         self.source = routes::Source::Fixed(backend);
         self

@@ -25,16 +25,21 @@ use crate::{BackendProxy, Clock, Registry};
 pub(crate) enum Source {
     Fixed(Arc<dyn Backend>),
     Proxy(BackendProxy),
-    /// [`BackendProxy::global`], looked up per request.
-    Global,
+    /// The backend of the registry's layers, else
+    /// [`BackendProxy::global`]'s; looked up per request.
+    Default,
 }
 
-impl Source {
-    fn resolve(&self) -> Arc<dyn Backend> {
-        match self {
-            Self::Fixed(b) => Arc::clone(b),
-            Self::Proxy(p) => p.backend(),
-            Self::Global => BackendProxy::global().backend(),
+impl Inner {
+    /// The backend the routes list and clear.
+    pub(crate) fn backend(&self) -> Arc<dyn Backend> {
+        match &self.source {
+            Source::Fixed(b) => Arc::clone(b),
+            Source::Proxy(p) => p.backend(),
+            Source::Default => self
+                .registry
+                .layer_backend()
+                .unwrap_or_else(|| BackendProxy::global().backend()),
         }
     }
 }
@@ -97,6 +102,8 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 /// Why a monitoring request gets an error answer.
 enum Failure {
     Guard(Rejection),
+    /// A request that changes the cache, labelled cross-site by the browser.
+    CrossSite(&'static str),
     BadRequest(&'static str),
     Backend {
         operation: &'static str,
@@ -121,6 +128,11 @@ impl IntoResponse for Failure {
                 response
             }
             Self::BadRequest(message) => error(StatusCode::BAD_REQUEST, "bad_request", message),
+            Self::CrossSite(route) => error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                &format!("{route} does not accept cross-site requests"),
+            ),
             Self::Backend {
                 operation,
                 error: e,
@@ -197,7 +209,7 @@ async fn listing_request(inner: &Inner, request: Request) -> Result<(Loaded, Pag
     let (parts, _) = request.into_parts();
     check_guard(inner, &parts)?;
     let page = page(inner, &parts)?;
-    let backend = inner.source.resolve();
+    let backend = inner.backend();
     let loaded = timed(
         inner,
         backend.as_ref(),
@@ -244,7 +256,7 @@ pub(crate) async fn stats(inner: Arc<Inner>, request: Request) -> Response {
     if let Err(failure) = check_guard(&inner, &parts) {
         return failure.into_response();
     }
-    let backend = inner.source.resolve();
+    let backend = inner.backend();
     let routes = route_stats(&inner);
     json(
         StatusCode::OK,
@@ -258,7 +270,7 @@ pub(crate) async fn prometheus(inner: Arc<Inner>, request: Request) -> Response 
     if let Err(failure) = check_guard(&inner, &parts) {
         return failure.into_response();
     }
-    let backend = inner.source.resolve();
+    let backend = inner.backend();
     let routes = route_stats(&inner);
     match metrics::prometheus_text(&routes, inner.registry.manager_stats(), backend.as_ref()) {
         Ok(text) => {
@@ -299,15 +311,14 @@ struct Cleared {
 /// adds by itself (a predicate on the client address, say) would let
 /// another site's page make the admin's browser post here; browsers label
 /// such requests.
-fn check_write(inner: &Inner, parts: &Parts, route: &str) -> Result<(), Response> {
-    check_guard(inner, parts).map_err(IntoResponse::into_response)?;
+fn check_write(inner: &Inner, parts: &Parts, route: &'static str) -> Result<(), Failure> {
+    check_guard(inner, parts)?;
     let cross_site = parts
         .headers
         .get("sec-fetch-site")
         .is_some_and(|site| !matches!(site.as_bytes(), b"same-origin" | b"none"));
     if cross_site {
-        let message = format!("{route} does not accept cross-site requests");
-        return Err(error(StatusCode::FORBIDDEN, "forbidden", &message));
+        return Err(Failure::CrossSite(route));
     }
     Ok(())
 }
@@ -317,10 +328,10 @@ fn check_write(inner: &Inner, parts: &Parts, route: &str) -> Result<(), Response
 pub(crate) async fn purge(inner: Arc<Inner>, request: Request) -> Response {
     let (parts, _) = request.into_parts();
     if let Err(refused) = check_write(&inner, &parts, "purge") {
-        return refused;
+        return refused.into_response();
     }
     let pairs: Vec<(String, String)> = query_pairs(&parts).collect();
-    let backend = inner.source.resolve();
+    let backend = inner.backend();
     let backend = backend.as_ref();
     let call = match pairs.as_slice() {
         [(name, pattern)] if name == "pattern" => Some(("clear_pattern", pattern.as_str())),
@@ -372,7 +383,7 @@ struct Purged {
 pub(crate) async fn clear_path(inner: Arc<Inner>, request: Request) -> Response {
     let (parts, _) = request.into_parts();
     if let Err(refused) = check_write(&inner, &parts, "clear-path") {
-        return refused;
+        return refused.into_response();
     }
     let mut path = None;
     let mut include_params = false;
@@ -398,7 +409,7 @@ pub(crate) async fn clear_path(inner: Arc<Inner>, request: Request) -> Response 
         )
         .into_response();
     };
-    let backend = inner.source.resolve();
+    let backend = inner.backend();
     match timed(
         &inner,
         backend.as_ref(),

@@ -822,6 +822,15 @@ impl SessionConfigBuilder {
                 "must be non-empty, without whitespace or control characters",
             ));
         }
+        if self
+            .backend_key_prefix
+            .starts_with(axum_cachex_core::CACHE_NAMESPACE)
+        {
+            return Err(SessionConfigError::new(
+                "backend_key_prefix",
+                "must not start with `http:`, the HTTP cache's namespace (clearing the cache would log everyone out)",
+            ));
+        }
         let trusted_proxies = self
             .trusted_proxies
             .iter()

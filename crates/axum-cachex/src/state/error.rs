@@ -130,4 +130,9 @@ pub enum StateManagerConfigError {
          the backend's namespace; keep the default `oauth_state:` or choose another prefix"
     )]
     EmptyKeyPrefix,
+    /// `key_prefix` starts with `http:`, the HTTP cache's namespace.
+    #[error(
+        "`key_prefix` must not start with `http:`: that is the HTTP cache's namespace, and clearing the cache would delete pending states"
+    )]
+    CacheNamespace,
 }

@@ -130,6 +130,12 @@ impl StateManagerBuilder {
         if self.key_prefix.is_empty() {
             return Err(StateManagerConfigError::EmptyKeyPrefix);
         }
+        if self
+            .key_prefix
+            .starts_with(axum_cachex_core::CACHE_NAMESPACE)
+        {
+            return Err(StateManagerConfigError::CacheNamespace);
+        }
         Ok(StateManager {
             backend: self.backend,
             key_prefix: self.key_prefix.into(),
