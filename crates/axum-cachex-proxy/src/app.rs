@@ -35,9 +35,24 @@ pub(crate) fn build(
         let service = ServiceBuilder::new().layer(layer).service(forward.clone());
         routes.push(BoxCloneSyncService::new(service));
     }
-    let rules = settings.clone();
+    let router = match <[Route; 1]>::try_from(routes) {
+        // One rule (the catch-all): no dispatch at all.
+        Ok([only]) => Router::new().fallback_service(only),
+        Err(routes) => dispatch(settings.clone(), routes),
+    };
+    // The access log costs a few allocations per request: only when it is
+    // on (`RUST_LOG` at info for the `access` target).
+    if tracing::enabled!(target: "access", tracing::Level::INFO) {
+        return Ok(router.layer(axum::middleware::from_fn(access_log)));
+    }
+    Ok(router)
+}
+
+/// Routes each request to the service of its rule: the longest matching
+/// prefix.
+fn dispatch(rules: Settings, routes: Vec<Route>) -> Router {
     let routes = Arc::new(routes);
-    let router = Router::new().fallback(move |req: Request| {
+    Router::new().fallback(move |req: Request| {
         let route = routes.get(rules.rule_for(req.uri().path())).cloned();
         async move {
             match route {
@@ -48,8 +63,7 @@ pub(crate) fn build(
                 None => Response::new(Body::empty()),
             }
         }
-    });
-    Ok(router.layer(axum::middleware::from_fn(access_log)))
+    })
 }
 
 /// One `tracing` event per request: method, path, status, what the cache
