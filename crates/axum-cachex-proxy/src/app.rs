@@ -102,6 +102,9 @@ fn shared_builder(
     for target in &settings.targets {
         builder = builder.targeted_cache_control(target.clone());
     }
+    if !settings.stale_if_unreachable.is_zero() {
+        builder = builder.stale_if_unreachable(settings.stale_if_unreachable);
+    }
     builder
 }
 

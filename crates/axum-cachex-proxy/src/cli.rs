@@ -19,6 +19,7 @@ Example:
   listen = \"127.0.0.1:8080\"
   backend = \"memcached://10.0.0.1:11211,10.0.0.2:11211\"
   targets = [\"CDN-Cache-Control\"]   # targeted cache control (RFC 9213)
+  stale_if_unreachable = 3600         # seconds; 0: never serve stale on 502/504
 
   [[rules]]
   prefix = \"/static/\"
@@ -69,4 +70,9 @@ pub(crate) struct Cli {
     /// [default: 30].
     #[arg(long, value_name = "SECS")]
     pub(crate) upstream_timeout: Option<u64>,
+    /// How stale a stored response may be served while the upstream cannot
+    /// be reached, unless it says must-revalidate, proxy-revalidate,
+    /// no-cache or s-maxage (RFC 9111 §4.2.4); 0 never [default: 3600].
+    #[arg(long, value_name = "SECS")]
+    pub(crate) stale_if_unreachable: Option<u64>,
 }

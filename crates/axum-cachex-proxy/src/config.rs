@@ -56,6 +56,7 @@ struct File {
     #[serde(default)]
     rewrite_host: bool,
     upstream_timeout: Option<u64>,
+    stale_if_unreachable: Option<u64>,
     #[serde(default)]
     targets: Vec<String>,
     #[serde(default)]
@@ -99,6 +100,9 @@ pub(crate) struct Settings {
     pub(crate) admin_token: Option<String>,
     pub(crate) rewrite_host: bool,
     pub(crate) upstream_timeout: Duration,
+    /// How stale a response may be served while the upstream is
+    /// unreachable; zero: never.
+    pub(crate) stale_if_unreachable: Duration,
     /// Targeted cache-control fields this cache obeys, most specific first.
     pub(crate) targets: Vec<HeaderName>,
     /// Longest prefix first; always ends with the catch-all `/`.
@@ -107,6 +111,7 @@ pub(crate) struct Settings {
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_STALE_IF_UNREACHABLE: Duration = Duration::from_secs(3600);
 
 impl Settings {
     /// The command line over the config file (if any).
@@ -143,6 +148,10 @@ impl Settings {
             admin_token: cli.admin_token.or(file.admin_token),
             rewrite_host: cli.rewrite_host || file.rewrite_host,
             upstream_timeout: timeout.map_or(DEFAULT_UPSTREAM_TIMEOUT, Duration::from_secs),
+            stale_if_unreachable: cli
+                .stale_if_unreachable
+                .or(file.stale_if_unreachable)
+                .map_or(DEFAULT_STALE_IF_UNREACHABLE, Duration::from_secs),
             targets: file
                 .targets
                 .iter()

@@ -8,9 +8,10 @@
 //! - `Host` stays the client's, unless `rewrite_host` sends the upstream's.
 //! - Connections to the upstream are pooled (hyper-util's client).
 //! - An upstream that cannot be reached is a `502`, one that does not send
-//!   its response head within the timeout a `504`, each with a short body;
-//!   the cache layer in front may answer with a stale response instead
-//!   where `stale-if-error` allows.
+//!   its response head within the timeout a `504`, each with a short body
+//!   and marked [`UpstreamUnreachable`](axum_cachex::UpstreamUnreachable):
+//!   the cache layer in front then answers with a stale response instead
+//!   where RFC 9111 §4.2.4 allows (`--stale-if-unreachable`).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -191,10 +192,18 @@ fn forwarded_element(ip: std::net::IpAddr, host: Option<&HeaderValue>) -> String
     element
 }
 
-/// A short plain-text answer of the proxy's own.
+/// A short plain-text answer of the proxy's own, marked for the cache layer
+/// as "the upstream is unreachable" when it is a 502 or 504.
 fn short(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut res = Response::new(Body::from(format!("{text}\n")));
     *res.status_mut() = status;
+    if matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+    ) {
+        res.extensions_mut()
+            .insert(axum_cachex::UpstreamUnreachable);
+    }
     res.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

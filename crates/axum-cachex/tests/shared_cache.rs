@@ -1293,3 +1293,116 @@ async fn a_write_elsewhere_does_not_stop_a_concurrent_miss_from_being_stored() {
     );
     assert_eq!(get(&app, "/a", &[]).await.body, "#1");
 }
+
+// Disconnected from the origin (RFC 9111 §4.2.4) and targeted cache control
+// (RFC 9213).
+
+/// The handler's first answer carries `cc`; later ones are a gateway's 502,
+/// marked unreachable when `marked`.
+fn gateway_app(cc: &'static str, marked: bool) -> App {
+    let builder = CacheLayer::builder()
+        .freshness(Freshness::FromResponse)
+        .stale_if_unreachable(secs(600));
+    app(builder, move |n, _| {
+        let res = if n == 1 {
+            reply(n, &[("cache-control", cc)])
+        } else {
+            let mut res = reply(n, &[]);
+            *res.status_mut() = StatusCode::BAD_GATEWAY;
+            if marked {
+                res.extensions_mut()
+                    .insert(axum_cachex::UpstreamUnreachable);
+            }
+            res
+        };
+        std::future::ready(res)
+    })
+}
+
+#[tokio::test]
+async fn rule9111_4_2_4_stale_is_served_when_the_origin_is_unreachable() {
+    let app = gateway_app("max-age=10", true);
+    assert_eq!(get(&app, "/g", &[]).await.body, "#1");
+    app.clock.advance(secs(30));
+    let stale = get(&app, "/g", &[]).await;
+    assert_eq!(
+        (stale.status, stale.body.as_ref()),
+        (StatusCode::OK, &b"#1"[..])
+    );
+    assert!(
+        stale.cache_status().contains("detail=upstream-unreachable"),
+        "{}",
+        stale.cache_status()
+    );
+    // Past the window: the gateway's answer.
+    app.clock.advance(secs(600));
+    assert_eq!(get(&app, "/g", &[]).await.status, StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn rule9111_4_2_4_an_origin_error_or_a_prohibiting_directive_gets_no_stale() {
+    // A 502 the origin sent itself is not a disconnection.
+    let app = gateway_app("max-age=10", false);
+    get(&app, "/g", &[]).await;
+    app.clock.advance(secs(30));
+    assert_eq!(get(&app, "/g", &[]).await.status, StatusCode::BAD_GATEWAY);
+    for cc in [
+        "max-age=10, must-revalidate",
+        "max-age=10, proxy-revalidate",
+        "s-maxage=10",
+        "no-cache, max-age=10",
+    ] {
+        let app = gateway_app(cc, true);
+        get(&app, "/g", &[]).await;
+        app.clock.advance(secs(30));
+        let res = get(&app, "/g", &[]).await;
+        assert_eq!(
+            res.status,
+            StatusCode::BAD_GATEWAY,
+            "{cc}: {}",
+            res.cache_status()
+        );
+    }
+}
+
+#[tokio::test]
+async fn rule9213_a_targeted_field_replaces_cache_control_for_this_cache() {
+    let builder = CacheLayer::builder()
+        .freshness(Freshness::FromResponse)
+        .targeted_cache_control(HeaderName::from_static("cdn-cache-control"));
+    let app = app(builder, |n, parts| {
+        let headers: &[(&'static str, &'static str)] = match parts.uri.path() {
+            "/cdn-longer" => &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=600"),
+            ],
+            "/cdn-private" => &[
+                ("cache-control", "max-age=600"),
+                ("cdn-cache-control", "private"),
+            ],
+            _ => &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=\"600\""),
+            ],
+        };
+        std::future::ready(reply(n, headers))
+    });
+    get(&app, "/cdn-longer", &[]).await;
+    assert_eq!(
+        get(&app, "/cdn-longer", &[]).await.body,
+        "#1",
+        "stored by CDN-Cache-Control"
+    );
+    get(&app, "/cdn-private", &[]).await;
+    assert_eq!(
+        get(&app, "/cdn-private", &[]).await.body,
+        "#4",
+        "private for this cache"
+    );
+    get(&app, "/cdn-invalid", &[]).await;
+    assert_eq!(
+        get(&app, "/cdn-invalid", &[]).await.body,
+        "#5",
+        "an invalid targeted field is ignored: no-store holds"
+    );
+}

@@ -126,6 +126,9 @@ pub struct CacheLayerBuilder {
     /// Targeted cache-control fields obeyed instead of `Cache-Control`
     /// (RFC 9213), most specific first.
     pub(crate) targets: Vec<HeaderName>,
+    /// How stale a response may be served when the handler reports the
+    /// origin unreachable; `None`: never.
+    pub(crate) stale_if_unreachable: Option<Duration>,
     /// Whether `key_builder` was replaced (the default one is inlined).
     pub(crate) custom_keys: bool,
     pub(crate) backend: BackendSource,
@@ -214,6 +217,7 @@ impl Default for CacheLayerBuilder {
             must_understand: false,
             key_builder: Arc::new(DefaultKeyBuilder),
             targets: Vec::new(),
+            stale_if_unreachable: None,
             custom_keys: false,
             backend: BackendSource::Proxy(BackendProxy::global().clone()),
             cacheable_statuses: DEFAULT_CACHEABLE_STATUSES.into_iter().collect(),
@@ -378,6 +382,20 @@ impl CacheLayerBuilder {
     /// none.
     pub fn targeted_cache_control(mut self, field: HeaderName) -> Self {
         self.targets.push(field);
+        self
+    }
+
+    /// Serves a stored response stale by up to `window` when the handler
+    /// answers with a response marked [`UpstreamUnreachable`] (a gateway's
+    /// `502`/`504`): RFC 9111 §4.2.4 lets a cache that is disconnected from
+    /// the origin do so, unless the response says `must-revalidate`,
+    /// `proxy-revalidate`, `no-cache` or `s-maxage`. Errors the origin
+    /// itself sends are served stale only under `stale-if-error`. Default:
+    /// never.
+    ///
+    /// [`UpstreamUnreachable`]: super::UpstreamUnreachable
+    pub fn stale_if_unreachable(mut self, window: Duration) -> Self {
+        self.stale_if_unreachable = Some(window);
         self
     }
 

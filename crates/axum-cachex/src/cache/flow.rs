@@ -62,6 +62,7 @@ use super::{
     vary,
 };
 
+use super::unreachable::UpstreamUnreachable;
 use crate::lock::LockGuard;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -327,7 +328,10 @@ where
                 Use::Revalidate {
                     conditional,
                     stale_if_error,
-                } => stale = Stale::new(entry, conditional, stale_if_error),
+                } => {
+                    let if_unreachable = super::unreachable::may_serve(&self.shared, &entry, now);
+                    stale = Stale::new(entry, conditional, stale_if_error, if_unreachable);
+                }
             }
         }
         if only_if_cached {
@@ -475,13 +479,18 @@ where
         };
         let res = match result {
             Ok(res) if !res.status().is_server_error() => res,
-            failed => match stale.into_if_error() {
-                Some(entry) => {
-                    let code = failed.as_ref().ok().map(|r| r.status().as_u16());
-                    return Ok(self.serve_stale_on_error(entry, pending, code));
+            failed => {
+                let unreachable = failed
+                    .as_ref()
+                    .is_ok_and(|r| r.extensions().get::<UpstreamUnreachable>().is_some());
+                match stale.into_if_error(unreachable) {
+                    Some((entry, detail)) => {
+                        let code = failed.as_ref().ok().map(|r| r.status().as_u16());
+                        return Ok(self.serve_stale_on_error(entry, pending, code, detail));
+                    }
+                    None => failed?,
                 }
-                None => failed?,
-            },
+            }
         };
         Ok(self.store_response(res, pending, fwd).await)
     }
@@ -545,6 +554,7 @@ where
         entry: CacheEntry,
         pending: Pending,
         fwd_status: Option<u16>,
+        detail: &'static str,
     ) -> (Response<Body>, CacheStatus) {
         bump(&self.shared.stats.handler_failures);
         let now = self.shared.options.clock.now();
@@ -555,7 +565,7 @@ where
         let status = CacheStatus {
             fwd_status,
             ttl: Some(response::ttl_left(&entry, now)),
-            ..CacheStatus::forward("stale").with_detail("stale-if-error")
+            ..CacheStatus::forward("stale").with_detail(detail)
         };
         (self.answer_entry(entry, now), status)
     }
@@ -905,14 +915,17 @@ struct Stale {
     conditional: bool,
     /// Serve it if the handler fails (stale-if-error).
     if_error: bool,
+    /// Serve it if the handler reports the origin unreachable.
+    if_unreachable: bool,
 }
 
 impl Stale {
-    fn new(entry: CacheEntry, conditional: bool, if_error: bool) -> Self {
+    fn new(entry: CacheEntry, conditional: bool, if_error: bool, if_unreachable: bool) -> Self {
         Self {
-            entry: (conditional || if_error).then_some(entry),
+            entry: (conditional || if_error || if_unreachable).then_some(entry),
             conditional,
             if_error,
+            if_unreachable,
         }
     }
 
@@ -925,9 +938,14 @@ impl Stale {
         self.entry.filter(|_| self.conditional)
     }
 
-    /// The entry to serve when the handler failed.
-    fn into_if_error(self) -> Option<CacheEntry> {
-        self.entry.filter(|_| self.if_error)
+    /// The entry to serve when the handler failed (`unreachable`: with a
+    /// response marked [`UpstreamUnreachable`]), and why it may be.
+    fn into_if_error(self, unreachable: bool) -> Option<(CacheEntry, &'static str)> {
+        let entry = self.entry?;
+        if self.if_error {
+            return Some((entry, "stale-if-error"));
+        }
+        (unreachable && self.if_unreachable).then_some((entry, "upstream-unreachable"))
     }
 }
 

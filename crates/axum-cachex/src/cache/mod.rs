@@ -42,6 +42,7 @@ mod stats;
 mod status;
 mod store;
 mod targeted;
+mod unreachable;
 mod vary;
 
 pub use crate::registry::{LayerReport, Registry};
@@ -56,3 +57,4 @@ pub use key::{DefaultKeyBuilder, KeyBuilder};
 pub use layer::CacheLayer;
 pub use service::{CacheService, ResponseFuture};
 pub use stats::StatsSnapshot;
+pub use unreachable::UpstreamUnreachable;
