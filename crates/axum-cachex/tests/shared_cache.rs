@@ -1396,7 +1396,7 @@ async fn rule9213_a_targeted_field_replaces_cache_control_for_this_cache() {
     get(&app, "/cdn-private", &[]).await;
     assert_eq!(
         get(&app, "/cdn-private", &[]).await.body,
-        "#4",
+        "#3",
         "private for this cache"
     );
     get(&app, "/cdn-invalid", &[]).await;
