@@ -238,6 +238,11 @@ pub(crate) async fn write(
     if decide::has_validator(&entry.headers) {
         ttl = ttl.saturating_add(REVALIDATION_GRACE);
     }
+    // Kept as long as it may stand in for an unreachable origin.
+    if let Some(window) = shared.options.stale_if_unreachable {
+        let fresh_left = entry.fresh_for.saturating_sub(entry.age(now));
+        ttl = ttl.max(fresh_left.saturating_add(window));
+    }
     if ttl.is_zero() {
         return false;
     }
