@@ -524,3 +524,61 @@ async fn the_first_bytes_arrive_before_the_upstream_finishes() {
     assert_eq!(rest.to_bytes(), Bytes::from("rest"));
     server.abort();
 }
+
+/// SIGTERM stops accepting and lets the request in flight finish.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_requests_in_flight() {
+    let (release, released) = oneshot::channel::<()>();
+    let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
+    let (entered_tx, entered) = oneshot::channel::<()>();
+    let entered_tx = Arc::new(std::sync::Mutex::new(Some(entered_tx)));
+    let app = Router::new().route(
+        "/slow",
+        get(move || {
+            let (released, entered_tx) = (Arc::clone(&released), Arc::clone(&entered_tx));
+            async move {
+                if let Some(tx) = entered_tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+                if let Some(rx) = released.lock().await.take() {
+                    let _ = rx.await;
+                }
+                "finished"
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let mut proxy = Proxy::start(upstream, &[]).await;
+    let in_flight = tokio::spawn(fetch(proxy.addr, "/slow"));
+    tokio::time::timeout(HANG, entered)
+        .await
+        .expect("reached the upstream")
+        .unwrap();
+    let pid = proxy.child.id().expect("running").to_string();
+    let status = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill");
+    assert!(status.success());
+    let _ = release.send(());
+    let reply = tokio::time::timeout(HANG, in_flight)
+        .await
+        .expect("no hang")
+        .unwrap();
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (StatusCode::OK, "finished")
+    );
+    let exit = tokio::time::timeout(HANG, proxy.child.wait())
+        .await
+        .expect("the proxy exits after draining")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    server.abort();
+}
