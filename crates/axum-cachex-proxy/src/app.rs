@@ -40,6 +40,9 @@ pub(crate) fn build(
         Ok([only]) => Router::new().fallback_service(only),
         Err(routes) => dispatch(settings.clone(), routes),
     };
+    // Outermost: the cache must see the request exactly as the upstream
+    // will.
+    let router = router.layer(axum::middleware::map_request(well_formed));
     // The access log costs a few allocations per request: only when it is
     // on (`RUST_LOG` at info for the `access` target).
     if tracing::enabled!(target: "access", tracing::Level::INFO) {
@@ -64,6 +67,24 @@ fn dispatch(rules: Settings, routes: Vec<Route>) -> Router {
             }
         }
     })
+}
+
+/// What every request must be before the cache sees it: exactly one
+/// `Host` in HTTP/1.1 (RFC 9112 §3.2: anything else is a 400), and no
+/// hop-by-hop fields (RFC 9110 §7.6.1), which the upstream never sees and
+/// so must not select a `Vary` variant either.
+async fn well_formed(mut req: Request) -> Result<Request, Response> {
+    let hosts = req.headers().get_all(http::header::HOST).iter().count();
+    let needs_host = req.version() >= http::Version::HTTP_11;
+    if hosts > 1 || (hosts == 0 && needs_host) {
+        let mut res = Response::new(Body::from(
+            "bad request: exactly one Host header is required\n",
+        ));
+        *res.status_mut() = http::StatusCode::BAD_REQUEST;
+        return Err(res);
+    }
+    crate::forward::strip_hop_by_hop(req.headers_mut());
+    Ok(req)
 }
 
 /// One `tracing` event per request: method, path, status, what the cache
@@ -95,10 +116,15 @@ fn shared_builder(
     backend: &Arc<dyn Backend>,
     registry: &Registry,
 ) -> axum_cachex::CacheLayerBuilder {
+    // A shared cache in front of an application it knows nothing about:
+    // any cookie may be a session, so a request with one is answered from,
+    // and stored for, itself only (unless the response is explicitly
+    // shareable, as for `Authorization`).
     let mut builder = CacheLayer::builder()
         .freshness(Freshness::FromResponse)
         .backend(Arc::clone(backend))
-        .registry(registry);
+        .registry(registry)
+        .credential_header(http::header::COOKIE);
     for target in &settings.targets {
         builder = builder.targeted_cache_control(target.clone());
     }

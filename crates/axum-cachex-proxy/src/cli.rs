@@ -33,9 +33,9 @@ Example:
   prefix = \"/api/\"
   credential_headers = [\"X-Api-Key\"] # requests with it are not shared
 
-Admin routes (on --admin only): /stats, /cached, /metrics, /dashboard,
-POST /clear?path=/p[&include_params=true], POST /purge?pattern=/p/*,
-POST /purge?key=<cache key>, POST /purge?all=true.";
+Admin routes (on --admin only): GET /stats, /metrics, /cached-hits,
+/cached-records, / (the dashboard); POST /clear-path?path=/p[&include_params=true],
+POST /purge?pattern=/p/*, POST /purge?key=<cache key>, POST /purge?all=true.";
 
 /// The axum-cachex HTTP cache as a caching reverse proxy: an RFC 9111
 /// shared cache in front of one upstream.

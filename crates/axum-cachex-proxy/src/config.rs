@@ -161,13 +161,66 @@ impl Settings {
         })
     }
 
-    /// The rule for `path`: the longest matching prefix.
+    /// The rule for `path`: the longest matching prefix of the path in its
+    /// normal form (see [`normalize_path`]), so that no other spelling of a
+    /// path escapes its rule.
     pub(crate) fn rule_for(&self, path: &str) -> usize {
+        let path = normalize_path(path);
         self.rules
             .iter()
             .position(|r| path.starts_with(&r.prefix))
             .unwrap_or(self.rules.len().saturating_sub(1))
     }
+}
+
+/// The path as an upstream may read it (RFC 3986 §6.2.2): percent-encoded
+/// unreserved characters decoded (`%61` is `a`), `.` and `..` segments
+/// removed (§5.2.4), and runs of `/` collapsed (many servers treat `//x`
+/// as `/x`).
+pub(crate) fn normalize_path(path: &str) -> String {
+    let decoded = decode_unreserved(path);
+    let mut out: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut normal = format!("/{}", out.join("/"));
+    if trailing && normal != "/" {
+        normal.push('/');
+    }
+    normal
+}
+
+/// Decodes `%XX` where it encodes an unreserved character.
+fn decode_unreserved(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = (bytes[i] == b'%')
+            .then(|| path.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .filter(|b| b.is_ascii_alphanumeric() || b"-._~".contains(b));
+        match decoded {
+            Some(b) => {
+                out.push(char::from(b));
+                i += 3;
+            }
+            None => {
+                let len = path[i..].chars().next().map_or(1, char::len_utf8);
+                out.push_str(&path[i..i + len]);
+                i += len;
+            }
+        }
+    }
+    out
 }
 
 fn read(path: &PathBuf) -> Result<File, ConfigError> {
@@ -186,7 +239,18 @@ fn upstream(raw: &str) -> Result<Uri, ConfigError> {
     let uri: Uri = raw.parse().map_err(|_| bad())?;
     let plain_http = uri.scheme_str() == Some("http") && uri.host().is_some_and(|h| !h.is_empty());
     let no_path = uri.path_and_query().is_none_or(|pq| pq.as_str() == "/");
-    if !(plain_http && no_path) {
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    // No credentials in the URL (they would reach logs and `Host`), and a
+    // port that is a port.
+    let no_userinfo = !authority.contains('@');
+    let port_ok = match authority
+        .rfind(':')
+        .filter(|&i| !authority[i..].contains(']'))
+    {
+        Some(i) => authority[i + 1..].parse::<u16>().is_ok_and(|n| n > 0),
+        None => true,
+    };
+    if !(plain_http && no_path && no_userinfo && port_ok) {
         return Err(bad());
     }
     Ok(uri)
@@ -275,13 +339,38 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_matched_in_their_normal_form() {
+        for (raw, normal) in [
+            ("/api/%61ccount", "/api/account"),
+            ("/api/%2Fx", "/api/%2Fx"),
+            ("/static/../api/account", "/api/account"),
+            ("//api//account/", "/api/account/"),
+            ("/./a/./b/..", "/a/"),
+            ("/%7euser/%C3%A9", "/~user/%C3%A9"),
+            ("/", "/"),
+            ("/..", "/"),
+        ] {
+            assert_eq!(normalize_path(raw), normal, "{raw}");
+        }
+    }
+
+    #[test]
     fn bad_settings_are_refused_with_the_reason() {
         let empty = File::default;
         assert!(matches!(
             Settings::merge(Cli::default(), empty()),
             Err(ConfigError::NoUpstream)
         ));
-        for bad in ["https://x", "ftp://x", "http://x/path", "x:1", "http://"] {
+        for bad in [
+            "https://x",
+            "ftp://x",
+            "http://x/path",
+            "x:1",
+            "http://",
+            "http://127.0.0.1:99999",
+            "http://127.0.0.1:0",
+            "http://user:secret@127.0.0.1:8000",
+        ] {
             assert!(
                 matches!(
                     Settings::merge(cli(bad), empty()),

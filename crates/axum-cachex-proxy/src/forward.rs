@@ -141,13 +141,19 @@ impl Forwarder {
 /// The upstream's response as the client gets it.
 fn inbound(res: Response<Body>) -> Response<Body> {
     let (mut parts, body) = res.into_parts();
+    // RFC 9112 §6.3: with `Transfer-Encoding` the body's length is its
+    // chunking, and a `Content-Length` beside it is wrong (and was
+    // ignored in reading it): it must not reach the client.
+    if parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(&mut parts.headers);
     append(&mut parts.headers, VIA, VIA_THIS_HOP);
     Response::from_parts(parts, body)
 }
 
 /// Removes the hop-by-hop fields, including those `Connection` names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -163,14 +169,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends `value` to a list-valued field (one comma-separated line).
+/// Appends `value` to a list-valued field as a field line of its own:
+/// equivalent to joining (RFC 9110 §5.3), and every earlier line stays as
+/// it was.
 fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {value}"),
-        _ => value.to_owned(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&joined) {
-        headers.insert(name, value);
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.append(name, value);
     }
 }
 
@@ -234,8 +238,10 @@ mod tests {
         append(&mut h, VIA, VIA_THIS_HOP);
         assert_eq!(h[VIA], "1.1 axum-cachex");
         h.insert(VIA, HeaderValue::from_static("1.0 fred"));
+        h.append(VIA, HeaderValue::from_static("1.1 wilma"));
         append(&mut h, VIA, VIA_THIS_HOP);
-        assert_eq!(h[VIA], "1.0 fred, 1.1 axum-cachex");
+        let lines: Vec<_> = h.get_all(VIA).iter().collect();
+        assert_eq!(lines, ["1.0 fred", "1.1 wilma", "1.1 axum-cachex"]);
     }
 
     #[test]

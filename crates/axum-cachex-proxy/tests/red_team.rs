@@ -583,11 +583,9 @@ async fn upstream_userinfo_never_reaches_the_host_header() {
     );
 }
 
-/// `--help` "shows a complete example": the admin routes it lists
-/// (`/cached`, `/dashboard`, `POST /clear?path=`) do not exist; the
-/// library serves `/cached-hits`, `/cached-records`, `/` and
-/// `/clear-path`. An operator following the help gets 404s, and a purge
-/// that silently does nothing.
+/// `--help` "shows a complete example": the admin routes it lists must
+/// exist (it once named `/cached`, `/dashboard` and `POST /clear?path=`,
+/// which answered 404).
 #[tokio::test]
 async fn admin_routes_named_in_help_exist() {
     let help = proxy_command(&["--help".into()])
@@ -596,7 +594,14 @@ async fn admin_routes_named_in_help_exist() {
         .await
         .expect("help");
     let help = String::from_utf8_lossy(&help.stdout).into_owned();
-    assert!(help.contains("POST /clear?path="), "help text changed");
+    for route in [
+        "/clear-path?path=",
+        "/cached-hits",
+        "/cached-records",
+        "/purge?pattern=",
+    ] {
+        assert!(help.contains(route), "--help does not name {route}");
+    }
 
     let up = upstream(Arc::new(|_req: &Seen| response("200 OK", &[], "ok"))).await;
     let admin = free_addr().await;
@@ -617,9 +622,13 @@ async fn admin_routes_named_in_help_exist() {
     }
     let mut statuses = Vec::new();
     for (method, path) in [
-        ("POST", "/clear?path=/x"),
-        ("GET", "/cached"),
-        ("GET", "/dashboard"),
+        ("POST", "/clear-path?path=/x"),
+        ("GET", "/cached-hits"),
+        ("GET", "/cached-records"),
+        ("GET", "/stats"),
+        ("GET", "/metrics"),
+        ("GET", "/"),
+        ("POST", "/purge?pattern=/x*"),
     ] {
         let res = raw_request(
             admin,

@@ -157,7 +157,8 @@ impl CredentialCheck {
             } else if !is_common_request_header(name) {
                 let names = names.get_or_insert_with(|| self.names.load());
                 let found = if name == COOKIE {
-                    has_cookie(&parts.headers, &names.cookies)
+                    // `credential_header(COOKIE)`: every cookie counts.
+                    names.headers.contains(name) || has_cookie(&parts.headers, &names.cookies)
                 } else {
                     names.headers.contains(name)
                 };

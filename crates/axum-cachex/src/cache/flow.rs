@@ -603,6 +603,16 @@ where
                 return (res, status.with_detail(reason));
             }
         };
+        if !pending.write {
+            // A `no-store` request: nothing is stored, so nothing is
+            // buffered either (nor shared with waiters).
+            pending.finish(None);
+            headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
+            return (
+                self.pass_through(parts, Body::new(body), &mut status),
+                status,
+            );
+        }
         pending.policy = policy;
         let limit = self.store_limit();
         match body::exact_len(&body) {
