@@ -194,7 +194,7 @@ mod transport;
 
 pub use config::{
     CookieConfig, DEFAULT_COOKIE_NAME, DEFAULT_HEADER_NAME, DEFAULT_KEY_PREFIX,
-    DEFAULT_SESSION_TTL, JwtAlgorithm, MIN_SECRET_LEN, SameSite, SessionConfig,
+    DEFAULT_SESSION_TTL, HOST_PREFIX, JwtAlgorithm, MIN_SECRET_LEN, SameSite, SessionConfig,
     SessionConfigBuilder, SessionConfigError, TokenFormat, TokenSource, TrustedProxy,
 };
 pub use error::{SecurityError, SessionError, TokenError};
