@@ -430,7 +430,9 @@ impl SessionManager {
     /// # Errors
     ///
     /// [`SessionError::Backend`], [`SessionError::Busy`] (user index locked),
-    /// [`SessionError::Random`], [`SessionError::Signing`].
+    /// [`SessionError::Random`], [`SessionError::Signing`];
+    /// [`SecurityError::ClientAddressUnknown`] when `ip_binding` is on and
+    /// `ip` is `None` (the session could never be checked).
     pub async fn create_session(
         &self,
         user: SessionUser,
@@ -547,12 +549,16 @@ impl SessionManager {
     /// - [`SessionError::Token`]: malformed token, JWT expired or with wrong
     ///   claims;
     /// - [`SessionError::Security`]: bad signature or algorithm, IP or
-    ///   `User-Agent` mismatch (with the bindings on);
+    ///   `User-Agent` mismatch (with the bindings on), no `ip` at all with
+    ///   `ip_binding` on ([`SecurityError::ClientAddressUnknown`], not a
+    ///   client error: the app is served without `ConnectInfo`);
     /// - [`SessionError::NotFound`]: no such session (also when it was
     ///   deleted while this read renewed it);
     /// - [`SessionError::Invalid`]: the session was invalidated;
     /// - [`SessionError::Expired`]: past its expiry or absolute timeout (it
     ///   is marked expired in the store);
+    /// - [`SessionError::Conflict`]: the renewal kept losing to concurrent
+    ///   writes of the record;
     /// - [`SessionError::Corrupt`], [`SessionError::Backend`].
     pub async fn load_session(
         &self,
@@ -783,7 +789,9 @@ impl SessionManager {
     }
 
     /// Gives the session a new id and returns its new token; the old id and
-    /// token stop working. Use after any privilege change.
+    /// token stop working. Use after any privilege change. A session
+    /// deleted or invalidated while it moves is not re-created under the
+    /// new id ([`SessionError::NotFound`], [`SessionError::Invalid`]).
     ///
     /// # Errors
     ///

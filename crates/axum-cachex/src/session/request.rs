@@ -24,9 +24,7 @@ use tracing::{debug, warn};
 
 use crate::cache::ShareGuard;
 
-use super::{
-    SecurityError, Session, SessionError, SessionManager, TokenSource, token::log_id,
-};
+use super::{SecurityError, Session, SessionError, SessionManager, TokenSource, token::log_id};
 
 /// What will happen to the request's session when it is next committed:
 /// by an explicit [`SessionHandle::save`](super::SessionHandle::save),

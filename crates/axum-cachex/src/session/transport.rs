@@ -209,7 +209,11 @@ fn build_cookie(
     max_age: Option<u64>,
     expired: bool,
 ) -> Option<HeaderValue> {
-    let mut s = format!("{}={value}; Path={}", cookie.cookie_name(), cookie.get_path());
+    let mut s = format!(
+        "{}={value}; Path={}",
+        cookie.cookie_name(),
+        cookie.get_path()
+    );
     if let Some(d) = cookie.get_domain() {
         s.push_str("; Domain=");
         s.push_str(d);
