@@ -158,6 +158,28 @@ fn builder_rejects_invalid_values_naming_the_field() {
         ),
         "cookie.same_site"
     );
+    // A name with a browser-enforced prefix must meet its conditions.
+    assert_eq!(
+        field(
+            b().cookie(CookieConfig::new().name("__Host-sid").path("/app"))
+                .build()
+        ),
+        "cookie.name"
+    );
+    assert_eq!(
+        field(
+            b().cookie(CookieConfig::new().name("__Host-sid").domain("example.com"))
+                .build()
+        ),
+        "cookie.name"
+    );
+    assert_eq!(
+        field(
+            b().cookie(CookieConfig::new().name("__Secure-sid").secure(false))
+                .build()
+        ),
+        "cookie.name"
+    );
     let e = b().sliding_threshold(2.0).build().expect_err("invalid");
     assert!(e.to_string().contains("sliding_threshold"), "{e}");
 }
@@ -177,6 +199,18 @@ fn deserialisation_validates_and_names_the_field() {
     assert_eq!(ok.token_format(), TokenFormat::Jwt);
     assert_eq!(ok.jwt_algorithm(), JwtAlgorithm::HS512);
     assert_eq!(ok.cookie().map(|c| c.get_name()), Some("sid"));
+    assert_eq!(
+        ok.cookie().map(|c| c.cookie_name().into_owned()),
+        Some("__Host-sid".to_owned())
+    );
+    let plain: SessionConfig = serde_json::from_str(&format!(
+        r#"{{"secret_key": "{SECRET}", "cookie": {{"host_prefix": false}}}}"#
+    ))
+    .expect("valid config");
+    assert_eq!(
+        plain.cookie().map(|c| c.cookie_name().into_owned()),
+        Some("session".to_owned())
+    );
     assert_eq!(ok.trusted_proxies().len(), 2);
 
     let s = SECRET;

@@ -15,8 +15,8 @@
 //!   [`credential_cookie`](crate::CacheLayerBuilder::credential_cookie);
 //! - a [`Credentialed`] marker inserted by any other middleware.
 //!
-//! The session layer's default names (`X-Session-Token`, cookie `session`)
-//! are known from the start.
+//! The session layer's default names (`X-Session-Token`, cookies `__Host-session`
+//! and `session`) are known from the start.
 
 use std::sync::{
     Arc,
@@ -97,7 +97,7 @@ impl CredentialNames {
     pub(crate) fn session_defaults() -> Self {
         Self {
             headers: vec![HeaderName::from_static("x-session-token")],
-            cookies: vec!["session".to_owned()],
+            cookies: vec!["__Host-session".to_owned(), "session".to_owned()],
         }
     }
 

@@ -1,7 +1,7 @@
 //! [`SessionConfig`]: every option of the session manager and middleware,
 //! validated when built or deserialised.
 
-use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
+use std::{borrow::Cow, fmt, net::IpAddr, str::FromStr, time::Duration};
 
 use http::HeaderName;
 use serde::{
@@ -15,8 +15,16 @@ pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_HEADER_NAME: &str = "X-Session-Token";
 /// Default [`SessionConfig::backend_key_prefix`].
 pub const DEFAULT_KEY_PREFIX: &str = "session:";
-/// Default cookie name when the cookie transport is enabled.
+/// Default cookie name when the cookie transport is enabled. On the wire
+/// it is `__Host-session` by default (see [`CookieConfig::host_prefix`]).
 pub const DEFAULT_COOKIE_NAME: &str = "session";
+/// The cookie name prefix that makes browsers refuse the cookie unless it
+/// is `Secure`, has `Path=/` and no `Domain` (RFC 6265bis §4.1.3.2), so
+/// that a sibling subdomain or a plain-HTTP page cannot plant it.
+pub const HOST_PREFIX: &str = "__Host-";
+/// The cookie name prefix that makes browsers refuse the cookie unless it
+/// is `Secure`.
+const SECURE_PREFIX: &str = "__Secure-";
 /// Minimum length of [`SessionConfig`]'s secret key, in characters.
 pub const MIN_SECRET_LEN: usize = 32;
 
@@ -173,13 +181,32 @@ impl FromStr for SameSite {
 /// the token from this cookie and answers with `Set-Cookie`.
 ///
 /// Defaults: name `session`, path `/`, no domain, `Secure`, `HttpOnly`,
-/// `SameSite=Lax`, persistent (`Max-Age` follows the session's expiry).
+/// `SameSite=Lax`, persistent (`Max-Age` follows the session's expiry),
+/// and the `__Host-` prefix.
+///
+/// **The `__Host-` prefix.** A cookie that is `Secure`, has `Path=/` and no
+/// `Domain` is written and read as `__Host-{name}` (`__Host-session` by
+/// default): browsers accept such a cookie only from a secure origin, for
+/// exactly this host, so a sibling subdomain (or a man in the middle on
+/// plain HTTP) cannot plant a session cookie for the app (session
+/// fixation). Only that exact name is read; a plain `session` cookie is
+/// ignored. The prefix is left out when the cookie does not qualify
+/// (`secure(false)` for a plain-HTTP development server, a `path` or a
+/// `domain`), when the name already starts with `__Host-` or `__Secure-`
+/// (used as given, and checked: `__Host-` requires the three conditions,
+/// `__Secure-` requires `Secure`), and when turned off with
+/// [`host_prefix(false)`](Self::host_prefix), e.g. to keep the cookie of an
+/// existing deployment. [`cookie_name`](Self::cookie_name) tells the name
+/// in use.
 ///
 /// ```
 /// use axum_cachex::session::{CookieConfig, SameSite};
 ///
 /// let cookie = CookieConfig::new().name("sid").same_site(SameSite::Strict);
 /// assert_eq!(cookie.get_name(), "sid");
+/// assert_eq!(cookie.cookie_name(), "__Host-sid");
+/// assert_eq!(cookie.clone().host_prefix(false).cookie_name(), "sid");
+/// assert_eq!(cookie.path("/app").cookie_name(), "sid");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
@@ -191,6 +218,7 @@ pub struct CookieConfig {
     http_only: bool,
     same_site: SameSite,
     persistent: bool,
+    host_prefix: bool,
 }
 
 impl Default for CookieConfig {
@@ -203,6 +231,7 @@ impl Default for CookieConfig {
             http_only: true,
             same_site: SameSite::Lax,
             persistent: true,
+            host_prefix: true,
         }
     }
 }
@@ -212,7 +241,8 @@ impl CookieConfig {
     pub fn new() -> Self {
         Self::default()
     }
-    /// The cookie name. Default: `session`.
+    /// The cookie name. Default: `session`. It gets the `__Host-` prefix
+    /// on the wire when the cookie qualifies (see [`host_prefix`](Self::host_prefix)).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
@@ -249,6 +279,14 @@ impl CookieConfig {
         self.persistent = persistent;
         self
     }
+    /// Whether the name gets the `__Host-` prefix when the cookie is
+    /// `Secure`, has `Path=/` and no `Domain`. Default: `true`. Turn it off
+    /// only to keep an existing cookie name: without the prefix a sibling
+    /// subdomain can set the session cookie.
+    pub fn host_prefix(mut self, on: bool) -> Self {
+        self.host_prefix = on;
+        self
+    }
 
     /// The cookie name.
     pub fn get_name(&self) -> &str {
@@ -278,6 +316,23 @@ impl CookieConfig {
     pub fn is_persistent(&self) -> bool {
         self.persistent
     }
+    /// Whether the `__Host-` prefix is asked for (it is applied only when
+    /// the cookie qualifies; see [`cookie_name`](Self::cookie_name)).
+    pub fn get_host_prefix(&self) -> bool {
+        self.host_prefix
+    }
+    /// The name the cookie is written and read under: the configured
+    /// name, with the `__Host-` prefix when it is asked for, the cookie is
+    /// `Secure`, has `Path=/` and no `Domain`, and the name carries no
+    /// prefix of its own.
+    pub fn cookie_name(&self) -> Cow<'_, str> {
+        let qualifies = self.secure && self.path == "/" && self.domain.is_none();
+        if self.host_prefix && qualifies && !has_prefix(&self.name) {
+            Cow::Owned(format!("{HOST_PREFIX}{}", self.name))
+        } else {
+            Cow::Borrowed(&self.name)
+        }
+    }
 
     fn validate(&self) -> Result<(), SessionConfigError> {
         // RFC 6265 cookie-name = token (RFC 7230 tchar).
@@ -306,6 +361,7 @@ impl CookieConfig {
                 format!("must be a non-empty host name (got {d:?})"),
             ));
         }
+        self.validate_prefix()?;
         if self.same_site == SameSite::None && !self.secure {
             return Err(SessionConfigError::new(
                 "cookie.same_site",
@@ -314,6 +370,39 @@ impl CookieConfig {
         }
         Ok(())
     }
+}
+
+impl CookieConfig {
+    /// A name that carries a cookie prefix must meet its conditions, or
+    /// browsers drop the cookie silently.
+    fn validate_prefix(&self) -> Result<(), SessionConfigError> {
+        if starts_with_ignore_case(&self.name, HOST_PREFIX)
+            && (!self.secure || self.path != "/" || self.domain.is_some())
+        {
+            return Err(SessionConfigError::new(
+                "cookie.name",
+                "a `__Host-` name requires `secure`, path \"/\" and no domain",
+            ));
+        }
+        if starts_with_ignore_case(&self.name, SECURE_PREFIX) && !self.secure {
+            return Err(SessionConfigError::new(
+                "cookie.name",
+                "a `__Secure-` name requires `secure`",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a cookie name carries one of the prefixes browsers enforce
+/// (matched case-insensitively, as browsers do).
+fn has_prefix(name: &str) -> bool {
+    starts_with_ignore_case(name, HOST_PREFIX) || starts_with_ignore_case(name, SECURE_PREFIX)
+}
+
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
 
 /// A trusted proxy address or network, e.g. `10.0.0.0/8` or `::1`.
@@ -422,7 +511,7 @@ impl fmt::Debug for SecretKey {
 /// | `regenerate_on_login` | `true` |
 /// | `backend_key_prefix` | `session:` |
 /// | `trusted_proxies` | none (IPs or CIDR networks) |
-/// | `cookie` | none (cookie transport off); see [`CookieConfig`] |
+/// | `cookie` | none (cookie transport off); see [`CookieConfig`] (name `__Host-session` on the wire) |
 ///
 /// ```
 /// use std::time::Duration;
@@ -979,7 +1068,7 @@ impl<'de> Deserialize<'de> for SessionConfig {
 }
 
 /// The serde form of [`CookieConfig`]: `{name, path, domain, secure,
-/// http_only, same_site, persistent}`, all optional.
+/// http_only, same_site, persistent, host_prefix}`, all optional.
 struct CookieSerde(CookieConfig);
 
 const COOKIE_FIELDS: &[&str] = &[
@@ -990,6 +1079,7 @@ const COOKIE_FIELDS: &[&str] = &[
     "http_only",
     "same_site",
     "persistent",
+    "host_prefix",
 ];
 
 impl<'de> Deserialize<'de> for CookieSerde {
@@ -1012,6 +1102,7 @@ impl<'de> Deserialize<'de> for CookieSerde {
                         "http_only" => c.http_only = next(&mut map, &field)?,
                         "same_site" => c.same_site = parse_next(&mut map, &field)?,
                         "persistent" => c.persistent = next(&mut map, &field)?,
+                        "host_prefix" => c.host_prefix = next(&mut map, &field)?,
                         other => return Err(de::Error::unknown_field(other, COOKIE_FIELDS)),
                     }
                 }

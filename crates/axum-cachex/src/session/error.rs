@@ -54,6 +54,16 @@ pub enum SecurityError {
     /// `user_agent_binding` is on and the `User-Agent` differs.
     #[error("user agent does not match the session")]
     UserAgentMismatch,
+    /// `ip_binding` is on but the request has no client address: the app
+    /// is served without `ConnectInfo`. A server misconfiguration, not the
+    /// client's fault ([`SessionError::is_client_error`] is `false`).
+    #[error(
+        "ip_binding is on but the client address is unknown: serve the router with \
+         `into_make_service_with_connect_info::<SocketAddr>()` (e.g. \
+         `axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())`), \
+         or turn ip_binding off"
+    )]
+    ClientAddressUnknown,
 }
 
 /// The error of a [`SessionManager`](super::SessionManager) operation.
@@ -63,8 +73,8 @@ pub enum SessionError {
     /// The token is malformed, expired or carries wrong claims.
     #[error("invalid session token")]
     Token(#[from] TokenError),
-    /// A signature or binding check failed.
-    #[error("session security check failed")]
+    /// A signature or binding check failed, or a binding cannot be checked.
+    #[error("session security check failed: {0}")]
     Security(#[from] SecurityError),
     /// No session with this id exists (never did, expired from the store,
     /// deleted, or moved to a new id).
@@ -87,6 +97,11 @@ pub enum SessionError {
     /// the same user for longer than the retry budget.
     #[error("session index of the user is busy; retry")]
     Busy,
+    /// The session record kept changing under concurrent writes (saves,
+    /// renewals) for longer than the retry budget of a compare-and-set
+    /// write; nothing was written. Retry.
+    #[error("session record changed concurrently too often; retry")]
+    Conflict,
     /// The backend failed.
     #[error("session backend failed")]
     Backend(#[from] BackendError),
@@ -100,16 +115,14 @@ pub enum SessionError {
 
 impl SessionError {
     /// Whether the error comes from the client's token or session (as
-    /// opposed to the server: backend, randomness, signing). The middleware
-    /// treats these as "no session" quietly and logs the others as warnings.
+    /// opposed to the server: backend, randomness, signing, a missing
+    /// client address under `ip_binding`). The middleware treats these as
+    /// "no session" quietly and logs the others as warnings.
     pub fn is_client_error(&self) -> bool {
-        matches!(
-            self,
-            Self::Token(_)
-                | Self::Security(_)
-                | Self::NotFound
-                | Self::Invalid { .. }
-                | Self::Expired
-        )
+        match self {
+            Self::Security(e) => *e != SecurityError::ClientAddressUnknown,
+            Self::Token(_) | Self::NotFound | Self::Invalid { .. } | Self::Expired => true,
+            _ => false,
+        }
     }
 }

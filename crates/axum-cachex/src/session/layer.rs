@@ -32,8 +32,13 @@ use super::{SessionContext, SessionManager, request::RequestSession, transport};
 ///
 /// The client IP for `ip_binding` is the socket address, which axum provides
 /// only when the app is served with
-/// `into_make_service_with_connect_info::<SocketAddr>()`; without it no IP
-/// is known (and `ip_binding` then binds to "unknown").
+/// `into_make_service_with_connect_info::<SocketAddr>()`. Without it no IP
+/// is known, and with `ip_binding` on every session is refused (loading
+/// and creating alike, with [`SecurityError::ClientAddressUnknown`]; the
+/// misconfiguration is logged once, at `error`) rather than bound to
+/// "unknown".
+///
+/// [`SecurityError::ClientAddressUnknown`]: super::SecurityError::ClientAddressUnknown
 ///
 /// ```
 /// use std::sync::Arc;
@@ -181,7 +186,7 @@ fn credential_names(config: &super::SessionConfig) -> CredentialNames {
         headers: vec![config.header_name().clone()],
         cookies: config
             .cookie()
-            .map(|c| c.get_name().to_owned())
+            .map(|c| c.cookie_name().into_owned())
             .into_iter()
             .collect(),
     }

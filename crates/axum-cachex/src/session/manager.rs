@@ -3,7 +3,10 @@
 use std::{
     fmt,
     net::IpAddr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -11,7 +14,7 @@ use axum_cachex_core::Backend;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::{Clock, Registry, manager_stats::ManagerCounting};
 
@@ -31,6 +34,12 @@ const EXPIRED_RECORD_GRACE: Duration = Duration::from_secs(60);
 const CREATE_ATTEMPTS: usize = 3;
 /// Version of the stored record layout.
 const RECORD_VERSION: u8 = 1;
+/// Attempts at a compare-and-set write of a session record (a save, a
+/// renewal, the removal of the old record of a regeneration) before giving
+/// up with [`SessionError::Conflict`]: each failed attempt means another
+/// writer changed the record in between, so the budget is only exhausted
+/// under a storm of concurrent writes to one session.
+const CAS_ATTEMPTS: usize = 8;
 
 /// A session read by [`SessionManager::load_session`], with the new token
 /// when the read renewed a JWT session.
@@ -104,6 +113,8 @@ struct Inner {
     clock: Clock,
     deferred: DeferredRefreshes,
     counting: ManagerCounting,
+    /// Whether the missing client address under `ip_binding` was logged.
+    warned_no_client_ip: AtomicBool,
 }
 
 impl fmt::Debug for SessionManager {
@@ -136,6 +147,7 @@ impl SessionManager {
                 clock,
                 deferred: DeferredRefreshes::default(),
                 counting,
+                warned_no_client_ip: AtomicBool::new(false),
             }),
         }
     }
@@ -268,6 +280,66 @@ impl SessionManager {
         Ok(s)
     }
 
+    // ---- guarded writes ----------------------------------------------------
+
+    /// Writes `value` over a record only while it still holds `expected`,
+    /// the bytes the caller read and decided on: compare-and-set when the
+    /// backend has [`CompareAndSwap`](axum_cachex_core::CompareAndSwap),
+    /// else `replace` (only a deletion is then detected; see the module
+    /// docs). `false`: the record changed or vanished, read it again.
+    async fn write_if_unchanged(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<bool, SessionError> {
+        let backend = &self.inner.backend;
+        Ok(match backend.compare_and_swap() {
+            Some(cas) => cas.set_if_equals(key, expected, value, Some(ttl)).await?,
+            None => backend.replace(key, value, Some(ttl)).await?,
+        })
+    }
+
+    /// Deletes a record only while it still holds `expected` (plain
+    /// `delete` without compare-and-swap). `false`: it changed or vanished.
+    async fn delete_if_unchanged(&self, key: &str, expected: &[u8]) -> Result<bool, SessionError> {
+        let backend = &self.inner.backend;
+        Ok(match backend.compare_and_swap() {
+            Some(cas) => cas.delete_if_equals(key, expected).await?,
+            None => backend.delete(key).await?,
+        })
+    }
+
+    /// Refuses to write an active session over a stored record that was
+    /// invalidated or marked expired meanwhile: an ended session stays
+    /// ended. A record that cannot be decoded does not block the write.
+    fn ensure_not_ended(&self, session: &Session, stored: &[u8]) -> Result<(), SessionError> {
+        if session.status() == SessionStatus::Active
+            && let Ok(stored) = self.decode(stored, None)
+            && stored.status() != SessionStatus::Active
+        {
+            return Err(SessionError::Invalid {
+                status: stored.status(),
+            });
+        }
+        Ok(())
+    }
+
+    /// With `ip_binding` on, a request without a client address (the app
+    /// is served without `ConnectInfo`) cannot be checked: refused, and the
+    /// misconfiguration logged once per manager.
+    fn require_client_ip(&self, ip: Option<IpAddr>) -> Result<(), SessionError> {
+        if ip.is_some() || !self.inner.config.ip_binding() {
+            return Ok(());
+        }
+        let e = SecurityError::ClientAddressUnknown;
+        if !self.inner.warned_no_client_ip.swap(true, Ordering::Relaxed) {
+            error!("session refused: {e}");
+        }
+        Err(e.into())
+    }
+
     // ---- time rules -------------------------------------------------------
 
     /// The absolute deadline of a session, if `absolute_timeout` is set.
@@ -358,7 +430,9 @@ impl SessionManager {
     /// # Errors
     ///
     /// [`SessionError::Backend`], [`SessionError::Busy`] (user index locked),
-    /// [`SessionError::Random`], [`SessionError::Signing`].
+    /// [`SessionError::Random`], [`SessionError::Signing`];
+    /// [`SecurityError::ClientAddressUnknown`] when `ip_binding` is on and
+    /// `ip` is `None` (the session could never be checked).
     pub async fn create_session(
         &self,
         user: SessionUser,
@@ -391,6 +465,7 @@ impl SessionManager {
         user_agent: Option<&str>,
         data: Option<Map<String, Value>>,
     ) -> Result<(Session, String), SessionError> {
+        self.require_client_ip(ip)?;
         let now = self.now();
         let mut s = Session::new_at(
             user,
@@ -474,12 +549,16 @@ impl SessionManager {
     /// - [`SessionError::Token`]: malformed token, JWT expired or with wrong
     ///   claims;
     /// - [`SessionError::Security`]: bad signature or algorithm, IP or
-    ///   `User-Agent` mismatch (with the bindings on);
+    ///   `User-Agent` mismatch (with the bindings on), no `ip` at all with
+    ///   `ip_binding` on ([`SecurityError::ClientAddressUnknown`], not a
+    ///   client error: the app is served without `ConnectInfo`);
     /// - [`SessionError::NotFound`]: no such session (also when it was
     ///   deleted while this read renewed it);
     /// - [`SessionError::Invalid`]: the session was invalidated;
     /// - [`SessionError::Expired`]: past its expiry or absolute timeout (it
     ///   is marked expired in the store);
+    /// - [`SessionError::Conflict`]: the renewal kept losing to concurrent
+    ///   writes of the record;
     /// - [`SessionError::Corrupt`], [`SessionError::Backend`].
     pub async fn load_session(
         &self,
@@ -506,51 +585,48 @@ impl SessionManager {
     ) -> Result<LoadedSession, SessionError> {
         let now = self.now();
         let id = self.inner.tokens.verify(token, now)?;
+        self.require_client_ip(ip)?;
         let key = self.key(&id);
-        let Some(bytes) = self.inner.backend.get(&key).await? else {
-            debug!(session = %log_id(&id), "session not found");
+        for _ in 0..CAS_ATTEMPTS {
+            if let Some(loaded) = self.load_once(&id, &key, ip, user_agent, now).await? {
+                return Ok(loaded);
+            }
+            debug!(session = %log_id(&id), "session changed during its renewal; reading it again");
+        }
+        Err(SessionError::Conflict)
+    }
+
+    /// One read (and renewal) of a session; `None` when the record changed
+    /// between the read and the renewal's write, which then did not happen.
+    async fn load_once(
+        &self,
+        id: &str,
+        key: &str,
+        ip: Option<IpAddr>,
+        user_agent: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Option<LoadedSession>, SessionError> {
+        let Some(bytes) = self.inner.backend.get(key).await? else {
+            debug!(session = %log_id(id), "session not found");
             return Err(SessionError::NotFound);
         };
-        let mut s = self.decode(&bytes, Some(&id))?;
-        match s.status() {
-            SessionStatus::Active => {}
-            SessionStatus::Expired => return Err(SessionError::Expired),
-            status => return Err(SessionError::Invalid { status }),
-        }
-        if self.is_over(&s, now) {
-            s.set_status(SessionStatus::Expired);
-            // `replace`, so a session deleted meanwhile stays deleted.
-            let _ = self
-                .inner
-                .backend
-                .replace(&key, self.encode(&s)?, Some(EXPIRED_RECORD_GRACE))
-                .await?;
-            debug!(session = %log_id(&id), "session expired");
-            return Err(SessionError::Expired);
-        }
-        let config = &self.inner.config;
-        if config.ip_binding() && s.ip_address() != ip.map(canonical) {
-            debug!(session = %log_id(&id), "client IP does not match the session");
-            return Err(SecurityError::IpMismatch.into());
-        }
-        if config.user_agent_binding() && s.user_agent() != user_agent {
-            debug!(session = %log_id(&id), "user agent does not match the session");
-            return Err(SecurityError::UserAgentMismatch.into());
-        }
+        let mut s = self.decode(&bytes, Some(id))?;
+        self.check_loaded(&mut s, key, &bytes, ip, user_agent, now)
+            .await?;
         s.touch(now);
         let mut renewed_token = None;
         if self.should_renew(&s, now) {
             s.set_expires_at(self.capped_expiry(&s, now));
+            let ttl = self.ttl(&s, now);
             if !self
-                .inner
-                .backend
-                .replace(&key, self.encode(&s)?, Some(self.ttl(&s, now)))
+                .write_if_unchanged(key, &bytes, self.encode(&s)?, ttl)
                 .await?
             {
-                // Deleted (logout) between our read and this write.
-                return Err(SessionError::NotFound);
+                // Changed (a save, an invalidation) or deleted (logout)
+                // between our read and this write: decide again.
+                return Ok(None);
             }
-            debug!(session = %log_id(&id), "session renewed");
+            debug!(session = %log_id(id), "session renewed");
             self.inner.counting.bump(|c| &c.sessions_renewed);
             if let Some(uh) = s.indexed_user.clone() {
                 // Never waits for the index lock: see `index::refresh`.
@@ -561,56 +637,92 @@ impl SessionManager {
                 renewed_token = Some(self.issue_token(&s)?);
             }
         }
-        Ok(LoadedSession {
+        Ok(Some(LoadedSession {
             session: s,
             renewed_token,
-        })
+        }))
+    }
+
+    /// The checks of a read session: active, not over (else marked expired
+    /// in the store), bound to this client.
+    async fn check_loaded(
+        &self,
+        s: &mut Session,
+        key: &str,
+        bytes: &[u8],
+        ip: Option<IpAddr>,
+        user_agent: Option<&str>,
+        now: SystemTime,
+    ) -> Result<(), SessionError> {
+        match s.status() {
+            SessionStatus::Active => {}
+            SessionStatus::Expired => return Err(SessionError::Expired),
+            status => return Err(SessionError::Invalid { status }),
+        }
+        if self.is_over(s, now) {
+            s.set_status(SessionStatus::Expired);
+            // Only over what was read: a session deleted or invalidated
+            // meanwhile stays so.
+            let _ = self
+                .write_if_unchanged(key, bytes, self.encode(s)?, EXPIRED_RECORD_GRACE)
+                .await?;
+            debug!(session = %log_id(s.id()), "session expired");
+            return Err(SessionError::Expired);
+        }
+        let config = &self.inner.config;
+        if config.ip_binding() && s.ip_address() != ip.map(canonical) {
+            debug!(session = %log_id(s.id()), "client IP does not match the session");
+            return Err(SecurityError::IpMismatch.into());
+        }
+        if config.user_agent_binding() && s.user_agent() != user_agent {
+            debug!(session = %log_id(s.id()), "user agent does not match the session");
+            return Err(SecurityError::UserAgentMismatch.into());
+        }
+        Ok(())
     }
 
     /// Saves a changed session.
     ///
-    /// The write is update-only (`replace`): a session deleted meanwhile
-    /// (logout elsewhere) is not resurrected; the call then fails with
+    /// The write is update-only: a session deleted meanwhile (logout
+    /// elsewhere) is not resurrected; the call then fails with
     /// [`SessionError::NotFound`]. An active session does not overwrite a
     /// stored one that was invalidated or marked expired meanwhile
-    /// ([`SessionError::Invalid`]). A save never moves the record: a new id
-    /// is [`regenerate_session_id`](Self::regenerate_session_id)'s job. A
-    /// changed user is moved between the per-user indexes.
+    /// ([`SessionError::Invalid`]): the record is read, checked, and written
+    /// only if it still holds what was read (compare-and-set, re-read and
+    /// checked again when it changed). A save never moves the record: a
+    /// new id is [`regenerate_session_id`](Self::regenerate_session_id)'s
+    /// job. A changed user is moved between the per-user indexes.
     ///
     /// # Errors
     ///
     /// [`SessionError::NotFound`], [`SessionError::Invalid`],
-    /// [`SessionError::Backend`], [`SessionError::Busy`].
+    /// [`SessionError::Conflict`], [`SessionError::Backend`],
+    /// [`SessionError::Busy`].
     pub async fn update_session(&self, session: &mut Session) -> Result<(), SessionError> {
         let now = self.now();
         session.touch(now);
         let key = self.key(session.id());
-        // A session ended elsewhere must stay ended. Deletion is race-free
-        // (`replace` below fails on a missing key); for a record invalidated
-        // or expired meanwhile this read narrows the window to one round trip
-        // (the backend contract has no compare-and-swap).
-        let Some(current) = self.inner.backend.get(&key).await? else {
-            return Err(SessionError::NotFound);
-        };
-        if session.status() == SessionStatus::Active
-            && let Ok(stored) = self.decode(&current, None)
-            && stored.status() != SessionStatus::Active
-        {
-            return Err(SessionError::Invalid {
-                status: stored.status(),
-            });
+        let mut index_synced = false;
+        for _ in 0..CAS_ATTEMPTS {
+            let Some(current) = self.inner.backend.get(&key).await? else {
+                debug!(session = %log_id(session.id()), "save of a deleted session refused");
+                return Err(SessionError::NotFound);
+            };
+            self.ensure_not_ended(session, &current)?;
+            if !index_synced {
+                self.sync_user_index(session).await?;
+                index_synced = true;
+            }
+            let ttl = self.ttl(session, now);
+            if self
+                .write_if_unchanged(&key, &current, self.encode(session)?, ttl)
+                .await?
+            {
+                return Ok(());
+            }
+            debug!(session = %log_id(session.id()), "session changed during its save; reading it again");
         }
-        self.sync_user_index(session).await?;
-        if !self
-            .inner
-            .backend
-            .replace(&key, self.encode(session)?, Some(self.ttl(session, now)))
-            .await?
-        {
-            debug!(session = %log_id(session.id()), "save of a deleted session refused");
-            return Err(SessionError::NotFound);
-        }
-        Ok(())
+        Err(SessionError::Conflict)
     }
 
     /// Keeps the per-user index in step when the application changed the
@@ -632,9 +744,11 @@ impl SessionManager {
     }
 
     /// Moves a session's record from `old_id` to its current id: the new
-    /// record is created first, the old one deleted only after that; if the
-    /// old one had vanished meanwhile (a concurrent logout), the new one is
-    /// removed again and the call fails.
+    /// record is created first, and the old one deleted only while it still
+    /// holds what was read and checked (compare-and-delete). If the old one
+    /// vanished (a concurrent logout) or was invalidated meanwhile, the new
+    /// one is removed again and the call fails: an ended session is never
+    /// re-created under a new id.
     async fn move_record(
         &self,
         s: &mut Session,
@@ -642,29 +756,42 @@ impl SessionManager {
         now: SystemTime,
     ) -> Result<(), SessionError> {
         let old_key = self.key(old_id);
-        let Some(current) = self.inner.backend.get(&old_key).await? else {
+        let Some(mut current) = self.inner.backend.get(&old_key).await? else {
             return Err(SessionError::NotFound);
         };
-        if let Ok(stored) = self.decode(&current, None)
-            && stored.status() != SessionStatus::Active
-        {
-            return Err(SessionError::Invalid {
-                status: stored.status(),
-            });
-        }
+        self.ensure_not_ended(s, &current)?;
         self.insert_new(s, now).await?;
-        if !self.inner.backend.delete(&old_key).await? {
-            let new_key = self.key(s.id());
-            let _ = self.inner.backend.delete(&new_key).await?;
-            debug!(session = %log_id(old_id), "session deleted during regeneration");
-            return Err(SessionError::NotFound);
+        let mut attempts = 0;
+        let refused = loop {
+            if self.delete_if_unchanged(&old_key, &current).await? {
+                debug!(old = %log_id(old_id), new = %log_id(s.id()), "session id regenerated");
+                return Ok(());
+            }
+            attempts += 1;
+            let checked = match self.inner.backend.get(&old_key).await {
+                Ok(Some(bytes)) => self.ensure_not_ended(s, &bytes).map(|()| bytes),
+                Ok(None) => Err(SessionError::NotFound),
+                Err(e) => Err(e.into()),
+            };
+            match checked {
+                // Changed but still active (a save or renewal): the moved
+                // copy is the newer one; delete the old record as it is now.
+                Ok(bytes) if attempts < CAS_ATTEMPTS => current = bytes,
+                Ok(_) => break SessionError::Conflict,
+                Err(e) => break e,
+            }
+        };
+        if let Err(del) = self.inner.backend.delete(&self.key(s.id())).await {
+            warn!(session = %log_id(old_id), error = %del, "could not roll back a refused regeneration");
         }
-        debug!(old = %log_id(old_id), new = %log_id(s.id()), "session id regenerated");
-        Ok(())
+        debug!(session = %log_id(old_id), error = %refused, "session ended during regeneration");
+        Err(refused)
     }
 
     /// Gives the session a new id and returns its new token; the old id and
-    /// token stop working. Use after any privilege change.
+    /// token stop working. Use after any privilege change. A session
+    /// deleted or invalidated while it moves is not re-created under the
+    /// new id ([`SessionError::NotFound`], [`SessionError::Invalid`]).
     ///
     /// # Errors
     ///
@@ -695,6 +822,13 @@ impl SessionManager {
     /// so that an id planted before the login (session fixation) is
     /// worthless after it.
     ///
+    /// The session's data and flash messages are kept only when an
+    /// anonymous session becomes a logged-in one (a cart survives the
+    /// login). A login over a session that already has a user — another
+    /// user, or the same one logging in again — starts clean, so that
+    /// nothing the previous login earned (an `mfa_verified` flag, a
+    /// message meant for that user) carries over.
+    ///
     /// # Errors
     ///
     /// As [`regenerate_session_id`](Self::regenerate_session_id).
@@ -704,6 +838,9 @@ impl SessionManager {
         user: SessionUser,
     ) -> Result<String, SessionError> {
         let now = self.now();
+        if session.is_authenticated() {
+            session.clear_contents();
+        }
         session.set_user(Some(user));
         session.set_created_at(now);
         session.set_expires_at(self.capped_expiry(session, now));

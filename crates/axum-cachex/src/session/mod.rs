@@ -77,10 +77,18 @@
 //! 1 s), so the store forgets dead sessions by itself.
 //!
 //! Writes are race-safe: creation uses `add` (an existing id is never
-//! overwritten), saves use `replace` (a session deleted by a concurrent
-//! logout is never resurrected by a slow request finishing later), and
-//! regeneration creates the new record before deleting the old one and
-//! rolls back if the old one vanished meanwhile.
+//! overwritten). A save, a sliding renewal and a regeneration read the
+//! record, decide, and write only while it still holds what they read
+//! (compare-and-set through the backend's
+//! [`CompareAndSwap`](crate::backend::CompareAndSwap); when it changed they
+//! read it again and decide again, a few times, then fail with
+//! [`SessionError::Conflict`]). So a session deleted (logout) or
+//! invalidated by a concurrent request is never written back as active by
+//! a slow request finishing later, and a regeneration, which creates the
+//! new record before deleting the old one, rolls back when the old one
+//! vanished or was invalidated meanwhile: an ended session is never
+//! re-created under a new id. Concurrent saves of an active session still
+//! follow "last writer wins" for its data.
 //!
 //! # With the cache layer
 //!
@@ -140,19 +148,30 @@
 //!
 //! **Binding.** With `ip_binding` / `user_agent_binding` a session is
 //! refused when the client IP / `User-Agent` differs from the one it was
-//! created with. The client IP is the socket address; `X-Forwarded-For` is
-//! believed only from configured `trusted_proxies`, read from the right
-//! skipping trusted hops, so a client cannot pick the address it is checked
+//! created with. With `ip_binding` on, a request without a client address
+//! (the app is not served with
+//! `into_make_service_with_connect_info::<SocketAddr>()`) is refused too,
+//! creating and loading alike ([`SecurityError::ClientAddressUnknown`],
+//! whose message says how to serve the router; logged once per manager at
+//! `error`): "unknown" is never matched against "unknown". The client IP
+//! is the socket address; `X-Forwarded-For` is believed only from
+//! configured `trusted_proxies`, read from the right skipping trusted hops, so a client cannot pick the address it is checked
 //! against. Binding is a detection aid, not authentication: mobile users
 //! change networks and browsers update their `User-Agent`, and both then
 //! lose their session; several users behind one NAT share an IP.
 //!
 //! **Login.** [`SessionManager::login`] (and [`SessionContext::login`])
 //! gives the session a new id when `regenerate_on_login` is on (the
-//! default), defeating session fixation.
+//! default), defeating session fixation. Its data and flash messages are
+//! kept only when an anonymous session becomes a logged-in one; a login
+//! over a session that already has a user starts clean, so nothing the
+//! previous login earned (an `mfa_verified` flag) carries over.
 //!
 //! **Cookies.** The optional cookie transport sets `HttpOnly`, `Secure` and
-//! `SameSite=Lax` by default; logout sends a removal cookie with the same
+//! `SameSite=Lax` by default, and names the cookie `__Host-session`: a
+//! cookie that is `Secure`, has `Path=/` and no `Domain` gets the `__Host-`
+//! prefix (see [`CookieConfig`]), which browsers accept only from this very
+//! host, so a sibling subdomain cannot plant a session cookie; logout sends a removal cookie with the same
 //! name, path, domain and flags. A token is never echoed in a response
 //! header to a client that sent it by cookie (that would hand it to page
 //! scripts).
@@ -176,6 +195,15 @@
 //! Memcached cannot do, so there it returns 0 — Memcached drops each record
 //! at its TTL (= the session's expiry) anyway.
 //!
+//! All three built-in backends have [`CompareAndSwap`](crate::backend::CompareAndSwap).
+//! On a third-party backend without it, the guarded writes fall back to
+//! `replace` (saves, renewals) and `delete` (the old record of a
+//! regeneration): a deletion is still never undone, but an invalidation
+//! that lands in the one round trip between the read and the write of a
+//! save, renewal or regeneration can be (the session is then active again,
+//! or lives on under the new id). Implement `CompareAndSwap` for a store
+//! that holds sessions.
+//!
 //! The `jsonwebtoken` crate is used with its pure-Rust `rust_crypto`
 //! backend. If another crate in your build enables its `aws_lc_rs` feature
 //! too, `jsonwebtoken` cannot pick a provider by itself: install one with
@@ -194,7 +222,7 @@ mod transport;
 
 pub use config::{
     CookieConfig, DEFAULT_COOKIE_NAME, DEFAULT_HEADER_NAME, DEFAULT_KEY_PREFIX,
-    DEFAULT_SESSION_TTL, JwtAlgorithm, MIN_SECRET_LEN, SameSite, SessionConfig,
+    DEFAULT_SESSION_TTL, HOST_PREFIX, JwtAlgorithm, MIN_SECRET_LEN, SameSite, SessionConfig,
     SessionConfigBuilder, SessionConfigError, TokenFormat, TokenSource, TrustedProxy,
 };
 pub use error::{SecurityError, SessionError, TokenError};

@@ -307,6 +307,12 @@ impl Session {
     pub(crate) fn set_user(&mut self, user: Option<SessionUser>) {
         self.user = user;
     }
+    /// Drops the application data and the flash messages (a login over
+    /// another user's session starts clean).
+    pub(crate) fn clear_contents(&mut self) {
+        self.data.clear();
+        self.flash_messages.clear();
+    }
     /// Whether a user is attached.
     pub fn is_authenticated(&self) -> bool {
         self.user.is_some()

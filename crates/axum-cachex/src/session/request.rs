@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 
 use crate::cache::ShareGuard;
 
-use super::{Session, SessionError, SessionManager, TokenSource, token::log_id};
+use super::{SecurityError, Session, SessionError, SessionManager, TokenSource, token::log_id};
 
 /// What will happen to the request's session when it is next committed:
 /// by an explicit [`SessionHandle::save`](super::SessionHandle::save),
@@ -200,6 +200,11 @@ impl RequestSession {
                     self.share_guard.forbid_sharing();
                     st.remove_cookie = true;
                 }
+            }
+            Err(SessionError::Security(SecurityError::ClientAddressUnknown)) => {
+                // A misconfiguration (no `ConnectInfo` under `ip_binding`),
+                // logged once by the manager: no session, cookie kept.
+                debug!(token = %log_id(token), "session refused: client address unknown");
             }
             Err(e) => {
                 // Backend down or a corrupt record: continue without a

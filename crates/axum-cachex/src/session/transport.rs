@@ -36,7 +36,7 @@ pub(crate) fn find_token(
             TokenSource::Bearer => headers.get_all(AUTHORIZATION).iter().find_map(bearer),
             TokenSource::Cookie => config
                 .cookie()
-                .and_then(|c| read_cookie(headers, c.get_name())),
+                .and_then(|c| read_cookie(headers, &c.cookie_name())),
         };
         if let Some(token) = found {
             return Some((token.to_owned(), source));
@@ -209,7 +209,11 @@ fn build_cookie(
     max_age: Option<u64>,
     expired: bool,
 ) -> Option<HeaderValue> {
-    let mut s = format!("{}={value}; Path={}", cookie.get_name(), cookie.get_path());
+    let mut s = format!(
+        "{}={value}; Path={}",
+        cookie.cookie_name(),
+        cookie.get_path()
+    );
     if let Some(d) = cookie.get_domain() {
         s.push_str("; Domain=");
         s.push_str(d);

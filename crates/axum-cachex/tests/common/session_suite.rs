@@ -58,6 +58,12 @@ macro_rules! session_suite {
             regenerated_id_makes_the_old_token_fail,
             concurrent_logout_is_not_undone_by_a_slow_save,
             concurrent_invalidation_is_not_undone_by_a_slow_save,
+            invalidation_between_the_read_and_write_of_a_save_wins,
+            invalidation_between_the_read_and_write_of_a_renewal_wins,
+            invalidation_during_a_regeneration_is_not_moved_to_the_new_id,
+            invalidation_during_a_login_is_not_moved_to_the_new_id,
+            login_over_another_users_session_starts_clean,
+            http_ip_binding_without_connect_info_is_refused,
             delete_user_sessions_deletes_exactly_that_users_sessions,
             delete_user_sessions_counts_concurrent_logins,
             clear_expired_sessions_counts_what_it_removed,
@@ -234,6 +240,194 @@ impl Counting {
     }
 }
 
+/// Which writes of a session record a [`Pausing`] backend holds back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// `set`, `replace` or `set_if_equals`: a save or a renewal.
+    Update,
+    /// `add`: the new record of a regeneration.
+    Add,
+}
+
+/// A backend wrapper that, once armed, holds the next write of a session
+/// record of a kind between the caller's read and its write, until the
+/// test resumes it: the window in which a concurrent invalidation lands.
+/// Everything else is delegated unchanged.
+#[derive(Debug)]
+pub struct Pausing {
+    inner: B,
+    armed: std::sync::Mutex<Option<Hold>>,
+    held_key: std::sync::Mutex<Option<String>>,
+    paused: tokio::sync::Notify,
+    resume: tokio::sync::Notify,
+}
+
+/// A hang guard only: the paused operation reaches its write at once.
+const HANG_GUARD: Duration = Duration::from_secs(30);
+
+impl Pausing {
+    pub fn new(inner: B) -> Self {
+        Self {
+            inner,
+            armed: std::sync::Mutex::new(None),
+            held_key: std::sync::Mutex::new(None),
+            paused: tokio::sync::Notify::new(),
+            resume: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The key of the write that was held.
+    pub fn held_key(&self) -> Option<String> {
+        self.held_key.lock().expect("lock").clone()
+    }
+
+    /// Runs `slow` until it reaches a write of kind `hold`, then
+    /// `meanwhile`, then lets `slow` write, and returns its result.
+    pub async fn while_held<T, M>(
+        &self,
+        hold: Hold,
+        slow: impl Future<Output = T> + Send + 'static,
+        meanwhile: M,
+    ) -> T
+    where
+        T: Send + 'static,
+        M: Future<Output = ()>,
+    {
+        *self.armed.lock().expect("lock") = Some(hold);
+        let task = tokio::spawn(slow);
+        tokio::time::timeout(HANG_GUARD, self.paused.notified())
+            .await
+            .expect("the slow operation reaches its write");
+        meanwhile.await;
+        self.resume.notify_one();
+        tokio::time::timeout(HANG_GUARD, task)
+            .await
+            .expect("the slow operation finishes")
+            .expect("no panic")
+    }
+
+    async fn hold(&self, kind: Hold, key: &str) {
+        let record = key
+            .strip_prefix("session:")
+            .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        let take = {
+            let mut armed = self.armed.lock().expect("lock");
+            let take = record && *armed == Some(kind);
+            if take {
+                *armed = None;
+            }
+            take
+        };
+        if take {
+            *self.held_key.lock().expect("lock") = Some(key.to_owned());
+            self.paused.notify_one();
+            self.resume.notified().await;
+        }
+    }
+
+    fn missing(&self, operation: &'static str) -> BackendError {
+        BackendError::Unsupported {
+            backend: self.inner.name(),
+            operation,
+            hint: "the wrapped backend lacks it",
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for Pausing {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
+        self.inner.get(key).await
+    }
+    async fn set(&self, key: &str, v: Bytes, ttl: Option<Duration>) -> Result<(), BackendError> {
+        self.hold(Hold::Update, key).await;
+        self.inner.set(key, v, ttl).await
+    }
+    async fn add(&self, key: &str, v: Bytes, ttl: Option<Duration>) -> Result<bool, BackendError> {
+        self.hold(Hold::Add, key).await;
+        self.inner.add(key, v, ttl).await
+    }
+    async fn replace(
+        &self,
+        key: &str,
+        v: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<bool, BackendError> {
+        self.hold(Hold::Update, key).await;
+        self.inner.replace(key, v, ttl).await
+    }
+    async fn take(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
+        self.inner.take(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, BackendError> {
+        self.inner.delete(key).await
+    }
+    fn listing(&self) -> Option<&dyn Listing> {
+        self.inner.listing().map(|_| self as &dyn Listing)
+    }
+    fn compare_and_swap(&self) -> Option<&dyn CompareAndSwap> {
+        self.inner
+            .compare_and_swap()
+            .map(|_| self as &dyn CompareAndSwap)
+    }
+    fn path_invalidation(&self) -> Option<&dyn PathInvalidation> {
+        self.inner.path_invalidation()
+    }
+}
+
+#[async_trait]
+impl Listing for Pausing {
+    async fn keys(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
+        let l = self
+            .inner
+            .listing()
+            .ok_or_else(|| self.missing("listing"))?;
+        l.keys(prefix).await
+    }
+    async fn entries(&self, prefix: &str) -> Result<Vec<StoredValue>, BackendError> {
+        let l = self
+            .inner
+            .listing()
+            .ok_or_else(|| self.missing("listing"))?;
+        l.entries(prefix).await
+    }
+    async fn clear(&self, prefix: &str) -> Result<u64, BackendError> {
+        let l = self
+            .inner
+            .listing()
+            .ok_or_else(|| self.missing("listing"))?;
+        l.clear(prefix).await
+    }
+}
+
+#[async_trait]
+impl CompareAndSwap for Pausing {
+    async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
+        let cas = self
+            .inner
+            .compare_and_swap()
+            .ok_or_else(|| self.missing("compare_and_swap"))?;
+        cas.delete_if_equals(key, expected).await
+    }
+    async fn set_if_equals(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<bool, BackendError> {
+        self.hold(Hold::Update, key).await;
+        let cas = self
+            .inner
+            .compare_and_swap()
+            .ok_or_else(|| self.missing("compare_and_swap"))?;
+        cas.set_if_equals(key, expected, value, ttl).await
+    }
+}
+
 pub struct Fixture {
     pub manager: SessionManager,
     pub clock: ManualClock,
@@ -298,6 +492,21 @@ fn assert_not_found<T: std::fmt::Debug>(r: Result<T, SessionError>) {
         matches!(r, Err(SessionError::NotFound)),
         "expected NotFound, got {r:?}"
     );
+}
+
+#[track_caller]
+fn assert_client_address_unknown<T: std::fmt::Debug>(r: Result<T, SessionError>) {
+    match r {
+        Err(e @ SessionError::Security(SecurityError::ClientAddressUnknown)) => {
+            assert!(!e.is_client_error(), "a server misconfiguration");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("into_make_service_with_connect_info"),
+                "the error explains the fix: {msg}"
+            );
+        }
+        other => panic!("expected ClientAddressUnknown, got {other:?}"),
+    }
 }
 
 #[track_caller]
@@ -770,11 +979,16 @@ pub async fn ip_and_user_agent_binding(be: B) {
         matches!(r, Err(SessionError::Security(SecurityError::IpMismatch))),
         "{r:?}"
     );
+    // No client address at all (served without `ConnectInfo`): refused,
+    // not "unknown" matched against "unknown"; the error says how to fix it.
     let r = m.get_session(&token, None, Some("Browser/1")).await;
-    assert!(
-        matches!(r, Err(SessionError::Security(SecurityError::IpMismatch))),
-        "{r:?}"
-    );
+    assert_client_address_unknown(r);
+    let r = m
+        .create_session(user("b"), None, Some("Browser/1"), None)
+        .await;
+    assert_client_address_unknown(r);
+    let r = m.create_anonymous_session(None, None, None).await;
+    assert_client_address_unknown(r);
     let r = m
         .get_session(&token, ip("203.0.113.5"), Some("Browser/2"))
         .await;
@@ -977,6 +1191,184 @@ pub async fn concurrent_invalidation_is_not_undone_by_a_slow_save(be: B) {
     assert!(matches!(r, Err(SessionError::Invalid { .. })), "{r:?}");
     let r = m.get_session(&token, None, None).await;
     assert!(matches!(r, Err(SessionError::Invalid { .. })), "{r:?}");
+}
+
+/// A fixture whose backend can hold a write (see [`Pausing`]).
+fn pausing_fixture(be: B, config: SessionConfigBuilder) -> (Fixture, Arc<Pausing>) {
+    let pausing = Arc::new(Pausing::new(be));
+    (fixture(pausing.clone(), config), pausing)
+}
+
+#[track_caller]
+fn assert_invalidated<T: std::fmt::Debug>(r: Result<T, SessionError>) {
+    assert!(
+        matches!(
+            r,
+            Err(SessionError::Invalid {
+                status: SessionStatus::Invalidated
+            })
+        ),
+        "expected Invalid(invalidated), got {r:?}"
+    );
+}
+
+/// `invalidate_session` lands after a save read the record and before it
+/// writes: the save must not write the session back as active.
+pub async fn invalidation_between_the_read_and_write_of_a_save_wins(be: B) {
+    let (f, pausing) = pausing_fixture(be, config());
+    let m = f.manager.clone();
+    let (_s, token) = m
+        .create_session(user("ps"), None, None, None)
+        .await
+        .expect("create");
+    let mut slow = m.get_session(&token, None, None).await.expect("load");
+    slow.insert("late", true).expect("json");
+    let id = slow.id().to_owned();
+    let saver = m.clone();
+    let saved = pausing
+        .while_held(
+            Hold::Update,
+            async move { saver.update_session(&mut slow).await },
+            async {
+                assert!(m.invalidate_session(&id).await.expect("invalidate"));
+            },
+        )
+        .await;
+    assert_invalidated(saved);
+    assert_invalidated(m.get_session(&token, None, None).await);
+}
+
+/// The same for the write of a sliding renewal during a read.
+pub async fn invalidation_between_the_read_and_write_of_a_renewal_wins(be: B) {
+    let (f, pausing) = pausing_fixture(be, config().session_ttl(secs(100)));
+    let m = f.manager.clone();
+    let (s, token) = m
+        .create_session(user("pr"), None, None, None)
+        .await
+        .expect("create");
+    f.clock.advance(secs(60)); // 40 s left: the next read renews
+    let reader = m.clone();
+    let reader_token = token.clone();
+    let id = s.id().to_owned();
+    let read = pausing
+        .while_held(
+            Hold::Update,
+            async move { reader.get_session(&reader_token, None, None).await },
+            async {
+                assert!(m.invalidate_session(&id).await.expect("invalidate"));
+            },
+        )
+        .await;
+    assert_invalidated(read);
+    assert_invalidated(m.get_session(&token, None, None).await);
+}
+
+/// `invalidate_session` lands after a regeneration read the old record and
+/// while it creates the new one: the session must not live on under the
+/// new id.
+pub async fn invalidation_during_a_regeneration_is_not_moved_to_the_new_id(be: B) {
+    let (f, pausing) = pausing_fixture(be, config());
+    let m = f.manager.clone();
+    let (mut s, token) = m
+        .create_session(user("pg"), None, None, None)
+        .await
+        .expect("create");
+    let id = s.id().to_owned();
+    let mover = m.clone();
+    let (moved, s) = pausing
+        .while_held(
+            Hold::Add,
+            async move {
+                let r = mover.regenerate_session_id(&mut s).await;
+                (r, s)
+            },
+            async {
+                assert!(m.invalidate_session(&id).await.expect("invalidate"));
+            },
+        )
+        .await;
+    assert_invalidated(moved);
+    assert_eq!(s.id(), id, "a failed regeneration keeps the old id");
+    assert_invalidated(m.get_session(&token, None, None).await);
+    let new_key = pausing.held_key().expect("the new record's write was held");
+    assert_eq!(
+        f.backend.get(&new_key).await.expect("get"),
+        None,
+        "no record under the new id"
+    );
+}
+
+/// The same through a login, which regenerates the id.
+pub async fn invalidation_during_a_login_is_not_moved_to_the_new_id(be: B) {
+    let (f, pausing) = pausing_fixture(be, config());
+    let m = f.manager.clone();
+    let (mut s, token) = m
+        .create_anonymous_session(None, None, None)
+        .await
+        .expect("create");
+    let id = s.id().to_owned();
+    let mover = m.clone();
+    let logged_in = pausing
+        .while_held(
+            Hold::Add,
+            async move { mover.login(&mut s, user("pl")).await },
+            async {
+                assert!(m.invalidate_session(&id).await.expect("invalidate"));
+            },
+        )
+        .await;
+    assert_invalidated(logged_in);
+    assert_invalidated(m.get_session(&token, None, None).await);
+    let new_key = pausing.held_key().expect("the new record's write was held");
+    assert_eq!(f.backend.get(&new_key).await.expect("get"), None);
+    assert_eq!(
+        m.delete_user_sessions("pl").await.expect("drain"),
+        0,
+        "the user has no session"
+    );
+}
+
+/// A login over a session that already has a user starts clean: data and
+/// flash messages of the previous login do not carry over. (An anonymous
+/// session keeps them: `anonymous_session_and_login`.)
+pub async fn login_over_another_users_session_starts_clean(be: B) {
+    for regenerate in [true, false] {
+        let f = fixture(be.clone(), config().regenerate_on_login(regenerate));
+        let m = &f.manager;
+        let (mut s, _) = m
+            .create_session(user("alice"), None, None, None)
+            .await
+            .expect("create");
+        s.insert("mfa_verified", true).expect("json");
+        s.add_flash_message("welcome back, alice", None);
+        m.update_session(&mut s).await.expect("save");
+
+        let token = m.login(&mut s, user("mallory")).await.expect("login");
+        assert!(s.data().is_empty(), "regenerate={regenerate}: {s:?}");
+        assert!(s.flash_messages().is_empty());
+        let stored = m.get_session(&token, None, None).await.expect("load");
+        assert_eq!(stored.user().map(|u| u.user_id.as_str()), Some("mallory"));
+        assert_eq!(
+            stored.get::<bool>("mfa_verified"),
+            None,
+            "regenerate={regenerate}"
+        );
+        assert!(stored.flash_messages().is_empty());
+    }
+    // An anonymous session keeps its data and flash messages.
+    let f = fixture(be, config());
+    let m = &f.manager;
+    let (mut s, _) = m
+        .create_anonymous_session(None, None, None)
+        .await
+        .expect("anonymous");
+    s.insert("cart", 2).expect("json");
+    s.add_flash_message("added to cart", None);
+    m.update_session(&mut s).await.expect("save");
+    let token = m.login(&mut s, user("bob")).await.expect("login");
+    let stored = m.get_session(&token, None, None).await.expect("load");
+    assert_eq!(stored.get::<u32>("cart"), Some(2));
+    assert_eq!(stored.flash_messages().len(), 1);
 }
 
 pub async fn delete_user_sessions_deletes_exactly_that_users_sessions(be: B) {
@@ -1435,27 +1827,54 @@ pub async fn http_cookie_attributes_on_set_and_removal(be: B) {
     let token = body_json(&r)["token"].as_str().expect("token").to_owned();
     assert_eq!(
         r.header("set-cookie"),
-        format!("session={token}; Path=/; Max-Age=3600; HttpOnly; Secure; SameSite=Lax")
+        format!("__Host-session={token}; Path=/; Max-Age=3600; HttpOnly; Secure; SameSite=Lax"),
+        "Secure, Path=/ and no Domain: the `__Host-` prefix by default"
     );
     assert!(
         r.headers.get("x-session-token").is_none(),
         "a cookie client does not get the token in a header"
     );
-    let cookie = format!("theme=dark; session={token}");
+    // Only the prefixed name is read: a cookie planted without the prefix
+    // (a sibling subdomain can set `session`, not `__Host-session`) is not.
+    let planted = format!("session={token}");
+    let r = call(&app, "GET", "/me", &[("cookie", planted.as_str())]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let cookie = format!("theme=dark; __Host-session={token}");
     let r = call(&app, "GET", "/me", &[("cookie", cookie.as_str())]).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(body_json(&r)["user"], "cat");
     let r = call(&app, "POST", "/logout", &[("cookie", cookie.as_str())]).await;
     assert_eq!(
         r.header("set-cookie"),
-        "session=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; Secure; SameSite=Lax"
+        "__Host-session=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; Secure; SameSite=Lax"
     );
     let r = call(&app, "GET", "/me", &[("cookie", cookie.as_str())]).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert!(
-        r.header("set-cookie").starts_with("session=; "),
+        r.header("set-cookie").starts_with("__Host-session=; "),
         "a dead cookie is removed"
     );
+
+    // No prefix when opted out, or when the cookie does not qualify.
+    for (cookie, name) in [
+        (CookieConfig::new().host_prefix(false), "session"),
+        (CookieConfig::new().secure(false), "session"),
+        (CookieConfig::new().name("__Host-sid"), "__Host-sid"),
+        (CookieConfig::new().name("__Secure-sid"), "__Secure-sid"),
+    ] {
+        let app = self::app(f.sibling(config().cookie(cookie)));
+        let r = call(&app, "POST", "/login/eve", &[]).await;
+        let token = body_json(&r)["token"].as_str().expect("token").to_owned();
+        assert!(
+            r.header("set-cookie")
+                .starts_with(&format!("{name}={token}; ")),
+            "{}",
+            r.header("set-cookie")
+        );
+        let pair = format!("{name}={token}");
+        let r = call(&app, "GET", "/me", &[("cookie", pair.as_str())]).await;
+        assert_eq!(r.status, StatusCode::OK, "read under the name it writes");
+    }
 
     // Custom attributes, the same on removal.
     let custom = f.sibling(
@@ -1642,6 +2061,44 @@ pub async fn http_slow_request_does_not_undo_a_concurrent_logout(be: B) {
     );
 }
 
+/// With `ip_binding` on, an app served without `ConnectInfo` knows no
+/// client address: sessions are refused (not bound to "unknown"), and the
+/// cookie of a client is kept (the client did nothing wrong).
+pub async fn http_ip_binding_without_connect_info_is_refused(be: B) {
+    let f = fixture(be, config().ip_binding(true).cookie(CookieConfig::new()));
+    let app = app(f.manager.clone());
+    let (_s, token) = f
+        .manager
+        .create_session(user("ic"), ip("192.0.2.10"), None, None)
+        .await
+        .expect("create with an address");
+    let bare = |method: &str, uri: &str, cookie: Option<&str>| {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", "example.com");
+        if let Some(c) = cookie {
+            b = b.header("cookie", c);
+        }
+        b.body(Body::empty()).expect("request")
+    };
+    let cookie = format!("__Host-session={token}");
+    let r = send(&app, bare("GET", "/me", Some(&cookie))).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.headers.get("set-cookie").is_none(), "the cookie is kept");
+    // A login cannot create a session it could never check.
+    let r = send(&app, bare("POST", "/login/ic", None)).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(
+        body.contains("into_make_service_with_connect_info"),
+        "{body}"
+    );
+    // With the address, the same session works.
+    let r = call(&app, "GET", "/me", &[("cookie", cookie.as_str())]).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
 pub async fn http_logout_everywhere(be: B) {
     let f = fixture(be, config());
     let app = app(f.manager.clone());
@@ -1715,7 +2172,7 @@ pub async fn http_deferred_actions_are_committed_after_the_handler(be: B) {
         async move {
             let r = call(&app, "POST", &format!("/login/{uid}"), &[]).await;
             format!(
-                "session={}",
+                "__Host-session={}",
                 body_json(&r)["token"].as_str().expect("token")
             )
         }
@@ -1740,7 +2197,7 @@ pub async fn http_deferred_actions_are_committed_after_the_handler(be: B) {
     assert_eq!(r.header("cache-control"), "no-store");
     let set = r.header("set-cookie").to_owned();
     let new = set.split(';').next().expect("cookie pair").to_owned();
-    assert!(new.len() > "session=".len() && new != old, "{set}");
+    assert!(new.len() > "__Host-session=".len() && new != old, "{set}");
     assert_eq!(me(old).await.status, StatusCode::UNAUTHORIZED);
     let r = me(new.clone()).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -1764,7 +2221,7 @@ pub async fn http_deferred_actions_are_committed_after_the_handler(be: B) {
     let r = call(&app, "POST", "/defer/delete", &[("cookie", new.as_str())]).await;
     assert_eq!(r.body, "Delete");
     assert_eq!(r.header("cache-control"), "no-store");
-    assert!(r.header("set-cookie").starts_with("session=; "));
+    assert!(r.header("set-cookie").starts_with("__Host-session=; "));
     assert_eq!(me(new).await.status, StatusCode::UNAUTHORIZED);
 
     // … even after a 5xx: a logout must not be lost.
@@ -1777,7 +2234,7 @@ pub async fn http_deferred_actions_are_committed_after_the_handler(be: B) {
     )
     .await;
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(r.header("set-cookie").starts_with("session=; "));
+    assert!(r.header("set-cookie").starts_with("__Host-session=; "));
     assert_eq!(me(cookie).await.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         f.manager.delete_user_sessions("max").await.expect("count"),

@@ -218,7 +218,7 @@ async fn rule2_cache_outside_session_custom_cookie_first_authenticated_page_is_s
     let mut req = get_req("/me");
     req.headers_mut().insert(
         header::COOKIE,
-        HeaderValue::from_str(&format!("sid={token}")).unwrap(),
+        HeaderValue::from_str(&format!("__Host-sid={token}")).unwrap(),
     );
     let alice = send(&app, req).await;
     assert_eq!(alice.text(), "account of alice");
