@@ -42,7 +42,7 @@ pub(crate) fn build(
     };
     // Outermost: the cache must see the request exactly as the upstream
     // will.
-    let router = router.layer(axum::middleware::map_request(well_formed));
+    let router = router.layer(tower::layer::layer_fn(WellFormed));
     // The access log costs a few allocations per request: only when it is
     // on (`RUST_LOG` at info for the `access` target).
     if tracing::enabled!(target: "access", tracing::Level::INFO) {
@@ -72,19 +72,40 @@ fn dispatch(rules: Settings, routes: Vec<Route>) -> Router {
 /// What every request must be before the cache sees it: exactly one
 /// `Host` in HTTP/1.1 (RFC 9112 §3.2: anything else is a 400), and no
 /// hop-by-hop fields (RFC 9110 §7.6.1), which the upstream never sees and
-/// so must not select a `Vary` variant either.
-async fn well_formed(mut req: Request) -> Result<Request, Response> {
-    let hosts = req.headers().get_all(http::header::HOST).iter().count();
-    let needs_host = req.version() >= http::Version::HTTP_11;
-    if hosts > 1 || (hosts == 0 && needs_host) {
-        let mut res = Response::new(Body::from(
-            "bad request: exactly one Host header is required\n",
-        ));
-        *res.status_mut() = http::StatusCode::BAD_REQUEST;
-        return Err(res);
+/// so must not select a `Vary` variant either. A plain service wrapper, not
+/// an axum middleware: it is on every hit's path.
+#[derive(Clone)]
+struct WellFormed<S>(S);
+
+impl<S> tower::Service<Request> for WellFormed<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future =
+        futures_util::future::Either<std::future::Ready<Result<Response, Infallible>>, S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.0.poll_ready(cx)
     }
-    crate::forward::strip_hop_by_hop(req.headers_mut());
-    Ok(req)
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let hosts = req.headers().get_all(http::header::HOST).iter().count();
+        let needs_host = req.version() >= http::Version::HTTP_11;
+        if hosts > 1 || (hosts == 0 && needs_host) {
+            let mut res = Response::new(Body::from(
+                "bad request: exactly one Host header is required\n",
+            ));
+            *res.status_mut() = http::StatusCode::BAD_REQUEST;
+            return futures_util::future::Either::Left(std::future::ready(Ok(res)));
+        }
+        crate::forward::strip_hop_by_hop(req.headers_mut());
+        futures_util::future::Either::Right(self.0.call(req))
+    }
 }
 
 /// One `tracing` event per request: method, path, status, what the cache
