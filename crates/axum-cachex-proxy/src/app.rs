@@ -26,12 +26,19 @@ pub(crate) fn build(
         async move { Ok::<_, Infallible>(forwarder.forward(req).await) }
     });
     let mut routes: Vec<Route> = Vec::with_capacity(settings.rules.len());
+    let mut invalidator = None;
     for rule in &settings.rules {
         if rule.bypass {
-            routes.push(BoxCloneSyncService::new(forward.clone()));
+            let cache = match &invalidator {
+                Some(cache) => CacheLayer::clone(cache),
+                None => invalidator
+                    .insert(shared_builder(settings, &backend, None).build()?)
+                    .clone(),
+            };
+            routes.push(bypassing(forward.clone(), cache));
             continue;
         }
-        let layer = layer_for(rule, settings, &backend, registry)?;
+        let layer = layer_for(rule, settings, &backend, Some(registry))?;
         let service = ServiceBuilder::new().layer(layer).service(forward.clone());
         routes.push(BoxCloneSyncService::new(service));
     }
@@ -70,9 +77,10 @@ fn dispatch(rules: Settings, routes: Vec<Route>) -> Router {
 }
 
 /// What every request must be before the cache sees it: exactly one
-/// `Host` in HTTP/1.1 (RFC 9112 §3.2: anything else is a 400), and no
-/// hop-by-hop fields (RFC 9110 §7.6.1), which the upstream never sees and
-/// so must not select a `Vary` variant either. A plain service wrapper, not
+/// `Host` in HTTP/1.1 (RFC 9112 §3.2: anything else is a 400), `Max-Forwards`
+/// honoured, and the fields the upstream will see (see
+/// [`client_request`](crate::forward::client_request)) already in place, so
+/// that `Vary` selects by exactly what the upstream saw. A plain service wrapper, not
 /// an axum middleware: it is on every hit's path.
 #[derive(Clone)]
 struct WellFormed<S>(S);
@@ -103,9 +111,44 @@ where
             *res.status_mut() = http::StatusCode::BAD_REQUEST;
             return futures_util::future::Either::Left(std::future::ready(Ok(res)));
         }
-        crate::forward::strip_hop_by_hop(req.headers_mut());
-        futures_util::future::Either::Right(self.0.call(req))
+        if let Some(res) = max_forwards(&mut req) {
+            return futures_util::future::Either::Left(std::future::ready(Ok(res)));
+        }
+        let (mut parts, body) = req.into_parts();
+        crate::forward::client_request(&mut parts);
+        futures_util::future::Either::Right(self.0.call(Request::from_parts(parts, body)))
     }
+}
+
+/// RFC 9110 §7.6.2: an `OPTIONS` or `TRACE` whose `Max-Forwards` is 0 is
+/// answered here (the proxy is its final recipient); a larger value is
+/// decremented on the way.
+fn max_forwards(req: &mut Request) -> Option<Response> {
+    use http::{Method, header::MAX_FORWARDS};
+    if req.method() != Method::OPTIONS && req.method() != Method::TRACE {
+        return None;
+    }
+    let left = req
+        .headers()
+        .get(MAX_FORWARDS)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    if let Some(decremented) = left.checked_sub(1) {
+        req.headers_mut()
+            .insert(MAX_FORWARDS, http::HeaderValue::from(decremented));
+        return None;
+    }
+    // As the final recipient: the methods it forwards; no TRACE echo.
+    let allow = http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
+    let mut res = Response::new(Body::empty());
+    if req.method() == Method::TRACE {
+        *res.status_mut() = http::StatusCode::METHOD_NOT_ALLOWED;
+    }
+    res.headers_mut().insert(http::header::ALLOW, allow);
+    Some(res)
 }
 
 /// One `tracing` event per request: method, path, status, what the cache
@@ -130,12 +173,51 @@ async fn access_log(req: Request, next: axum::middleware::Next) -> Response {
     res
 }
 
+/// A route that is never cached, but whose successful unsafe requests
+/// still invalidate what the cache stored for their URI and for the
+/// same-host `Location` / `Content-Location` (RFC 9111 §4.4: the proxy is
+/// one cache, whatever its rules).
+fn bypassing<F>(forward: F, cache: CacheLayer) -> Route
+where
+    F: tower::Service<Request, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    F::Future: Send,
+{
+    BoxCloneSyncService::new(tower::service_fn(move |req: Request| {
+        let (forward, cache) = (forward.clone(), cache.clone());
+        async move {
+            let head = (!req.method().is_safe()).then(|| head_of(&req));
+            let res = forward.oneshot(req).await?;
+            let Some(head) = head else {
+                return Ok(res);
+            };
+            let (parts, body) = res.into_parts();
+            cache.invalidate_after(&head, &parts).await;
+            Ok(Response::from_parts(parts, body))
+        }
+    }))
+}
+
+/// The head of `req`, for invalidating after it was forwarded.
+fn head_of(req: &Request) -> http::Request<()> {
+    let mut head = http::Request::new(());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.version_mut() = req.version();
+    *head.headers_mut() = req.headers().clone();
+    *head.extensions_mut() = req.extensions().clone();
+    head
+}
+
 /// The settings every layer of the proxy shares: a shared cache whose
 /// freshness comes from the upstream's responses (RFC 9111 §4.2).
 fn shared_builder(
     settings: &Settings,
     backend: &Arc<dyn Backend>,
-    registry: &Registry,
+    registry: Option<&Registry>,
 ) -> axum_cachex::CacheLayerBuilder {
     // A shared cache in front of an application it knows nothing about:
     // any cookie may be a session, so a request with one is answered from,
@@ -144,8 +226,10 @@ fn shared_builder(
     let mut builder = CacheLayer::builder()
         .freshness(Freshness::FromResponse)
         .backend(Arc::clone(backend))
-        .registry(registry)
         .credential_header(http::header::COOKIE);
+    if let Some(registry) = registry {
+        builder = builder.registry(registry);
+    }
     for target in &settings.targets {
         builder = builder.targeted_cache_control(target.clone());
     }
@@ -160,7 +244,7 @@ fn layer_for(
     rule: &Rule,
     settings: &Settings,
     backend: &Arc<dyn Backend>,
-    registry: &Registry,
+    registry: Option<&Registry>,
 ) -> Result<CacheLayer, CacheLayerConfigError> {
     let mut builder = shared_builder(settings, backend, registry).name(rule.prefix.clone());
     if let Some(ttl) = rule.default_ttl {

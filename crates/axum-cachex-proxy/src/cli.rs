@@ -23,7 +23,7 @@ Example:
 
   [[rules]]
   prefix = \"/static/\"
-  default_ttl = 3600                  # seconds, for responses without freshness
+  default_ttl = 3600                  # seconds, when the response sets no freshness (replaces the heuristic)
 
   [[rules]]
   prefix = \"/api/account\"

@@ -79,8 +79,9 @@ struct RuleFile {
 pub(crate) struct Rule {
     /// Matched against the request path, longest prefix first.
     pub(crate) prefix: String,
-    /// Freshness for responses that give none (no `s-maxage`, `max-age`,
-    /// `Expires` or heuristic).
+    /// Freshness for responses without explicit freshness (no `s-maxage`,
+    /// `max-age` or `Expires`): it replaces the heuristic freshness of RFC
+    /// 9111 §4.2.2, as an operator's explicit choice should.
     pub(crate) default_ttl: Option<Duration>,
     /// Forward without caching at all.
     pub(crate) bypass: bool,

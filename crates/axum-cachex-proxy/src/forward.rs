@@ -71,7 +71,10 @@ impl Forwarder {
             Err(status) => return short(status, "request cannot be forwarded"),
         };
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Ok(Ok(res)) => inbound(res.map(Body::new)),
+            Ok(Ok(res)) => {
+                let idle = self.timeout;
+                inbound(res.map(|body| Body::new(IdleTimeout::new(body, idle))))
+            }
             Ok(Err(error)) => {
                 tracing::warn!(%error, upstream = %self.authority, "upstream unreachable");
                 short(
@@ -89,19 +92,12 @@ impl Forwarder {
         }
     }
 
-    /// The request as the upstream gets it.
+    /// The request as the upstream gets it: the upstream's URI, and its
+    /// own `Host` with `rewrite_host`. The client-facing fields were set by
+    /// [`client_request`] before the cache saw the request.
     fn outbound(&self, req: Request<Body>) -> Result<Request<Body>, StatusCode> {
         let (mut parts, body) = req.into_parts();
-        let client_addr = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip());
-        let client_host = parts.headers.get(HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        let client_host = parts.headers.get(HOST).cloned();
         let path = parts
             .uri
             .path_and_query()
@@ -113,28 +109,42 @@ impl Forwarder {
             .path_and_query(path)
             .build()
             .map_err(|_| StatusCode::BAD_REQUEST)?;
-        strip_hop_by_hop(&mut parts.headers);
-        let host = match (&client_host, self.rewrite_host) {
-            (Some(host), false) => host.clone(),
+        let host = match (client_host, self.rewrite_host) {
+            (Some(host), false) => host,
             _ => HeaderValue::from_str(self.authority.as_str())
                 .map_err(|_| StatusCode::BAD_REQUEST)?,
         };
         parts.headers.insert(HOST, host);
-        append(&mut parts.headers, VIA, VIA_THIS_HOP);
-        if let Some(ip) = client_addr {
-            append(
-                &mut parts.headers,
-                HeaderName::from_static("x-forwarded-for"),
-                &ip.to_string(),
-            );
-            let forwarded = forwarded_element(ip, client_host.as_ref());
-            append(
-                &mut parts.headers,
-                HeaderName::from_static("forwarded"),
-                &forwarded,
-            );
-        }
         Ok(Request::from_parts(parts, body))
+    }
+}
+
+/// Makes the request what the upstream will see, before the cache looks
+/// at it (so that `Vary` selects by exactly those fields): hop-by-hop
+/// fields removed, `Host` taken from an absolute-form target (RFC 9112
+/// §3.2.2), and this hop added to `Via`, `X-Forwarded-For` and
+/// `Forwarded`.
+pub(crate) fn client_request(parts: &mut http::request::Parts) {
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(HOST, host);
+    }
+    append(&mut parts.headers, VIA, VIA_THIS_HOP);
+    let client_addr = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    if let Some(ip) = client_addr {
+        let xff = HeaderName::from_static("x-forwarded-for");
+        append(&mut parts.headers, xff, &ip.to_string());
+        let forwarded = forwarded_element(ip, parts.headers.get(HOST));
+        append(
+            &mut parts.headers,
+            HeaderName::from_static("forwarded"),
+            &forwarded,
+        );
     }
 }
 
@@ -194,6 +204,66 @@ fn forwarded_element(ip: std::net::IpAddr, host: Option<&HeaderValue>) -> String
     }
     element.push_str(";proto=http");
     element
+}
+
+/// An upstream body that fails once no frame arrived for `idle`: a stalled
+/// upstream costs a client (and a cache waiting to store the body) at most
+/// that long, then the body ends with an error instead of hanging.
+struct IdleTimeout<B> {
+    inner: B,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    idle: Duration,
+}
+
+impl<B> IdleTimeout<B> {
+    fn new(inner: B, idle: Duration) -> Self {
+        Self {
+            inner,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            idle,
+        }
+    }
+}
+
+/// The error a stalled upstream body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing of the body for {0:?}")]
+struct BodyStalled(Duration);
+
+impl<B> http_body::Body for IdleTimeout<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        use std::{future::Future, task::Poll};
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled(this.idle))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A short plain-text answer of the proxy's own, marked for the cache layer

@@ -50,8 +50,7 @@ use super::{
     entry,
     etag::etag_for,
     extract::CacheHandle,
-    headers,
-    invalidate::{self, Invalidation},
+    headers, invalidate,
     lock::{self, LockOutcome},
     plan::{self, Plan},
     response,
@@ -186,16 +185,7 @@ where
             && (status.is_success() || status.is_redirection())
             && self.shared.stores();
         if invalidates {
-            for target in invalidate::targets(&self.shared, &request, res.headers()) {
-                match target {
-                    Invalidation::Key(key) => {
-                        store::delete(&self.shared, &self.backend, &key).await;
-                    }
-                    Invalidation::Path(path) => {
-                        store::clear_path(&self.shared, &self.backend, &path).await;
-                    }
-                }
-            }
+            invalidate::apply(&self.shared, &self.backend, &request, res.headers()).await;
         }
         Ok((res.map(Body::new), CacheStatus::forward("method")))
     }
@@ -662,6 +652,15 @@ where
     ) -> (Response<Body>, CacheStatus) {
         let bytes = match body::collect_limited(body, self.store_limit()).await {
             Collected::Complete(bytes) => bytes,
+            Collected::PassThrough(_, PassReason::Error) => {
+                // The body failed while it was read to be stored, before
+                // the client got anything: a clear answer instead of a head
+                // followed by a broken connection.
+                pending.finish(None);
+                bump(&self.shared.stats.handler_failures);
+                let res = bad_gateway("the response body failed before it was complete");
+                return (res, status.with_detail("body-error"));
+            }
             Collected::PassThrough(body, reason) => {
                 pending.finish(None);
                 let res = self.pass_through(parts, body, &mut status);
@@ -1083,6 +1082,17 @@ fn only_if_cached_miss() -> (Response<Body>, CacheStatus) {
         gateway_timeout(),
         CacheStatus::default().with_detail("only-if-cached"),
     )
+}
+
+/// A `502` with a short plain-text reason.
+fn bad_gateway(reason: &'static str) -> Response<Body> {
+    let mut res = Response::new(Body::from(format!("bad gateway: {reason}\n")));
+    *res.status_mut() = StatusCode::BAD_GATEWAY;
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
 }
 
 fn gateway_timeout() -> Response<Body> {

@@ -42,6 +42,21 @@ pub(crate) enum Invalidation {
     Path(String),
 }
 
+/// Deletes what a successful unsafe request invalidates, failing open.
+pub(crate) async fn apply(
+    shared: &Shared,
+    backend: &std::sync::Arc<dyn axum_cachex_core::Backend>,
+    target: &RequestTarget,
+    response: &HeaderMap,
+) {
+    for found in targets(shared, target, response) {
+        match found {
+            Invalidation::Key(key) => super::store::delete(shared, backend, &key).await,
+            Invalidation::Path(path) => super::store::clear_path(shared, backend, &path).await,
+        }
+    }
+}
+
 /// What a successful unsafe request invalidates: its own target, and the
 /// same-host `Location` and `Content-Location` of its response.
 pub(crate) fn targets(

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum_cachex_core::{Backend, BackendError};
-use http::{HeaderValue, Request};
+use http::{HeaderValue, Method, Request};
 use tower_layer::Layer;
 
 use super::{
@@ -87,6 +87,33 @@ impl CacheLayer {
             Some(key) => self.delete(&key).await,
             None => Ok(false),
         }
+    }
+
+    /// Applies RFC 9111 §4.4 for an unsafe request (`POST`, `PUT`,
+    /// `DELETE`, …) answered elsewhere, e.g. on a route that bypasses the
+    /// cache: when `response` is a success or a redirect, deletes what this
+    /// layer stores for the request's URI and for the same-host `Location`
+    /// and `Content-Location` of the response. Safe methods and error
+    /// statuses change nothing. Failures are counted and logged, never
+    /// returned (fail open).
+    pub async fn invalidate_after<B>(
+        &self,
+        request: &Request<B>,
+        response: &http::response::Parts,
+    ) {
+        let status = response.status;
+        if Method::is_safe(request.method()) || !(status.is_success() || status.is_redirection()) {
+            return;
+        }
+        let mut head = Request::new(()).into_parts().0;
+        head.method = request.method().clone();
+        head.uri = request.uri().clone();
+        head.version = request.version();
+        head.headers = request.headers().clone();
+        head.extensions = request.extensions().clone();
+        let target = super::invalidate::RequestTarget::of(&head);
+        let backend = self.backend();
+        super::invalidate::apply(&self.shared, &backend, &target, &response.headers).await;
     }
 
     /// Deletes one stored response by its key (see

@@ -123,10 +123,7 @@ impl MemcachedConfig {
             return Err(MemcachedConfigError::NoServers);
         }
         for (i, server) in self.servers.iter().enumerate() {
-            let port = server
-                .rsplit_once(':')
-                .map(|(host, port)| (host, port.parse::<u16>()));
-            if !matches!(port, Some((host, Ok(_))) if !host.is_empty()) {
+            if !is_host_port(server) {
                 return Err(MemcachedConfigError::BadAddress(server.clone()));
             }
             if self.servers[..i].contains(server) {
@@ -142,6 +139,20 @@ impl MemcachedConfig {
         }
         Ok(())
     }
+}
+
+/// Whether `addr` is `host:port`: a name or IPv4 address (no `:`), or an
+/// IPv6 address in brackets, and a port from 1 to 65535.
+fn is_host_port(addr: &str) -> bool {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => !host.is_empty() && !host.contains([':', '[', ']', '/', ' ']),
+    };
+    port_ok && host_ok
 }
 
 /// Builder of a [`MemcachedBackend`]; see [`MemcachedConfig`] for what each
@@ -771,6 +782,10 @@ mod tests {
             ok().server("127.0.0.1"),
             ok().server(":11211"),
             ok().server("127.0.0.1:port"),
+            ok().server("cache.test:0"),
+            ok().server("[::1"),
+            ok().server("::1:11211"),
+            ok().server("[nothost]:11211"),
             ok().server("127.0.0.1:11211"),
             ok().key_prefix("has space"),
             ok().timeout(Duration::ZERO),
