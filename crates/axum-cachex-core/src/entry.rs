@@ -67,6 +67,9 @@ pub enum DecodeError {
     /// A header name or value is not valid HTTP.
     #[error("cache entry has an invalid header")]
     InvalidHeader,
+    /// The storage time is beyond what this platform's clock can represent.
+    #[error("cache entry has a storage time out of range")]
+    InvalidTimestamp,
 }
 
 impl CacheEntry {
@@ -142,7 +145,11 @@ impl CacheEntry {
         let status_code = r.u16()?;
         let status = StatusCode::from_u16(status_code)
             .map_err(|_| DecodeError::InvalidStatus(status_code))?;
-        let stored_at = UNIX_EPOCH + Duration::from_millis(r.u64()?);
+        // Checked: how far a `SystemTime` reaches depends on the platform
+        // (on Windows, not to `u64::MAX` milliseconds after the epoch).
+        let stored_at = UNIX_EPOCH
+            .checked_add(Duration::from_millis(r.u64()?))
+            .ok_or(DecodeError::InvalidTimestamp)?;
         let fresh_for = Duration::from_millis(r.u64()?);
         let stale_while_revalidate = Duration::from_millis(r.u64()?);
         let stale_if_error = Duration::from_millis(r.u64()?);

@@ -54,7 +54,9 @@ impl<'a> CacheKey<'a> {
         let query = parts.next()?;
         let variant = match parts.next() {
             None => "",
-            Some(v) => v.strip_prefix(VARIANT_PREFIX)?,
+            // An empty variant is not one the HTTP layer writes, and
+            // `Display` could not give the key back: not this format.
+            Some(v) => v.strip_prefix(VARIANT_PREFIX).filter(|v| !v.is_empty())?,
         };
         if parts.next().is_some() {
             return None;
@@ -98,9 +100,20 @@ impl<'a> CacheKey<'a> {
         key
     }
 
+    /// The request method, unescaped.
+    pub fn decoded_method(&self) -> Cow<'a, str> {
+        unescape(self.method)
+    }
+
     /// The request path, unescaped.
     pub fn decoded_path(&self) -> Cow<'a, str> {
         unescape(self.path)
+    }
+
+    /// The raw query string as the request sent it (unescaped; still
+    /// percent-encoded as in the URL).
+    pub fn decoded_query(&self) -> Cow<'a, str> {
+        unescape(self.query)
     }
 
     /// Whether this key belongs to `path` (as the request sent it,
