@@ -574,23 +574,25 @@ mod tests {
                 (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()),
                 proptest::collection::vec(any::<u8>(), 0..17),
             )
-                .prop_map(|(status, headers, body, etag, (at, fresh, swr, sie), vary)| {
-                    let mut map = HeaderMap::new();
-                    for (name, value) in headers {
-                        map.append(name, value);
-                    }
-                    CacheEntry {
-                        status: StatusCode::from_u16(status).expect("status"),
-                        headers: map,
-                        body: Bytes::from(body),
-                        etag,
-                        stored_at: UNIX_EPOCH + Duration::from_millis(u64::from(at) * 1000),
-                        fresh_for: Duration::from_millis(u64::from(fresh)),
-                        stale_while_revalidate: Duration::from_millis(u64::from(swr)),
-                        stale_if_error: Duration::from_millis(u64::from(sie)),
-                        vary_key: Bytes::from(vary),
-                    }
-                })
+                .prop_map(
+                    |(status, headers, body, etag, (at, fresh, swr, sie), vary)| {
+                        let mut map = HeaderMap::new();
+                        for (name, value) in headers {
+                            map.append(name, value);
+                        }
+                        CacheEntry {
+                            status: StatusCode::from_u16(status).expect("status"),
+                            headers: map,
+                            body: Bytes::from(body),
+                            etag,
+                            stored_at: UNIX_EPOCH + Duration::from_millis(u64::from(at) * 1000),
+                            fresh_for: Duration::from_millis(u64::from(fresh)),
+                            stale_while_revalidate: Duration::from_millis(u64::from(swr)),
+                            stale_if_error: Duration::from_millis(u64::from(sie)),
+                            vary_key: Bytes::from(vary),
+                        }
+                    },
+                )
         }
 
         proptest! {

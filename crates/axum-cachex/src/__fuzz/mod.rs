@@ -125,7 +125,8 @@ pub fn cache_control(data: &[u8]) {
     if lines.iter().all(|l| {
         // A line ending inside a quoted string or after a backslash would
         // swallow the comma.
-        l.as_bytes().iter().filter(|&&b| b == b'"').count() % 2 == 0 && !l.as_bytes().contains(&b'\\')
+        l.as_bytes().iter().filter(|&&b| b == b'"').count() % 2 == 0
+            && !l.as_bytes().contains(&b'\\')
     }) {
         assert_eq!(
             directives::Directives::parse([&joined[..]]),
@@ -144,7 +145,10 @@ pub fn cache_control(data: &[u8]) {
     let _ = directives::response_lifetime(&parsed, &map, now);
     let _ = directives::heuristic_lifetime(&map, now, Duration::from_secs(86_400));
     let mut private = map.clone();
-    headers::keep_private(&mut private, &HeaderValue::from_static("private, max-age=0"));
+    headers::keep_private(
+        &mut private,
+        &HeaderValue::from_static("private, max-age=0"),
+    );
     let after = directives::Directives::from_headers(&private);
     assert!(
         after.private || after.no_store || after.public,
@@ -184,7 +188,10 @@ pub fn conditional(data: &[u8]) {
         && etag.as_bytes().ends_with(b"\"")
         && !etag.as_bytes()[1..etag.as_bytes().len() - 1].contains(&b'"');
     if valid {
-        let mut listed = values.first().map(|v| v.as_bytes().to_vec()).unwrap_or_default();
+        let mut listed = values
+            .first()
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default();
         if listed.iter().filter(|&&b| b == b'"').count() % 2 == 0 {
             listed.extend_from_slice(b", W/");
             listed.extend_from_slice(etag.as_bytes());
@@ -204,7 +211,10 @@ pub fn conditional(data: &[u8]) {
         header::IF_RANGE,
         header::RANGE,
     ] {
-        assert!(!request.contains_key(&name), "strip_conditionals removes {name}");
+        assert!(
+            !request.contains_key(&name),
+            "strip_conditionals removes {name}"
+        );
     }
 }
 
@@ -225,7 +235,11 @@ pub fn vary(data: &[u8]) {
     let request = header_map(rest);
     let names = vary::vary_names(&response);
     assert!(names.windows(2).all(|w| w[0] < w[1]), "sorted and unique");
-    assert!(names.iter().all(|n| *n == n.to_ascii_lowercase() && !n.is_empty()));
+    assert!(
+        names
+            .iter()
+            .all(|n| *n == n.to_ascii_lowercase() && !n.is_empty())
+    );
     let _ = vary::varies_on_everything(&response);
     let key = vary::vary_key(&names, &request);
     assert_eq!(key, vary::vary_key(&names, &request), "deterministic");
@@ -241,7 +255,10 @@ pub fn vary(data: &[u8]) {
         vary_key: key,
     };
     if entry.headers.contains_key(VARY) {
-        assert!(vary::selects(&entry, &request), "a request selects its own variant");
+        assert!(
+            vary::selects(&entry, &request),
+            "a request selects its own variant"
+        );
     }
 }
 
@@ -308,7 +325,10 @@ mod session {
             let token = tokens
                 .issue(&id, now, None, Duration::from_secs(60))
                 .expect("issuing never fails");
-            assert_eq!(tokens.verify(&token, now).ok().as_deref(), Some(id.as_str()));
+            assert_eq!(
+                tokens.verify(&token, now).ok().as_deref(),
+                Some(id.as_str())
+            );
             // One character changed: refused (a JWT's base64 may have
             // slack bits in its last character, so not that one).
             let at = flip % (token.len() - 1);

@@ -54,9 +54,15 @@ fn directive() -> impl Strategy<Value = (String, &'static str, Option<u64>, bool
         Just("stale-while-revalidate"),
         Just("x-ext"),
     ];
-    (names, any::<bool>(), proptest::option::of(0u64..100_000), any::<bool>()).prop_flat_map(
-        |(name, _, arg, quoted)| any_case(name).prop_map(move |written| (written, name, arg, quoted)),
+    (
+        names,
+        any::<bool>(),
+        proptest::option::of(0u64..100_000),
+        any::<bool>(),
     )
+        .prop_flat_map(|(name, _, arg, quoted)| {
+            any_case(name).prop_map(move |written| (written, name, arg, quoted))
+        })
 }
 
 /// HTTP-date of `secs` in format `format % 3`: IMF-fixdate, RFC 850,
@@ -78,8 +84,7 @@ fn http_date(secs: u64, format: u8) -> String {
     };
     match format % 3 {
         0 => imf,
-        1 => format!("{long}, {day}-{month}-{}  {time} GMT", &year[2..])
-            .replacen("  ", " ", 1),
+        1 => format!("{long}, {day}-{month}-{}  {time} GMT", &year[2..]).replacen("  ", " ", 1),
         _ => format!(
             "{wday} {month} {:>2} {time} {year}",
             day.trim_start_matches('0')

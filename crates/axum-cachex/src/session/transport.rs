@@ -307,7 +307,10 @@ mod tests {
         h.append(COOKIE, line);
         assert_eq!(read_cookie(&h, "session"), Some("tok"));
         let mut h = HeaderMap::new();
-        h.append(COOKIE, HeaderValue::from_bytes(b"session=\xff").expect("obs-text"));
+        h.append(
+            COOKIE,
+            HeaderValue::from_bytes(b"session=\xff").expect("obs-text"),
+        );
         assert_eq!(read_cookie(&h, "session"), None);
     }
 }
