@@ -67,6 +67,9 @@ pub enum DecodeError {
     /// A header name or value is not valid HTTP.
     #[error("cache entry has an invalid header")]
     InvalidHeader,
+    /// The storage time is beyond what this platform's clock can represent.
+    #[error("cache entry has a storage time out of range")]
+    InvalidTimestamp,
 }
 
 impl CacheEntry {
@@ -142,7 +145,11 @@ impl CacheEntry {
         let status_code = r.u16()?;
         let status = StatusCode::from_u16(status_code)
             .map_err(|_| DecodeError::InvalidStatus(status_code))?;
-        let stored_at = UNIX_EPOCH + Duration::from_millis(r.u64()?);
+        // Checked: how far a `SystemTime` reaches depends on the platform
+        // (on Windows, not to `u64::MAX` milliseconds after the epoch).
+        let stored_at = UNIX_EPOCH
+            .checked_add(Duration::from_millis(r.u64()?))
+            .ok_or(DecodeError::InvalidTimestamp)?;
         let fresh_for = Duration::from_millis(r.u64()?);
         let stale_while_revalidate = Duration::from_millis(r.u64()?);
         let stale_if_error = Duration::from_millis(r.u64()?);
@@ -516,5 +523,127 @@ mod tests {
             e.storage_ttl_left(e.stored_at + Duration::from_secs(99)),
             Duration::ZERO
         );
+    }
+
+    /// Found by review while writing the `entry_decode` target: the
+    /// storage time was added to the epoch unchecked, which panics where
+    /// `SystemTime` cannot reach `u64::MAX` milliseconds (Windows).
+    #[test]
+    fn any_storage_time_decodes_or_errs() {
+        let mut bytes = BytesMut::from(&encode(sample())[..]);
+        bytes[8..16].copy_from_slice(&u64::MAX.to_be_bytes());
+        match CacheRecord::decode(bytes.freeze()) {
+            Ok(_) | Err(DecodeError::InvalidTimestamp) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, RngAlgorithm, RngSeed};
+
+        fn config() -> Config {
+            Config {
+                cases: 256,
+                failure_persistence: None,
+                rng_algorithm: RngAlgorithm::ChaCha,
+                rng_seed: RngSeed::Fixed(0x00ca_c4e5),
+                ..Config::default()
+            }
+        }
+
+        fn header_name() -> impl Strategy<Value = HeaderName> {
+            "[a-z][a-z0-9-]{0,12}".prop_map(|n| HeaderName::from_bytes(n.as_bytes()).expect("name"))
+        }
+
+        fn header_value() -> impl Strategy<Value = HeaderValue> {
+            proptest::collection::vec(
+                any::<u8>().prop_filter("field byte", |&b| b == b'\t' || (b >= 0x20 && b != 0x7f)),
+                0..16,
+            )
+            .prop_map(|v| HeaderValue::from_bytes(&v).expect("value"))
+        }
+
+        fn entry() -> impl Strategy<Value = CacheEntry> {
+            (
+                100u16..1000,
+                proptest::collection::vec((header_name(), header_value()), 0..6),
+                proptest::collection::vec(any::<u8>(), 0..64),
+                header_value(),
+                (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()),
+                proptest::collection::vec(any::<u8>(), 0..17),
+            )
+                .prop_map(
+                    |(status, headers, body, etag, (at, fresh, swr, sie), vary)| {
+                        let mut map = HeaderMap::new();
+                        for (name, value) in headers {
+                            map.append(name, value);
+                        }
+                        CacheEntry {
+                            status: StatusCode::from_u16(status).expect("status"),
+                            headers: map,
+                            body: Bytes::from(body),
+                            etag,
+                            stored_at: UNIX_EPOCH + Duration::from_millis(u64::from(at) * 1000),
+                            fresh_for: Duration::from_millis(u64::from(fresh)),
+                            stale_while_revalidate: Duration::from_millis(u64::from(swr)),
+                            stale_if_error: Duration::from_millis(u64::from(sie)),
+                            vary_key: Bytes::from(vary),
+                        }
+                    },
+                )
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn responses_round_trip(entry in entry()) {
+                let record = CacheRecord::Response(entry);
+                prop_assert_eq!(CacheRecord::decode(record.encode()), Ok(record));
+            }
+
+            #[test]
+            fn variant_indexes_round_trip(
+                names in proptest::collection::vec("[a-z][a-z0-9-]{0,10}", 0..8),
+                epoch in any::<u64>(),
+            ) {
+                let record = CacheRecord::Variants(VariantIndex { names, epoch });
+                prop_assert_eq!(CacheRecord::decode(record.encode()), Ok(record));
+            }
+
+            /// Any corruption of a valid record: an error or a record that
+            /// encodes back to itself, never a panic.
+            #[test]
+            fn corrupted_records_never_panic(
+                entry in entry(),
+                edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+                cut in any::<usize>(),
+            ) {
+                let mut bytes = BytesMut::from(&CacheRecord::Response(entry).encode()[..]);
+                for (at, byte) in edits {
+                    let at = at % bytes.len();
+                    bytes[at] = byte;
+                }
+                let cut = cut % (bytes.len() + 1);
+                for candidate in [bytes.clone().freeze(), bytes.freeze().slice(..cut)] {
+                    if let Ok(record) = CacheRecord::decode(candidate) {
+                        prop_assert_eq!(CacheRecord::decode(record.encode()), Ok(record));
+                    }
+                }
+            }
+
+            #[test]
+            fn arbitrary_bytes_are_refused_or_round_trip(data in proptest::collection::vec(any::<u8>(), 0..128)) {
+                let mut framed = b"ACXE\x02".to_vec();
+                framed.extend_from_slice(&data);
+                for candidate in [data, framed] {
+                    if let Ok(record) = CacheRecord::decode(Bytes::from(candidate)) {
+                        prop_assert_eq!(CacheRecord::decode(record.encode()), Ok(record));
+                    }
+                }
+            }
+        }
     }
 }

@@ -225,6 +225,12 @@
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
 
+// Wrappers of the crate-private parsers for the fuzz targets in `fuzz/`
+// (feature `fuzzing`, enabled by nothing else) and the property tests: not
+// API, hidden from the documentation. See the module's own comment.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod __fuzz;
 pub mod backend;
 pub mod cache;
 mod clock;

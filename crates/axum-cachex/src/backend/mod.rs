@@ -11,7 +11,7 @@
 //! middleware, and check themselves with its conformance suite.
 
 #[cfg(feature = "memcached")]
-mod memcached;
+pub(crate) mod memcached;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;

@@ -19,16 +19,16 @@
 mod admit;
 mod body;
 mod coalesce;
-mod conditional;
+pub(crate) mod conditional;
 mod config;
 mod credentials;
 mod decide;
-mod directives;
+pub(crate) mod directives;
 mod entry;
-mod etag;
+pub(crate) mod etag;
 mod extract;
 mod flow;
-mod headers;
+pub(crate) mod headers;
 mod invalidate;
 mod key;
 mod layer;
@@ -43,7 +43,7 @@ mod status;
 mod store;
 mod targeted;
 mod unreachable;
-mod vary;
+pub(crate) mod vary;
 
 pub use crate::registry::{LayerReport, Registry};
 pub use config::{

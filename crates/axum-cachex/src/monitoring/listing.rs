@@ -90,10 +90,12 @@ struct KeyParts {
 fn key_parts(key: &str) -> KeyParts {
     match CacheKey::parse_stored(key) {
         Some(k) => KeyParts {
-            method: Some(k.method.to_owned()),
+            // Unescaped: the key's own `%`/`|` escaping is not part of the
+            // request (`?q=a%20b` must list as `q: "a b"`, not `"a%20b"`).
+            method: Some(k.decoded_method().into_owned()),
             host: Some(k.host.to_owned()),
-            path: Some(k.path.to_owned()),
-            query_params: query_params(k.query),
+            path: Some(k.decoded_path().into_owned()),
+            query_params: query_params(&k.decoded_query()),
         },
         // A custom key builder's format: only the key itself is known.
         None => KeyParts {
@@ -164,7 +166,10 @@ impl Listing {
             }
             bytes += entry.body.len() as u64;
             let (method, path) = match CacheKey::parse_stored(key) {
-                Some(k) => (Some(k.method.to_owned()), k.path.to_owned()),
+                Some(k) => (
+                    Some(k.decoded_method().into_owned()),
+                    k.decoded_path().into_owned(),
+                ),
                 None => (None, key.clone()),
             };
             paths.insert(path.clone());
@@ -429,6 +434,22 @@ mod tests {
             serde_json::json!({"a": ["1", "2"], "b": "x y", "c": "", "d": "✓ ok"})
         );
         assert!(query_params("").is_empty());
+    }
+
+    /// Found by the `monitoring_query` property: the key stores the query
+    /// with `%` escaped as `%25`, and the rows decoded that escaped form,
+    /// so `?q=a%20b` was listed as `q: "a%20b"` and a path with `|` as
+    /// `%7C`.
+    #[test]
+    fn rows_show_the_request_not_the_key_escaping() {
+        let key = CacheKey::encode_stored("GET", "h", "/a|b%", "q=a%20b&r=x|y");
+        let parts = key_parts(&key);
+        assert_eq!(parts.path.as_deref(), Some("/a|b%"));
+        assert_eq!(
+            Value::Object(parts.query_params),
+            serde_json::json!({"q": "a b", "r": "x|y"})
+        );
+        assert_eq!(parts.method.as_deref(), Some("GET"));
     }
 
     #[test]

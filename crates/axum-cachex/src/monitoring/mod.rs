@@ -144,9 +144,9 @@ use axum_cachex_core::Backend;
 use crate::{BackendProxy, Clock, Registry};
 
 mod guard;
-mod listing;
+pub(crate) mod listing;
 mod metrics;
-mod routes;
+pub(crate) mod routes;
 
 pub use guard::Guard;
 

@@ -175,34 +175,98 @@ async fn timed<T>(
     result.map_err(|error| Failure::Backend { operation, error })
 }
 
-fn query_pairs(parts: &Parts) -> impl Iterator<Item = (String, String)> + '_ {
-    form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned()))
+}
+
+fn raw_query(parts: &Parts) -> &str {
+    parts.uri.query().unwrap_or("")
 }
 
 /// `limit` (default and maximum from the configuration) and `offset`.
 fn page(inner: &Inner, parts: &Parts) -> Result<Page, Failure> {
+    parse_page(raw_query(parts), inner.default_limit, inner.max_limit).map_err(Failure::BadRequest)
+}
+
+/// `limit` and `offset` from a listing route's raw query string; the
+/// message of the 400 answer for an invalid one.
+pub(crate) fn parse_page(
+    query: &str,
+    default_limit: usize,
+    max_limit: usize,
+) -> Result<Page, &'static str> {
     let mut page = Page {
-        limit: inner.default_limit,
+        limit: default_limit.min(max_limit),
         offset: 0,
     };
-    for (name, value) in query_pairs(parts) {
+    for (name, value) in query_pairs(query) {
         match name.as_str() {
             "limit" => {
                 let limit: usize = value
                     .parse()
-                    .map_err(|_| Failure::BadRequest("`limit` must be a non-negative integer"))?;
-                page.limit = limit.min(inner.max_limit);
+                    .map_err(|_| "`limit` must be a non-negative integer")?;
+                page.limit = limit.min(max_limit);
             }
             "offset" => {
                 page.offset = value
                     .parse()
-                    .map_err(|_| Failure::BadRequest("`offset` must be a non-negative integer"))?;
+                    .map_err(|_| "`offset` must be a non-negative integer")?;
             }
             _ => {}
         }
     }
     Ok(page)
+}
+
+/// What `POST purge` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PurgeRequest {
+    /// `?pattern=/glob/*`.
+    Pattern(String),
+    /// `?key=<cache key>`.
+    Key(String),
+    /// `?all=true`.
+    All,
+}
+
+/// The purge request of a raw query string: exactly one of `pattern`,
+/// `key` or `all=true`, else `None`.
+pub(crate) fn parse_purge(query: &str) -> Option<PurgeRequest> {
+    let mut pairs = query_pairs(query);
+    let (name, value) = pairs.next()?;
+    if pairs.next().is_some() {
+        return None;
+    }
+    match name.as_str() {
+        "pattern" => Some(PurgeRequest::Pattern(value)),
+        "key" => Some(PurgeRequest::Key(value)),
+        "all" if value == "true" => Some(PurgeRequest::All),
+        _ => None,
+    }
+}
+
+/// `path` and `include_params` of `POST clear-path` from a raw query
+/// string; the message of the 400 answer for an invalid one.
+pub(crate) fn parse_clear_path(query: &str) -> Result<(String, bool), &'static str> {
+    let mut path = None;
+    let mut include_params = false;
+    for (name, value) in query_pairs(query) {
+        match name.as_str() {
+            "path" => path = Some(value),
+            "include_params" => {
+                include_params = match value.as_str() {
+                    "true" | "1" | "yes" | "on" => true,
+                    "false" | "0" | "no" | "off" | "" => false,
+                    _ => return Err("`include_params` must be true or false"),
+                }
+            }
+            _ => {}
+        }
+    }
+    match path.filter(|p| p.starts_with('/')) {
+        Some(path) => Ok((path, include_params)),
+        None => Err("`path` is required and must start with `/`, e.g. ?path=/products"),
+    }
 }
 
 async fn listing_request(inner: &Inner, request: Request) -> Result<(Loaded, Page), Failure> {
@@ -330,20 +394,18 @@ pub(crate) async fn purge(inner: Arc<Inner>, request: Request) -> Response {
     if let Err(refused) = check_write(&inner, &parts, "purge") {
         return refused.into_response();
     }
-    let pairs: Vec<(String, String)> = query_pairs(&parts).collect();
-    let backend = inner.backend();
-    let backend = backend.as_ref();
-    let call = match pairs.as_slice() {
-        [(name, pattern)] if name == "pattern" => Some(("clear_pattern", pattern.as_str())),
-        [(name, key)] if name == "key" => Some(("delete", key.as_str())),
-        [(name, all)] if name == "all" && all == "true" => Some(("clear", "")),
-        _ => None,
-    };
-    let Some((operation, arg)) = call else {
+    let Some(request) = parse_purge(raw_query(&parts)) else {
         return Failure::BadRequest(
             "give exactly one of ?pattern=/glob/*, ?key=<cache key> or ?all=true",
         )
         .into_response();
+    };
+    let backend = inner.backend();
+    let backend = backend.as_ref();
+    let (operation, arg) = match &request {
+        PurgeRequest::Pattern(pattern) => ("clear_pattern", pattern.as_str()),
+        PurgeRequest::Key(key) => ("delete", key.as_str()),
+        PurgeRequest::All => ("clear", ""),
     };
     let result = match operation {
         "clear_pattern" => {
@@ -385,29 +447,9 @@ pub(crate) async fn clear_path(inner: Arc<Inner>, request: Request) -> Response 
     if let Err(refused) = check_write(&inner, &parts, "clear-path") {
         return refused.into_response();
     }
-    let mut path = None;
-    let mut include_params = false;
-    for (name, value) in query_pairs(&parts) {
-        match name.as_str() {
-            "path" => path = Some(value),
-            "include_params" => {
-                include_params = match value.as_str() {
-                    "true" | "1" | "yes" | "on" => true,
-                    "false" | "0" | "no" | "off" | "" => false,
-                    _ => {
-                        return Failure::BadRequest("`include_params` must be true or false")
-                            .into_response();
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    let Some(path) = path.filter(|p| p.starts_with('/')) else {
-        return Failure::BadRequest(
-            "`path` is required and must start with `/`, e.g. ?path=/products",
-        )
-        .into_response();
+    let (path, include_params) = match parse_clear_path(raw_query(&parts)) {
+        Ok(parsed) => parsed,
+        Err(message) => return Failure::BadRequest(message).into_response(),
     };
     let backend = inner.backend();
     match timed(

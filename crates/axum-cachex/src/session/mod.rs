@@ -209,7 +209,7 @@
 //! too, `jsonwebtoken` cannot pick a provider by itself: install one with
 //! `jsonwebtoken::crypto::CryptoProvider::install_default` at startup.
 
-mod config;
+pub(crate) mod config;
 mod error;
 mod extract;
 mod index;
@@ -217,8 +217,8 @@ mod layer;
 mod manager;
 mod model;
 mod request;
-mod token;
-mod transport;
+pub(crate) mod token;
+pub(crate) mod transport;
 
 pub use config::{
     CookieConfig, DEFAULT_COOKIE_NAME, DEFAULT_HEADER_NAME, DEFAULT_KEY_PREFIX,

@@ -58,21 +58,26 @@ fn bearer(value: &HeaderValue) -> Option<&str> {
 }
 
 /// The value of cookie `name` from the request's `Cookie` headers.
+///
+/// Read as bytes, pair by pair: another cookie with a non-ASCII value (which
+/// browsers send as raw UTF-8) must not hide the session cookie sharing its
+/// line. Only the value found has to be text.
 pub(crate) fn read_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
         .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k.trim() == name).then(|| {
-                let v = v.trim();
-                v.strip_prefix('"')
-                    .and_then(|v| v.strip_suffix('"'))
+            let at = pair.iter().position(|&b| b == b'=')?;
+            let (k, v) = (&pair[..at], &pair[at + 1..]);
+            (k.trim_ascii() == name.as_bytes()).then(|| {
+                let v = v.trim_ascii();
+                v.strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
                     .unwrap_or(v)
             })
         })
+        .and_then(|v| std::str::from_utf8(v).ok())
         .filter(|v| !v.is_empty())
 }
 
@@ -289,5 +294,23 @@ mod tests {
         h.append(COOKIE, HeaderValue::from_static("a=1; session=tok; b=2"));
         assert_eq!(read_cookie(&h, "session"), Some("tok"));
         assert_eq!(read_cookie(&h, "sess"), None);
+    }
+
+    /// Found by the `cookie` property: a line was read only when all of it
+    /// was visible ASCII, so another cookie with a UTF-8 value on the same
+    /// line (`Cookie: name=José; session=tok`) made the session disappear.
+    #[test]
+    fn a_non_ascii_neighbour_does_not_hide_the_session_cookie() {
+        let mut h = HeaderMap::new();
+        let line = HeaderValue::from_bytes("name=Jos\u{e9}; session=tok".as_bytes())
+            .expect("obs-text is a valid field value");
+        h.append(COOKIE, line);
+        assert_eq!(read_cookie(&h, "session"), Some("tok"));
+        let mut h = HeaderMap::new();
+        h.append(
+            COOKIE,
+            HeaderValue::from_bytes(b"session=\xff").expect("obs-text"),
+        );
+        assert_eq!(read_cookie(&h, "session"), None);
     }
 }

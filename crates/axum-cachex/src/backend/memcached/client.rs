@@ -16,7 +16,7 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader},
     net::TcpStream,
     sync::{Semaphore, SemaphorePermit},
     time::timeout_at,
@@ -94,17 +94,19 @@ impl StoreMode {
     }
 }
 
-/// One open connection to a server.
+/// One open connection to a server. Generic over the stream only so that
+/// the reply parser can be fed bytes from memory (property tests, fuzzing);
+/// the backend always uses a `TcpStream`.
 #[derive(Debug)]
-pub(super) struct Conn {
-    reader: BufReader<TcpStream>,
+pub(super) struct Conn<S = TcpStream> {
+    reader: BufReader<S>,
     server: String,
     line: Vec<u8>,
 }
 
-impl Conn {
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Wraps a connected stream.
-    pub(super) fn new(stream: TcpStream, server: &str) -> Self {
+    pub(super) fn new(stream: S, server: &str) -> Self {
         Self {
             reader: BufReader::with_capacity(16 * 1024, stream),
             server: server.to_owned(),
@@ -131,21 +133,6 @@ impl Conn {
         } else {
             ClientError::Protocol { server, reply }
         }
-    }
-
-    /// Whether an idle connection can be used again: nothing unread is
-    /// waiting and the server has not closed it (a restarted server closes
-    /// every old connection; catching that here saves the next command from
-    /// failing on it).
-    pub(super) fn is_reusable(&self) -> bool {
-        if !self.reader.buffer().is_empty() {
-            return false;
-        }
-        let mut probe = [0u8; 1];
-        matches!(
-            self.reader.get_ref().try_read(&mut probe),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock
-        )
     }
 
     async fn send(&mut self, request: &[u8]) -> Result<(), ClientError> {
@@ -344,6 +331,23 @@ impl Conn {
     }
 }
 
+impl Conn<TcpStream> {
+    /// Whether an idle connection can be used again: nothing unread is
+    /// waiting and the server has not closed it (a restarted server closes
+    /// every old connection; catching that here saves the next command from
+    /// failing on it).
+    pub(super) fn is_reusable(&self) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(
+            self.reader.get_ref().try_read(&mut probe),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock
+        )
+    }
+}
+
 /// Parses `VALUE <key> <flags> <bytes> [<cas>]`.
 fn parse_value_line(line: &[u8]) -> Option<(String, u32, usize)> {
     let line = std::str::from_utf8(line).ok()?;
@@ -363,6 +367,111 @@ fn parse_gets_line(line: &[u8]) -> Option<(String, u32, usize, u64)> {
     let (head, cas) = text.rsplit_once(' ')?;
     let (key, flags, len) = parse_value_line(head.as_bytes())?;
     Some((key, flags, len, cas.parse().ok()?))
+}
+
+/// Drives [`Conn`] over a reply held in memory: what the property tests and
+/// the `memcached_reply` fuzz target feed arbitrary server replies through.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod replay {
+    use std::{
+        io,
+        pin::Pin,
+        task::{Context, Poll},
+    };
+
+    use bytes::Bytes;
+    use futures_util::FutureExt;
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    use super::{Conn, StoreMode};
+
+    /// A stream that answers every read with the next at most `chunk` bytes
+    /// of `data` (then end of stream) and swallows every write.
+    struct Replay<'a> {
+        data: &'a [u8],
+        chunk: usize,
+    }
+
+    impl AsyncRead for Replay<'_> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let n = self.data.len().min(self.chunk).min(buf.remaining());
+            let (head, rest) = self.data.split_at(n);
+            buf.put_slice(head);
+            self.data = rest;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Replay<'_> {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What a command made of the reply.
+    #[derive(Debug, PartialEq, Eq)]
+    pub(crate) enum Outcome {
+        /// `get`: key, flags, data of each item.
+        Items(Vec<(String, u32, Bytes)>),
+        /// `gets`: the item and its CAS unique.
+        Gets(Option<(String, u32, Bytes, u64)>),
+        /// `set`/`add`/`replace`/`cas`, `delete`, `md`.
+        Done(bool),
+        /// `incr`.
+        Number(Option<u64>),
+    }
+
+    /// Runs command number `command % 6` (get, gets, set, delete, md, incr)
+    /// against `reply`, delivered `chunk` bytes per read (at least one).
+    /// Errors are rendered as their message.
+    pub(crate) fn run(command: u8, reply: &[u8], chunk: usize) -> Result<Outcome, String> {
+        let stream = Replay {
+            data: reply,
+            chunk: chunk.max(1),
+        };
+        let mut conn = Conn::new(stream, "replay");
+        let exchange = async move {
+            match command % 6 {
+                0 => conn.get_multi(&["a", "b"]).await.map(|items| {
+                    Outcome::Items(
+                        items
+                            .into_iter()
+                            .map(|item| (item.key, item.flags, item.data))
+                            .collect(),
+                    )
+                }),
+                1 => conn.gets("a").await.map(|found| {
+                    Outcome::Gets(found.map(|(item, cas)| (item.key, item.flags, item.data, cas)))
+                }),
+                2 => conn
+                    .store(StoreMode::Cas(7), "a", 1, 60, &[b"xy"])
+                    .await
+                    .map(Outcome::Done),
+                3 => conn.delete("a").await.map(Outcome::Done),
+                4 => conn.delete_cas("a", 7).await.map(Outcome::Done),
+                _ => conn.incr("a", 1).await.map(Outcome::Number),
+            }
+        };
+        // The stream never returns `Pending`, so one poll finishes.
+        match exchange.now_or_never() {
+            Some(result) => result.map_err(|e| e.to_string()),
+            None => Err("the exchange did not finish in one poll".to_owned()),
+        }
+    }
 }
 
 /// One server: its address, idle connections and connection budget.

@@ -3,7 +3,7 @@
 //! on [`MemcachedBackend`], because this module is private and only its items
 //! are re-exported.
 
-mod client;
+pub(crate) mod client;
 mod keys;
 mod ring;
 
