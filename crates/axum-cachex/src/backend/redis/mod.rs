@@ -1,6 +1,5 @@
 //! The Redis backend (feature `redis`); see [`RedisBackend`].
 
-mod breaker;
 mod config;
 
 use std::{
@@ -23,7 +22,7 @@ use axum_cachex_core::{
 };
 use bytes::Bytes;
 
-use self::breaker::Breaker;
+use super::breaker::{Breaker, Cause, ProbeTicket};
 pub use self::config::{RedisConfig, RedisConfigError};
 
 const NAME: &str = "redis";
@@ -278,7 +277,7 @@ struct Inner {
     /// `SCAN MATCH` pattern of the whole namespace (prefix glob-escaped).
     command_timeout: Duration,
     connect_timeout: Duration,
-    breaker: Breaker,
+    breaker: Arc<Breaker>,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -321,7 +320,7 @@ impl RedisBackend {
         RedisConfig::from_url(url).build()
     }
 
-    fn from_parts(client: ::redis::Client, config: RedisConfig, breaker: Breaker) -> Self {
+    fn from_parts(client: ::redis::Client, config: RedisConfig, breaker: Arc<Breaker>) -> Self {
         let prefix = config.key_prefix;
         Self {
             inner: Arc::new(Inner {
@@ -400,25 +399,65 @@ impl RedisBackend {
 
     /// Runs one round trip under the breaker and the command timeout.
     ///
-    /// `op` may run twice: when the first run finds the connection refused,
-    /// the command was never sent, and the manager has just started a fresh
-    /// connection attempt that the second run waits for (so the first call
-    /// after a server comes back succeeds instead of reporting the previous
-    /// attempt's failure).
+    /// While the breaker is open the call fails at once with
+    /// [`BackendError::Connection`]; the call that finds a probe due starts
+    /// it in the background (a `PING`) and fails at once all the same.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, BackendError>
     where
         F: Fn(ConnectionManager) -> Fut + Send + Sync,
         Fut: Future<Output = RedisResult<T>> + Send,
         T: Send,
     {
-        let inner = &self.inner;
-        inner
-            .breaker
-            .check()
-            .map_err(|open| BackendError::Connection {
+        if let Err(rejected) = self.inner.breaker.check() {
+            if let Some(ticket) = rejected.probe {
+                self.spawn_probe(ticket);
+            }
+            return Err(BackendError::Connection {
                 backend: NAME,
-                source: Box::new(open),
-            })?;
+                source: Box::new(rejected.error),
+            });
+        }
+        self.attempt(op).await
+    }
+
+    /// Sends a `PING` in the background and reports its outcome to the
+    /// breaker (no request waits for it).
+    fn spawn_probe(&self, ticket: ProbeTicket) {
+        // Without a Tokio runtime the ticket is dropped: a failed probe.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let backend = self.clone();
+        runtime.spawn(async move {
+            let cmd = ::redis::cmd("PING");
+            let ping = backend
+                .attempt(|mut c| {
+                    let cmd = &cmd;
+                    async move { cmd.query_async::<Value>(&mut c).await.map(drop) }
+                })
+                .await;
+            match ping {
+                Ok(()) => ticket.succeeded(),
+                Err(e) => ticket.failed(Arc::new(e)),
+            }
+        });
+    }
+
+    /// One round trip bounded by the command timeout, its outcome reported
+    /// to the breaker (success, connection failure or timeout).
+    ///
+    /// `op` may run twice: when the first run finds the connection refused,
+    /// the command was never sent, and the manager has just started a fresh
+    /// connection attempt that the second run waits for (so the first call
+    /// after a server comes back succeeds instead of reporting the previous
+    /// attempt's failure).
+    async fn attempt<T, F, Fut>(&self, op: F) -> Result<T, BackendError>
+    where
+        F: Fn(ConnectionManager) -> Fut + Send + Sync,
+        Fut: Future<Output = RedisResult<T>> + Send,
+        T: Send,
+    {
+        let inner = &self.inner;
         let conn = self.manager()?;
         let attempt = async {
             match op(conn.clone()).await {
@@ -432,17 +471,21 @@ impl RedisBackend {
                 Ok(value)
             }
             Ok(Err(e)) => Err(self.map_error(e)),
-            Err(_) => Err(BackendError::Timeout {
-                backend: NAME,
-                timeout: inner.command_timeout,
-            }),
+            Err(_) => {
+                inner.breaker.record_timeout(inner.command_timeout);
+                Err(BackendError::Timeout {
+                    backend: NAME,
+                    timeout: inner.command_timeout,
+                })
+            }
         }
     }
 
     fn map_error(&self, e: RedisError) -> BackendError {
         let kind = e.kind();
         if e.is_io_error() || e.is_connection_dropped() || kind == ErrorKind::AuthenticationFailed {
-            self.inner.breaker.record_connection_failure(&e);
+            let cause: Cause = Arc::new(e.clone());
+            self.inner.breaker.record_connection_failure(cause);
             if kind == ErrorKind::AuthenticationFailed {
                 // The manager only reconnects after I/O errors: a connection
                 // that failed to authenticate would be reported forever.
