@@ -53,6 +53,7 @@ pub(crate) struct TimedOut {
 }
 
 /// A cause known only by its message (for errors that are not `Clone`).
+#[cfg(feature = "memcached")]
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub(crate) struct Message(pub(crate) String);
