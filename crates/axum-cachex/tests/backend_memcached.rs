@@ -565,8 +565,9 @@ async fn a_frozen_server_opens_its_breaker_and_a_probe_closes_it() {
     for key in &keys {
         be.set(key, b(key), TTL).await.expect("set");
     }
-    let (on_frozen, on_survivor): (Vec<&String>, Vec<&String>) =
-        keys.iter().partition(|k| be.server_for_key(k) == frozen_addr);
+    let (on_frozen, on_survivor): (Vec<&String>, Vec<&String>) = keys
+        .iter()
+        .partition(|k| be.server_for_key(k) == frozen_addr);
     assert!(!on_frozen.is_empty() && !on_survivor.is_empty());
 
     frozen.signal("-STOP");

@@ -137,7 +137,11 @@ async fn frozen_redis_fails_fast_and_recovers() {
     server.freeze();
     let uris: Vec<String> = (0..30).map(|_| "/p/1".to_owned()).collect();
     served_while_frozen(&app, &layer, &uris, 3).await;
-    assert_eq!(c.get(), 31, "every request during the stall ran the handler");
+    assert_eq!(
+        c.get(),
+        31,
+        "every request during the stall ran the handler"
+    );
 
     server.thaw();
     cached_again(&app, "/p/2").await;

@@ -99,7 +99,8 @@ fn ratios(name: &str, m: &Measured, a: &Measured, b: &Measured) {
 
 /// Runs the scenario (see the module documentation).
 pub(crate) async fn run(connections: usize, secs: u64) {
-    let bin = std::env::var("AXUM_CACHEX_REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
+    let bin =
+        std::env::var("AXUM_CACHEX_REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
     let Some(port) = free_port() else { return };
     let Some(server) = Server::start(&bin, port) else {
         println!("stall: could not start {bin}; skipped");

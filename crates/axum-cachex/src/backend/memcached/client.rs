@@ -505,7 +505,10 @@ impl Server {
                 Err(LeaseError::Client(error))
             }
             Err(_) => {
-                let cause = Message(format!("connecting to memcached server {} timed out", self.addr));
+                let cause = Message(format!(
+                    "connecting to memcached server {} timed out",
+                    self.addr
+                ));
                 self.breaker.record_connection_failure(Arc::new(cause));
                 Err(LeaseError::Timeout)
             }

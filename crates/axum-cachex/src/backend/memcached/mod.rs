@@ -263,9 +263,26 @@ impl MemcachedBackendBuilder {
 ///
 /// See [`MemcachedConfig`]: servers (required), key prefix `axum_cachex:`,
 /// per-call timeout 250 ms, 8 connections per server, 1 s backoff after a
-/// failed connection. Building connects to nothing; each server's
-/// connections open on first use and a broken one is replaced on a later
-/// call, so a server may be down at start-up or restart at any time.
+/// failed connection or 3 consecutive timeouts. Building connects to
+/// nothing; each server's connections open on first use and a broken one is
+/// replaced on a later call, so a server may be down at start-up or restart
+/// at any time.
+///
+/// # A server that is down or frozen
+///
+/// Each server has its own circuit breaker (the same one as the Redis
+/// backend's). It opens when a connection to the server fails, or after
+/// [`breaker_threshold`](MemcachedConfig::breaker_threshold) consecutive
+/// calls to it timed out (3 by default): a server that is alive but frozen
+/// (stopped with `SIGSTOP`, swapping) still accepts TCP connections in the
+/// kernel and answers nothing, so only timeouts reveal it. While the breaker
+/// is open, calls for that server's keys fail at once with
+/// [`BackendError::Connection`] (the HTTP layer serves from the handler
+/// without waiting) and the other servers are not affected. After
+/// [`down_backoff`](MemcachedConfig::down_backoff) (1 s) a `version`
+/// command is sent in the background — no request waits for it — and
+/// closes the breaker once the server answers within the timeout; otherwise
+/// the breaker stays open for another backoff.
 ///
 /// # Several servers
 ///
