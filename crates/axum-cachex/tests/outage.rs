@@ -21,6 +21,10 @@ fn app(backend: Arc<dyn Backend>, counter: &Counter) -> (Router, CacheLayer) {
         .ttl(Duration::from_secs(60))
         .build()
         .expect("layer");
+    route(layer, counter)
+}
+
+fn route(layer: CacheLayer, counter: &Counter) -> (Router, CacheLayer) {
     let c = counter.clone();
     let router = Router::new().route(
         "/p/{n}",
@@ -125,12 +129,20 @@ async fn frozen_redis_fails_fast_and_recovers() {
     };
     let server = RedisProcess::start(bin, &[]);
     let backend = config(server.url(), "frozen-outage")
-        .command_timeout(Duration::from_millis(100))
+        .command_timeout(Duration::from_millis(200))
         .breaker_threshold(3)
         .build()
         .expect("backend");
+    // The layer gives up first: calls it abandons after waiting still count
+    // as timeouts for the breaker.
+    let layer = CacheLayer::builder()
+        .backend(Arc::new(backend))
+        .ttl(Duration::from_secs(60))
+        .backend_timeout(Duration::from_millis(150))
+        .build()
+        .expect("layer");
     let c = Counter::default();
-    let (app, layer) = app(Arc::new(backend), &c);
+    let (app, layer) = route(layer, &c);
     assert!(get_ok(&app, "/p/1").await.cache_status().contains("stored"));
     assert!(is_hit(&get_ok(&app, "/p/1").await));
 

@@ -130,6 +130,45 @@ impl Drop for ProbeTicket {
     }
 }
 
+/// Watches one call for the breaker: a call whose future is dropped after
+/// waiting at least half its timeout (typically because the caller's own
+/// timeout, such as the cache layer's `backend_timeout`, fired first) counts
+/// as a timeout, so an outer timeout equal to or shorter than the backend's
+/// cannot hide a frozen server from the breaker. Calls dropped sooner (a
+/// client that went away) count for nothing.
+#[derive(Debug)]
+pub(crate) struct Watch<'a> {
+    breaker: &'a Breaker,
+    started: Instant,
+    timeout: Duration,
+    armed: bool,
+}
+
+impl<'a> Watch<'a> {
+    /// Starts watching a call bounded by `timeout`.
+    pub(crate) fn new(breaker: &'a Breaker, timeout: Duration) -> Self {
+        Self {
+            breaker,
+            started: Instant::now(),
+            timeout,
+            armed: true,
+        }
+    }
+
+    /// The call ended and its outcome was reported.
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        if self.armed && self.started.elapsed() >= self.timeout / 2 {
+            self.breaker.record_timeout(self.timeout);
+        }
+    }
+}
+
 impl Breaker {
     /// A closed breaker for `server` (named in errors and logs). It opens
     /// after one failed connection or `threshold` consecutive timeouts
@@ -361,6 +400,19 @@ mod tests {
             b.record_connection_failure(io_error());
         }
         assert!(b.check().is_ok());
+    }
+
+    #[test]
+    fn an_abandoned_call_counts_as_a_timeout_once_it_waited_long_enough() {
+        let b = breaker(2, Duration::from_secs(60), Duration::from_secs(120));
+        drop(Watch::new(&b, Duration::from_secs(3600))); // abandoned at once
+        let mut done = Watch::new(&b, Duration::ZERO);
+        done.disarm();
+        drop(done); // reported its own outcome
+        assert_eq!(b.state().timeouts, 0);
+        drop(Watch::new(&b, Duration::ZERO)); // waited "half" of zero
+        drop(Watch::new(&b, Duration::ZERO));
+        assert!(b.check().is_err(), "two abandoned calls opened it");
     }
 
     #[test]

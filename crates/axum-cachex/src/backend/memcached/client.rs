@@ -21,7 +21,7 @@ use tokio::{
     time::timeout_at,
 };
 
-use crate::backend::breaker::{Breaker, Message};
+use crate::backend::breaker::{Breaker, Message, Watch};
 
 /// Largest value accepted in a reply: Memcached's own ceiling for its item
 /// size (`-I`) is 1 GiB.
@@ -397,6 +397,8 @@ pub(super) struct Lease<'a> {
     server: &'a Server,
     conn: Conn,
     _permit: SemaphorePermit<'a>,
+    /// Counts the call as a timeout if it is abandoned mid-exchange.
+    watch: Watch<'a>,
 }
 
 impl Lease<'_> {
@@ -410,8 +412,14 @@ impl Lease<'_> {
         &mut self.conn
     }
 
+    /// The call's outcome was reported to the breaker.
+    pub(super) fn settle(&mut self) {
+        self.watch.disarm();
+    }
+
     /// Returns the connection to the pool after a clean exchange.
-    pub(super) fn release(self) {
+    pub(super) fn release(mut self) {
+        self.watch.disarm();
         let mut idle = self
             .server
             .idle
@@ -453,7 +461,27 @@ impl Server {
     pub(super) async fn lease(
         &self,
         deadline: tokio::time::Instant,
+        timeout: std::time::Duration,
     ) -> Result<Lease<'_>, LeaseError> {
+        let mut watch = Watch::new(&self.breaker, timeout);
+        match self.checkout(deadline).await {
+            Ok((conn, permit)) => Ok(Lease {
+                server: self,
+                conn,
+                _permit: permit,
+                watch,
+            }),
+            Err(e) => {
+                watch.disarm(); // reported by `checkout` or the caller
+                Err(e)
+            }
+        }
+    }
+
+    async fn checkout(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Conn, SemaphorePermit<'_>), LeaseError> {
         let permit = match timeout_at(deadline, self.permits.acquire()).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_closed)) => {
@@ -473,11 +501,7 @@ impl Server {
                 .pop();
             match conn {
                 Some(conn) if conn.is_reusable() => {
-                    return Ok(Lease {
-                        server: self,
-                        conn,
-                        _permit: permit,
-                    });
+                    return Ok((conn, permit));
                 }
                 // Closed by the server (e.g. it restarted): drop and look on.
                 Some(_) => {}
@@ -488,11 +512,7 @@ impl Server {
             Ok(Ok(stream)) => {
                 // Requests are written whole; don't let Nagle hold them back.
                 let _ = stream.set_nodelay(true);
-                Ok(Lease {
-                    server: self,
-                    conn: Conn::new(stream, &self.addr),
-                    _permit: permit,
-                })
+                Ok((Conn::new(stream, &self.addr), permit))
             }
             Ok(Err(source)) => {
                 let error = ClientError::Io {

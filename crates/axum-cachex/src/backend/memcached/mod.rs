@@ -529,7 +529,7 @@ impl MemcachedBackend {
         server: &'a Server,
     ) -> Result<(Lease<'a>, Instant), BackendError> {
         let deadline = Instant::now() + self.inner.timeout;
-        match server.lease(deadline).await {
+        match server.lease(deadline, self.inner.timeout).await {
             Ok(lease) => Ok((lease, deadline)),
             Err(LeaseError::Timeout) => {
                 // All connections busy for the whole timeout: the server is
@@ -577,7 +577,7 @@ impl MemcachedBackend {
     /// after anything else (its state is unknown), and maps the error.
     fn finish<T>(
         &self,
-        lease: Lease<'_>,
+        mut lease: Lease<'_>,
         result: Result<Result<T, ClientError>, tokio::time::error::Elapsed>,
     ) -> Result<T, BackendError> {
         match result {
@@ -586,8 +586,12 @@ impl MemcachedBackend {
                 lease.release();
                 Ok(value)
             }
-            Ok(Err(e)) => Err(Self::client_error(e)),
+            Ok(Err(e)) => {
+                lease.settle();
+                Err(Self::client_error(e))
+            }
             Err(_) => {
+                lease.settle();
                 lease.server().breaker.record_timeout(self.inner.timeout);
                 Err(self.timeout_error())
             }

@@ -23,7 +23,7 @@ use axum_cachex_core::{
 use bytes::Bytes;
 
 pub use self::config::{RedisConfig, RedisConfigError};
-use super::breaker::{Breaker, Cause, ProbeTicket};
+use super::breaker::{Breaker, Cause, ProbeTicket, Watch};
 
 const NAME: &str = "redis";
 
@@ -482,7 +482,10 @@ impl RedisBackend {
                 other => other,
             }
         };
-        match tokio::time::timeout(inner.command_timeout, attempt).await {
+        let mut watch = Watch::new(&inner.breaker, inner.command_timeout);
+        let outcome = tokio::time::timeout(inner.command_timeout, attempt).await;
+        watch.disarm();
+        match outcome {
             Ok(Ok(value)) => {
                 inner.breaker.record_success();
                 Ok(value)
