@@ -3,7 +3,9 @@
 //! a private redis-server is frozen with `SIGSTOP` for `BENCH_STALL_SECS`
 //! (default 10) seconds under load, and the cached route's throughput and
 //! p99 during the stall (after its first second) are compared with the
-//! uncached route's. Prints numbers, asserts nothing.
+//! uncached route's. `BENCH_STALL_THRESHOLD` sets the breaker threshold
+//! (default 3; `0` shows what a stall costs when timeouts never open the
+//! breaker). Prints numbers, asserts nothing.
 
 use std::{
     net::TcpStream,
@@ -106,7 +108,12 @@ pub(crate) async fn run(connections: usize, secs: u64) {
         println!("stall: could not start {bin}; skipped");
         return;
     };
-    let Ok(backend) = RedisBackend::from_url(format!("redis://127.0.0.1:{port}")) else {
+    let threshold = env_num("BENCH_STALL_THRESHOLD", 3).min(u64::from(u32::MAX)) as u32;
+    let Ok(backend) = RedisBackend::builder()
+        .url(format!("redis://127.0.0.1:{port}"))
+        .breaker_threshold(threshold)
+        .build()
+    else {
         return;
     };
     let addr = serve(app(Arc::new(backend))).await;
@@ -114,7 +121,7 @@ pub(crate) async fn run(connections: usize, secs: u64) {
     let stall = env_num("BENCH_STALL_SECS", 10).max(2);
     println!();
     println!(
-        "stall: redis-server frozen (SIGSTOP) for {stall} s under load; defaults (250 ms command timeout, breaker after 3 timeouts)"
+        "stall: redis-server frozen (SIGSTOP) for {stall} s under load; 250 ms command timeout, breaker_threshold {threshold}"
     );
     let before = load(addr, "/uncached", connections, secs).await;
     row("uncached 1 KiB (baseline)", &before, None);
