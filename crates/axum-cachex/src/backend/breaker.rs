@@ -17,6 +17,13 @@
 //! the background, so no request ever waits for the probe. A probe that gets
 //! an answer closes the breaker; one that fails or times out doubles the
 //! pause (up to the maximum). At most one probe is in flight at a time.
+//!
+//! Measured (`BENCH_ONLY_STALL=1 cargo bench --bench http --features
+//! redis`, 2 cores, 64 connections, redis-server frozen with `SIGSTOP` for
+//! 10 s, default settings): after the first second the cached route runs at
+//! 0.65–0.67× of the uncached route's throughput with 1.5× its p99
+//! (0.87–0.89 ms); with timeouts not opening the breaker
+//! (`breaker_threshold(0)`) it runs at 253 requests/s with a p50 of 252 ms.
 
 use std::{
     sync::{
