@@ -342,10 +342,7 @@ impl Conn {
             }
         }
     }
-}
 
-/// Parses `VALUE <key> <flags> <bytes> [<cas>]`.
-impl Conn {
     /// `version`: the cheapest command that proves the server answers (the
     /// circuit breaker's probe).
     pub(super) async fn version(&mut self) -> Result<(), ClientError> {
@@ -360,6 +357,7 @@ impl Conn {
     }
 }
 
+/// Parses `VALUE <key> <flags> <bytes> [<cas>]`.
 fn parse_value_line(line: &[u8]) -> Option<(String, u32, usize)> {
     let line = std::str::from_utf8(line).ok()?;
     let mut parts = line.split(' ');

@@ -902,6 +902,7 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_millis(250));
         assert_eq!(c.pool_size, 8);
         assert_eq!(c.down_backoff, Duration::from_secs(1));
+        assert_eq!(c.breaker_threshold, 3);
         assert!(c.servers.is_empty());
     }
 }
