@@ -20,6 +20,13 @@
 //! A stampede scenario (`BENCH_STAMPEDE=0` skips it) sends 1000 concurrent
 //! requests to a cold key whose handler takes 50 ms, with coalescing on and
 //! off, and prints how often the handler ran.
+//!
+//! A stall scenario (`BENCH_STALL=1`, or `BENCH_ONLY_STALL=1` to run only
+//! it; feature `redis`, a `redis-server` binary on the `PATH` or in
+//! `AXUM_CACHEX_REDIS_SERVER_BIN`) freezes a private redis-server with
+//! `SIGSTOP` for `BENCH_STALL_SECS` (default 10) seconds under load and
+//! prints the cached route's throughput and p99 during the stall as ratios
+//! of the uncached route's.
 
 #[path = "support/mod.rs"]
 mod support;

@@ -425,6 +425,16 @@ impl OwnServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// `kill -STOP` (freeze: connections accepted, nothing answered) or
+    /// `kill -CONT` (resume).
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
 }
 
 impl Drop for OwnServer {
@@ -525,4 +535,81 @@ async fn a_dead_server_fails_only_its_keys_and_recovers_after_restart() {
     be.clear_cache().await.expect("clear with both servers up");
     drop(restarted);
     drop(survivor);
+}
+
+/// A frozen server (SIGSTOP) opens its own breaker after
+/// `breaker_threshold` timeouts: its calls then fail at once while the other
+/// server's keys keep working, and after SIGCONT the background probe closes
+/// the breaker again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_opens_its_breaker_and_a_probe_closes_it() {
+    let bin = match std::env::var("AXUM_CACHEX_MEMCACHED_BIN") {
+        Ok(bin) if !bin.is_empty() => bin,
+        _ if common::servers_required() => {
+            panic!("AXUM_CACHEX_MEMCACHED_BIN is not set; run scripts/test.sh")
+        }
+        _ => return,
+    };
+    let survivor = OwnServer::start(&bin, free_port()).await;
+    let frozen = OwnServer::start(&bin, free_port()).await;
+    let frozen_addr = frozen.addr().to_string();
+    let be = MemcachedBackend::builder()
+        .servers([survivor.addr().to_string(), frozen_addr.clone()])
+        .key_prefix("frozen:")
+        .timeout(Duration::from_millis(100))
+        .down_backoff(Duration::from_millis(100))
+        .breaker_threshold(3)
+        .build()
+        .expect("config");
+    let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+    for key in &keys {
+        be.set(key, b(key), TTL).await.expect("set");
+    }
+    let (on_frozen, on_survivor): (Vec<&String>, Vec<&String>) = keys
+        .iter()
+        .partition(|k| be.server_for_key(k) == frozen_addr);
+    assert!(!on_frozen.is_empty() && !on_survivor.is_empty());
+
+    frozen.signal("-STOP");
+    let (mut timeouts, mut fast) = (0, 0);
+    for i in 0..40 {
+        let key = on_frozen[i % on_frozen.len()];
+        match be.get(key).await {
+            Err(BackendError::Timeout { .. }) => timeouts += 1,
+            Err(e @ BackendError::Connection { .. }) => {
+                assert!(e.is_unavailable());
+                let source = std::error::Error::source(&e).expect("source").to_string();
+                assert!(source.contains("circuit open"), "call {i}: {source}");
+                fast += 1;
+            }
+            other => panic!("call {i} to the frozen server: {other:?}"),
+        }
+        if i % 10 == 0 {
+            // Let probes run (and time out) while the server is frozen.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    assert!(
+        timeouts <= 3,
+        "only the calls before the breaker opened waited: {timeouts}"
+    );
+    assert_eq!(timeouts + fast, 40);
+    for key in &on_survivor {
+        assert_eq!(be.get(key).await.expect("survivor get"), Some(b(key)));
+    }
+
+    frozen.signal("-CONT");
+    let probe = on_frozen[0];
+    let mut recovered = false;
+    for _ in 0..100 {
+        if be.get(probe).await.is_ok() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(recovered, "the frozen server was never used again");
+    assert_eq!(be.get(probe).await.expect("get"), Some(b(probe)));
+    be.set(probe, b("after"), TTL).await.expect("set");
+    assert_eq!(be.get(probe).await.expect("get"), Some(b("after")));
 }

@@ -338,6 +338,58 @@ async fn survives_a_server_restart_without_being_rebuilt() {
     assert_eq!(be.clear_path("/r", true).await.expect("clear_path"), 1);
 }
 
+/// A frozen server (SIGSTOP: connections stay open, nothing answers) opens
+/// the breaker after `breaker_threshold` timeouts; from then on calls fail at
+/// once, and after SIGCONT the background probe closes it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_opens_the_breaker_and_a_probe_closes_it() {
+    let Some(bin) = redis_server_bin() else {
+        return;
+    };
+    let server = RedisProcess::start(bin, &[]);
+    let be = common::backend_redis::config(server.url(), "frozen")
+        .command_timeout(Duration::from_millis(100))
+        .reconnect_delay(Duration::from_millis(50), Duration::from_millis(200))
+        .breaker_threshold(3)
+        .build()
+        .expect("build");
+    be.set("k", b("before"), TTL).await.expect("set");
+
+    server.freeze();
+    let (mut timeouts, mut fast) = (0, 0);
+    for i in 0..40 {
+        match be.get("k").await {
+            Err(BackendError::Timeout { .. }) => timeouts += 1,
+            Err(e @ BackendError::Connection { .. }) => {
+                assert!(e.is_unavailable());
+                let source = std::error::Error::source(&e).expect("source").to_string();
+                assert!(source.contains("circuit open"), "call {i}: {source}");
+                fast += 1;
+            }
+            other => panic!("call {i} against a frozen server: {other:?}"),
+        }
+        if i % 10 == 0 {
+            // Let the pause run out now and then, so probes are sent (and
+            // time out) while the server is frozen.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    assert!(
+        timeouts <= 3,
+        "only the calls before the breaker opened waited for the server: {timeouts}"
+    );
+    assert_eq!(timeouts + fast, 40);
+
+    server.thaw();
+    eventually("the probe closes the breaker after SIGCONT", || async {
+        be.get("k").await.is_ok()
+    })
+    .await;
+    assert_eq!(be.get("k").await.expect("get"), Some(b("before")));
+    be.set("k", b("after"), TTL).await.expect("set");
+    assert_eq!(be.get("k").await.expect("get"), Some(b("after")));
+}
+
 #[tokio::test]
 async fn a_backend_built_while_the_server_is_down_works_once_it_is_up() {
     let Some(bin) = redis_server_bin() else {

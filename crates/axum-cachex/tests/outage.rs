@@ -1,7 +1,8 @@
 //! Fail-open at the HTTP level: with a real Redis or Memcached server
-//! stopped mid-test, cached routes keep answering 200 from the handler, and
-//! once the server is back, responses are cached again — without
-//! rebuilding the layer, the backend or the app.
+//! stopped mid-test (killed, or frozen with SIGSTOP), cached routes keep
+//! answering 200 from the handler, and once the server is back, responses
+//! are cached again — without rebuilding the layer, the backend or the app.
+//! A frozen server costs at most the breaker threshold's worth of timeouts.
 #![cfg(any(feature = "redis", feature = "memcached"))]
 
 mod common;
@@ -20,6 +21,10 @@ fn app(backend: Arc<dyn Backend>, counter: &Counter) -> (Router, CacheLayer) {
         .ttl(Duration::from_secs(60))
         .build()
         .expect("layer");
+    route(layer, counter)
+}
+
+fn route(layer: CacheLayer, counter: &Counter) -> (Router, CacheLayer) {
     let c = counter.clone();
     let router = Router::new().route(
         "/p/{n}",
@@ -89,6 +94,117 @@ async fn redis_outage_serves_from_the_handler_and_recovers() {
 
     server.restart();
     cached_again(&app, "/p/1").await;
+}
+
+/// Requests through the layer while the server is frozen: every one is
+/// answered by the handler, and at most `threshold` backend calls waited for
+/// a full timeout (the rest failed fast on the open breaker).
+async fn served_while_frozen(app: &Router, layer: &CacheLayer, uris: &[String], threshold: u64) {
+    let before = layer.stats();
+    for (i, uri) in uris.iter().enumerate() {
+        let r = get_ok(app, uri).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i} during the stall");
+        assert!(!is_hit(&r), "request {i}: {}", r.cache_status());
+    }
+    let stats = layer.stats();
+    let timeouts = stats.backend_timeouts - before.backend_timeouts;
+    let errors = stats.backend_errors - before.backend_errors;
+    assert!(
+        timeouts <= threshold,
+        "{timeouts} backend calls waited a full timeout: {stats:?}"
+    );
+    assert!(
+        errors + timeouts >= uris.len() as u64,
+        "every lookup failed: {stats:?}"
+    );
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_redis_fails_fast_and_recovers() {
+    use common::backend_redis::{RedisProcess, config, redis_server_bin};
+
+    let Some(bin) = redis_server_bin() else {
+        return;
+    };
+    let server = RedisProcess::start(bin, &[]);
+    let backend = config(server.url(), "frozen-outage")
+        .command_timeout(Duration::from_millis(200))
+        .breaker_threshold(3)
+        .build()
+        .expect("backend");
+    // The layer gives up first: calls it abandons after waiting still count
+    // as timeouts for the breaker.
+    let layer = CacheLayer::builder()
+        .backend(Arc::new(backend))
+        .ttl(Duration::from_secs(60))
+        .backend_timeout(Duration::from_millis(150))
+        .build()
+        .expect("layer");
+    let c = Counter::default();
+    let (app, layer) = route(layer, &c);
+    assert!(get_ok(&app, "/p/1").await.cache_status().contains("stored"));
+    assert!(is_hit(&get_ok(&app, "/p/1").await));
+
+    server.freeze();
+    let uris: Vec<String> = (0..30).map(|_| "/p/1".to_owned()).collect();
+    served_while_frozen(&app, &layer, &uris, 3).await;
+    assert_eq!(
+        c.get(),
+        31,
+        "every request during the stall ran the handler"
+    );
+
+    server.thaw();
+    cached_again(&app, "/p/2").await;
+    assert!(is_hit(&get_ok(&app, "/p/1").await), "old entries survive");
+}
+
+#[cfg(feature = "memcached")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_memcached_server_fails_fast_and_recovers() {
+    use axum_cachex::backend::MemcachedBackend;
+    use memcached_process::OwnServer;
+
+    let bin = match std::env::var("AXUM_CACHEX_MEMCACHED_BIN") {
+        Ok(bin) if !bin.is_empty() => bin,
+        _ if common::servers_required() => panic!("AXUM_CACHEX_MEMCACHED_BIN is not set"),
+        _ => return,
+    };
+    let a = OwnServer::start(&bin).await;
+    let b = OwnServer::start(&bin).await;
+    let backend = MemcachedBackend::builder()
+        .servers([a.addr(), b.addr()])
+        .key_prefix(common::unique_prefix("frozen"))
+        .timeout(Duration::from_millis(100))
+        .breaker_threshold(3)
+        .build()
+        .expect("backend");
+    let owner = |n: usize| {
+        backend
+            .server_for_key(&format!("http:GET|||example.com|||/p/{n}|||"))
+            .to_owned()
+    };
+    let on_a: Vec<usize> = (0..40).filter(|&n| owner(n) == a.addr()).collect();
+    let on_b: Vec<usize> = (0..40).filter(|&n| owner(n) == b.addr()).collect();
+    assert!(!on_a.is_empty() && !on_b.is_empty());
+    let c = Counter::default();
+    let (app, layer) = app(Arc::new(backend.clone()), &c);
+    for n in 0..40 {
+        get_ok(&app, &format!("/p/{n}")).await;
+    }
+
+    a.signal("-STOP");
+    let uris: Vec<String> = on_a.iter().map(|n| format!("/p/{n}")).collect();
+    let uris: Vec<String> = uris.iter().cycle().take(30).cloned().collect();
+    served_while_frozen(&app, &layer, &uris, 3).await;
+    for &n in &on_b {
+        let r = get_ok(&app, &format!("/p/{n}")).await;
+        assert!(is_hit(&r), "/p/{n} lives on the running server");
+    }
+
+    a.signal("-CONT");
+    cached_again(&app, &format!("/p/{}", on_a[0])).await;
 }
 
 #[cfg(feature = "memcached")]
@@ -220,6 +336,15 @@ mod memcached_process {
         pub(crate) fn kill(&mut self) {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+
+        /// `kill -STOP` (freeze) or `kill -CONT` (resume).
+        pub(crate) fn signal(&self, signal: &str) {
+            let status = Command::new("kill")
+                .args([signal, &self.child.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill {signal} failed");
         }
 
         pub(crate) async fn restart(&mut self) {

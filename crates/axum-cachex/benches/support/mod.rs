@@ -1,5 +1,8 @@
 //! The load generator and the scenarios of `benches/http.rs`.
 
+#[cfg(feature = "redis")]
+mod stall;
+
 use std::{
     net::SocketAddr,
     sync::{
@@ -269,6 +272,12 @@ async fn super_memcached() -> Option<Arc<dyn Backend>> {
 }
 
 pub(crate) async fn run() {
+    #[cfg(feature = "redis")]
+    if env_num("BENCH_ONLY_STALL", 0) != 0 {
+        let connections = env_num("BENCH_CONNECTIONS", 64) as usize;
+        stall::run(connections, env_num("BENCH_SECS", 3)).await;
+        return;
+    }
     let connections = env_num("BENCH_CONNECTIONS", 64) as usize;
     let secs = env_num("BENCH_SECS", 3);
     let backends = network_backends().await;
@@ -348,6 +357,10 @@ pub(crate) async fn run() {
     row_ratio("5 ms handler, cached", &sc, rs);
     if env_num("BENCH_STAMPEDE", 1) != 0 {
         stampede().await;
+    }
+    #[cfg(feature = "redis")]
+    if env_num("BENCH_STALL", 0) != 0 {
+        stall::run(connections, secs).await;
     }
 }
 

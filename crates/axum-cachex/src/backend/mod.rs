@@ -10,6 +10,8 @@
 //! have) from the `axum-cachex-core` crate, which does not depend on the
 //! middleware, and check themselves with its conformance suite.
 
+#[cfg(any(feature = "redis", feature = "memcached"))]
+mod breaker;
 #[cfg(feature = "memcached")]
 pub(crate) mod memcached;
 mod memory;

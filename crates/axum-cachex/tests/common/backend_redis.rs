@@ -97,6 +97,26 @@ impl RedisProcess {
         }
     }
 
+    /// Freezes the server with `SIGSTOP`: alive (the kernel still accepts
+    /// connections and keeps the old ones open) but answering nothing.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a frozen server (`SIGCONT`).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("server running");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     /// (Re)starts the server on the same port and waits until it answers.
     pub fn restart(&mut self) {
         self.kill();

@@ -10,8 +10,7 @@
 
 use std::{
     io,
-    sync::Mutex,
-    time::{Duration, Instant},
+    sync::{Arc, Mutex},
 };
 
 use bytes::{Bytes, BytesMut};
@@ -21,6 +20,8 @@ use tokio::{
     sync::{Semaphore, SemaphorePermit},
     time::timeout_at,
 };
+
+use crate::backend::breaker::{Breaker, Message, Watch};
 
 /// Largest value accepted in a reply: Memcached's own ceiling for its item
 /// size (`-I`) is 1 GiB.
@@ -42,10 +43,9 @@ pub(super) enum ClientError {
         #[source]
         source: io::Error,
     },
-    /// A recent connection attempt failed; calls fail fast until the backoff
-    /// ends.
-    #[error("memcached server {server} is marked down after a failed connection")]
-    MarkedDown { server: String },
+    /// The connection pool is closed (never happens: it is never closed).
+    #[error("memcached server {server}: the connection pool is closed")]
+    PoolClosed { server: String },
     /// The server answered `ERROR`, `CLIENT_ERROR …` or `SERVER_ERROR …`
     /// (e.g. `SERVER_ERROR object too large for cache`).
     #[error("memcached server {server} answered {reply:?}")]
@@ -58,7 +58,7 @@ pub(super) enum ClientError {
 impl ClientError {
     /// Whether the server could not be reached or the connection broke.
     pub(super) fn is_connection(&self) -> bool {
-        matches!(self, Self::Io { .. } | Self::MarkedDown { .. })
+        matches!(self, Self::Io { .. } | Self::PoolClosed { .. })
     }
 }
 
@@ -329,6 +329,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         }
     }
+
+    /// `version`: the cheapest command that proves the server answers (the
+    /// circuit breaker's probe).
+    pub(super) async fn version(&mut self) -> Result<(), ClientError> {
+        self.send(b"version\r\n").await?;
+        self.read_line().await?;
+        if self.line.starts_with(b"VERSION ") {
+            Ok(())
+        } else {
+            let reply = self.line.clone();
+            Err(self.unexpected(&reply))
+        }
+    }
 }
 
 impl Conn<TcpStream> {
@@ -480,7 +493,8 @@ pub(super) struct Server {
     addr: String,
     idle: Mutex<Vec<Conn>>,
     permits: Semaphore,
-    down_until: Mutex<Option<Instant>>,
+    /// Fails calls fast while the server is unreachable or frozen.
+    pub(super) breaker: Arc<Breaker>,
 }
 
 /// A connection checked out of a [`Server`]'s pool. Dropping it closes the
@@ -490,16 +504,29 @@ pub(super) struct Lease<'a> {
     server: &'a Server,
     conn: Conn,
     _permit: SemaphorePermit<'a>,
+    /// Counts the call as a timeout if it is abandoned mid-exchange.
+    watch: Watch<'a>,
 }
 
 impl Lease<'_> {
+    /// The server this connection goes to.
+    pub(super) fn server(&self) -> &Server {
+        self.server
+    }
+
     /// The connection.
     pub(super) fn conn(&mut self) -> &mut Conn {
         &mut self.conn
     }
 
+    /// The call's outcome was reported to the breaker.
+    pub(super) fn settle(&mut self) {
+        self.watch.disarm();
+    }
+
     /// Returns the connection to the pool after a clean exchange.
-    pub(super) fn release(self) {
+    pub(super) fn release(mut self) {
+        self.watch.disarm();
         let mut idle = self
             .server
             .idle
@@ -519,13 +546,14 @@ pub(super) enum LeaseError {
 }
 
 impl Server {
-    /// A server with at most `pool_size` connections (at least one).
-    pub(super) fn new(addr: String, pool_size: usize) -> Self {
+    /// A server with at most `pool_size` connections (at least one) and
+    /// its own circuit breaker.
+    pub(super) fn new(addr: String, pool_size: usize, breaker: Breaker) -> Self {
         Self {
             addr,
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(pool_size.max(1)),
-            down_until: Mutex::new(None),
+            breaker: Arc::new(breaker),
         }
     }
 
@@ -534,44 +562,39 @@ impl Server {
         &self.addr
     }
 
-    fn mark_down(&self, backoff: Duration) {
-        if backoff.is_zero() {
-            return;
-        }
-        let mut down = self
-            .down_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *down = Instant::now().checked_add(backoff);
-    }
-
-    fn is_marked_down(&self) -> bool {
-        let down = self
-            .down_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        down.is_some_and(|until| Instant::now() < until)
-    }
-
     /// Checks out a connection: an idle one that is still open, or a new
-    /// one. A failed connection attempt marks the server down for `backoff`,
-    /// during which this fails at once instead of trying again.
+    /// one. A failed (or timed out) connection attempt opens the breaker;
+    /// the caller checks it before leasing.
     pub(super) async fn lease(
         &self,
         deadline: tokio::time::Instant,
-        backoff: Duration,
+        timeout: std::time::Duration,
     ) -> Result<Lease<'_>, LeaseError> {
-        if self.is_marked_down() {
-            return Err(LeaseError::Client(ClientError::MarkedDown {
-                server: self.addr.clone(),
-            }));
+        let mut watch = Watch::new(&self.breaker, timeout);
+        match self.checkout(deadline).await {
+            Ok((conn, permit)) => Ok(Lease {
+                server: self,
+                conn,
+                _permit: permit,
+                watch,
+            }),
+            Err(e) => {
+                watch.disarm(); // reported by `checkout` or the caller
+                Err(e)
+            }
         }
+    }
+
+    async fn checkout(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Conn, SemaphorePermit<'_>), LeaseError> {
         let permit = match timeout_at(deadline, self.permits.acquire()).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_closed)) => {
                 // The semaphore is never closed; treat it like a dead server
                 // rather than panicking.
-                return Err(LeaseError::Client(ClientError::MarkedDown {
+                return Err(LeaseError::Client(ClientError::PoolClosed {
                     server: self.addr.clone(),
                 }));
             }
@@ -585,11 +608,7 @@ impl Server {
                 .pop();
             match conn {
                 Some(conn) if conn.is_reusable() => {
-                    return Ok(Lease {
-                        server: self,
-                        conn,
-                        _permit: permit,
-                    });
+                    return Ok((conn, permit));
                 }
                 // Closed by the server (e.g. it restarted): drop and look on.
                 Some(_) => {}
@@ -600,26 +619,33 @@ impl Server {
             Ok(Ok(stream)) => {
                 // Requests are written whole; don't let Nagle hold them back.
                 let _ = stream.set_nodelay(true);
-                Ok(Lease {
-                    server: self,
-                    conn: Conn::new(stream, &self.addr),
-                    _permit: permit,
-                })
+                Ok((Conn::new(stream, &self.addr), permit))
             }
             Ok(Err(source)) => {
-                self.mark_down(backoff);
-                Err(LeaseError::Client(ClientError::Io {
+                let error = ClientError::Io {
                     server: self.addr.clone(),
                     op: "connect",
                     source,
-                }))
+                };
+                let cause = Message(format!("{error}: {}", error_source(&error)));
+                self.breaker.record_connection_failure(Arc::new(cause));
+                Err(LeaseError::Client(error))
             }
             Err(_) => {
-                self.mark_down(backoff);
+                let cause = Message(format!(
+                    "connecting to memcached server {} timed out",
+                    self.addr
+                ));
+                self.breaker.record_connection_failure(Arc::new(cause));
                 Err(LeaseError::Timeout)
             }
         }
     }
+}
+
+/// The message of `error`'s source, if any.
+fn error_source(error: &ClientError) -> String {
+    std::error::Error::source(error).map_or_else(String::new, ToString::to_string)
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use axum_cachex_core::{Backend, BackendError, CompareAndSwap, PathInvalidation};
 use bytes::Bytes;
 use tokio::time::{Instant, timeout_at};
 
+use crate::backend::breaker::{Breaker, ProbeTicket};
+
 use self::{
     client::{ClientError, Conn, Lease, LeaseError, Server, StoreMode},
     keys::{
@@ -41,6 +43,10 @@ pub const DEFAULT_MEMCACHED_ITEM_SIZE: usize = 1024 * 1024;
 /// Default of [`MemcachedConfig::down_backoff`]: 1 s.
 pub const DEFAULT_MEMCACHED_DOWN_BACKOFF: Duration = Duration::from_secs(1);
 
+/// Default of [`MemcachedConfig::breaker_threshold`]: 3 consecutive
+/// timeouts.
+pub const DEFAULT_MEMCACHED_BREAKER_THRESHOLD: u32 = 3;
+
 /// Settings of a [`MemcachedBackend`]; every field has a default except the
 /// server list.
 ///
@@ -67,12 +73,25 @@ pub struct MemcachedConfig {
     /// (within the timeout) for a free one. Default: 8
     /// ([`DEFAULT_MEMCACHED_POOL_SIZE`]).
     pub pool_size: usize,
-    /// After a failed connection attempt, how long calls for that server fail
-    /// at once with [`BackendError::Connection`] instead of trying again, so
-    /// that an unreachable server costs one timeout per backoff rather than
-    /// one per request. Zero retries on every call. Default: 1 s
-    /// ([`DEFAULT_MEMCACHED_DOWN_BACKOFF`]).
+    /// After a failed connection attempt, or after
+    /// [`breaker_threshold`](Self::breaker_threshold) consecutive timeouts,
+    /// how long calls for that server fail at once with
+    /// [`BackendError::Connection`] instead of trying again (the server's
+    /// circuit breaker is open), so that an unreachable or frozen server
+    /// costs nothing per request. When it is over, a `version` command sent
+    /// in the background (no request waits for it) closes the breaker if the
+    /// server answers within the timeout, or keeps it open for another
+    /// backoff. Zero disables the breaker: every call tries the server.
+    /// Default: 1 s ([`DEFAULT_MEMCACHED_DOWN_BACKOFF`]).
     pub down_backoff: Duration,
+    /// Consecutive timeouts of calls to one server (no answer in between)
+    /// after which that server is taken for frozen and its circuit breaker
+    /// opens (see [`down_backoff`](Self::down_backoff)). `0` never opens it
+    /// on timeouts (failed connections still do). Default: 3
+    /// ([`DEFAULT_MEMCACHED_BREAKER_THRESHOLD`]): one slow reply does not
+    /// open it, yet a frozen server is detected after three waits at most,
+    /// which under load is the first timeout window.
+    pub breaker_threshold: u32,
     /// The servers' item size limit (`memcached -I`), envelope and key
     /// included: the HTTP layer never buffers a response too large to
     /// store. Default: 1 MiB ([`DEFAULT_MEMCACHED_ITEM_SIZE`]), Memcached's
@@ -88,6 +107,7 @@ impl Default for MemcachedConfig {
             timeout: DEFAULT_MEMCACHED_TIMEOUT,
             pool_size: DEFAULT_MEMCACHED_POOL_SIZE,
             down_backoff: DEFAULT_MEMCACHED_DOWN_BACKOFF,
+            breaker_threshold: DEFAULT_MEMCACHED_BREAKER_THRESHOLD,
             max_item_size: DEFAULT_MEMCACHED_ITEM_SIZE,
         }
     }
@@ -206,9 +226,18 @@ impl MemcachedBackendBuilder {
         self
     }
 
-    /// How long a server that refused a connection is skipped. Default: 1 s.
+    /// How long a server that refused a connection or stopped answering is
+    /// skipped before a background probe tries it again; zero disables the
+    /// breaker. Default: 1 s.
     pub fn down_backoff(mut self, backoff: Duration) -> Self {
         self.config.down_backoff = backoff;
+        self
+    }
+
+    /// Consecutive timeouts after which a server is taken for frozen and
+    /// skipped like one that refused a connection; `0` never. Default: 3.
+    pub fn breaker_threshold(mut self, timeouts: u32) -> Self {
+        self.config.breaker_threshold = timeouts;
         self
     }
 
@@ -245,9 +274,26 @@ impl MemcachedBackendBuilder {
 ///
 /// See [`MemcachedConfig`]: servers (required), key prefix `axum_cachex:`,
 /// per-call timeout 250 ms, 8 connections per server, 1 s backoff after a
-/// failed connection. Building connects to nothing; each server's
-/// connections open on first use and a broken one is replaced on a later
-/// call, so a server may be down at start-up or restart at any time.
+/// failed connection or 3 consecutive timeouts. Building connects to
+/// nothing; each server's connections open on first use and a broken one is
+/// replaced on a later call, so a server may be down at start-up or restart
+/// at any time.
+///
+/// # A server that is down or frozen
+///
+/// Each server has its own circuit breaker (the same one as the Redis
+/// backend's). It opens when a connection to the server fails, or after
+/// [`breaker_threshold`](MemcachedConfig::breaker_threshold) consecutive
+/// calls to it timed out (3 by default): a server that is alive but frozen
+/// (stopped with `SIGSTOP`, swapping) still accepts TCP connections in the
+/// kernel and answers nothing, so only timeouts reveal it. While the breaker
+/// is open, calls for that server's keys fail at once with
+/// [`BackendError::Connection`] (the HTTP layer serves from the handler
+/// without waiting) and the other servers are not affected. After
+/// [`down_backoff`](MemcachedConfig::down_backoff) (1 s) a `version`
+/// command is sent in the background — no request waits for it — and
+/// closes the breaker once the server answers within the timeout; otherwise
+/// the breaker stays open for another backoff.
 ///
 /// # Several servers
 ///
@@ -365,7 +411,6 @@ struct Inner {
     ring: HashRing,
     prefix: String,
     timeout: Duration,
-    down_backoff: Duration,
     max_item_size: usize,
 }
 
@@ -422,7 +467,15 @@ impl MemcachedBackend {
         let servers = config
             .servers
             .into_iter()
-            .map(|addr| Server::new(addr, config.pool_size))
+            .map(|addr| {
+                let breaker = Breaker::new(
+                    format!("memcached server {addr}"),
+                    config.breaker_threshold,
+                    config.down_backoff,
+                    config.down_backoff,
+                );
+                Server::new(addr, config.pool_size, breaker)
+            })
             .collect();
         Ok(Self {
             inner: Arc::new(Inner {
@@ -430,7 +483,6 @@ impl MemcachedBackend {
                 ring,
                 prefix: config.key_prefix,
                 timeout: config.timeout,
-                down_backoff: config.down_backoff,
                 max_item_size: config.max_item_size,
             }),
         })
@@ -468,30 +520,92 @@ impl MemcachedBackend {
         }
     }
 
-    /// Checks out a connection to `server` and the deadline of this call.
+    /// Checks out a connection to `server` and the deadline of this call;
+    /// fails at once while the server's breaker is open.
     async fn lease<'a>(&self, server: &'a Server) -> Result<(Lease<'a>, Instant), BackendError> {
+        if let Err(rejected) = server.breaker.check() {
+            if let Some(ticket) = rejected.probe {
+                self.spawn_probe(server, ticket);
+            }
+            return Err(BackendError::Connection {
+                backend: NAME,
+                source: Box::new(rejected.error),
+            });
+        }
+        self.lease_unchecked(server).await
+    }
+
+    async fn lease_unchecked<'a>(
+        &self,
+        server: &'a Server,
+    ) -> Result<(Lease<'a>, Instant), BackendError> {
         let deadline = Instant::now() + self.inner.timeout;
-        match server.lease(deadline, self.inner.down_backoff).await {
+        match server.lease(deadline, self.inner.timeout).await {
             Ok(lease) => Ok((lease, deadline)),
-            Err(LeaseError::Timeout) => Err(self.timeout_error()),
+            Err(LeaseError::Timeout) => {
+                // All connections busy for the whole timeout: the server is
+                // not answering them.
+                server.breaker.record_timeout(self.inner.timeout);
+                Err(self.timeout_error())
+            }
             Err(LeaseError::Client(e)) => Err(Self::client_error(e)),
         }
+    }
+
+    /// Sends `version` to `server` in the background and reports the
+    /// outcome to its breaker (no request waits for it).
+    fn spawn_probe(&self, server: &Server, ticket: ProbeTicket) {
+        let Some(index) = self
+            .inner
+            .servers
+            .iter()
+            .position(|s| std::ptr::eq(s, server))
+        else {
+            return;
+        };
+        // Without a Tokio runtime the ticket is dropped: a failed probe.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let backend = self.clone();
+        runtime.spawn(async move {
+            let server = &backend.inner.servers[index];
+            let answer = match backend.lease_unchecked(server).await {
+                Ok((mut lease, deadline)) => {
+                    let result = timeout_at(deadline, lease.conn().version()).await;
+                    backend.finish(lease, result)
+                }
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(()) => ticket.succeeded(),
+                Err(e) => ticket.failed(Arc::new(e)),
+            }
+        });
     }
 
     /// Ends a call: keeps the connection after a clean exchange, drops it
     /// after anything else (its state is unknown), and maps the error.
     fn finish<T>(
         &self,
-        lease: Lease<'_>,
+        mut lease: Lease<'_>,
         result: Result<Result<T, ClientError>, tokio::time::error::Elapsed>,
     ) -> Result<T, BackendError> {
         match result {
             Ok(Ok(value)) => {
+                lease.server().breaker.record_success();
                 lease.release();
                 Ok(value)
             }
-            Ok(Err(e)) => Err(Self::client_error(e)),
-            Err(_) => Err(self.timeout_error()),
+            Ok(Err(e)) => {
+                lease.settle();
+                Err(Self::client_error(e))
+            }
+            Err(_) => {
+                lease.settle();
+                lease.server().breaker.record_timeout(self.inner.timeout);
+                Err(self.timeout_error())
+            }
         }
     }
 
@@ -803,6 +917,7 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_millis(250));
         assert_eq!(c.pool_size, 8);
         assert_eq!(c.down_backoff, Duration::from_secs(1));
+        assert_eq!(c.breaker_threshold, 3);
         assert!(c.servers.is_empty());
     }
 }

@@ -1,11 +1,12 @@
 //! Configuration of the Redis backend: where the server is, how long to wait,
 //! and which namespace to use.
 
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use ::redis::{ConnectionAddr, IntoConnectionInfo};
 
-use super::{RedisBackend, breaker::Breaker};
+use super::RedisBackend;
+use crate::backend::breaker::Breaker;
 
 /// Default namespace prefix of every key the backend writes.
 pub(super) const DEFAULT_KEY_PREFIX: &str = "axum_cachex:";
@@ -20,6 +21,9 @@ pub(super) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub(super) const DEFAULT_RECONNECT_MIN_DELAY: Duration = Duration::from_millis(50);
 /// Default upper bound of the pause between two connection attempts.
 pub(super) const DEFAULT_RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
+/// Default number of consecutive command timeouts that open the circuit
+/// breaker (a server that is alive but frozen).
+pub(super) const DEFAULT_BREAKER_THRESHOLD: u32 = 3;
 
 const DEFAULT_HOST: &str = "127.0.0.1";
 const DEFAULT_PORT: u16 = 6379;
@@ -93,6 +97,7 @@ pub struct RedisConfig {
     pub(super) command_timeout: Duration,
     pub(super) reconnect_min_delay: Duration,
     pub(super) reconnect_max_delay: Duration,
+    pub(super) breaker_threshold: u32,
 }
 
 impl Default for RedisConfig {
@@ -114,6 +119,7 @@ impl Default for RedisConfig {
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             reconnect_min_delay: DEFAULT_RECONNECT_MIN_DELAY,
             reconnect_max_delay: DEFAULT_RECONNECT_MAX_DELAY,
+            breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
         }
     }
 }
@@ -136,6 +142,7 @@ impl fmt::Debug for RedisConfig {
             .field("command_timeout", &self.command_timeout)
             .field("reconnect_min_delay", &self.reconnect_min_delay)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("breaker_threshold", &self.breaker_threshold)
             .finish()
     }
 }
@@ -263,16 +270,38 @@ impl RedisConfig {
         self
     }
 
-    /// Pause after a failed connection attempt before the next one (`min`),
-    /// doubling with each further failure up to `max`. During the pause calls
-    /// fail at once with
+    /// Pause of the circuit breaker after a failed connection attempt, or
+    /// after [`breaker_threshold`](Self::breaker_threshold) consecutive
+    /// timeouts, before the next attempt (`min`), doubling with each further
+    /// failure up to `max`. During the pause calls fail at once with
     /// [`BackendError::Connection`](crate::backend::BackendError::Connection)
-    /// instead of each waiting for a connection that is known to be down.
-    /// Default: 50 ms doubling up to 1 s, so a recovered server is used again
-    /// within about a second.
+    /// instead of each waiting for a server that is known not to answer;
+    /// when it is over, a `PING` sent in the background (no request waits
+    /// for it) closes the breaker if the server answers within the command
+    /// timeout. Default: 50 ms doubling up to 1 s, so a recovered server is
+    /// used again within about a second.
     pub fn reconnect_delay(mut self, min: Duration, max: Duration) -> Self {
         self.reconnect_min_delay = min;
         self.reconnect_max_delay = max.max(min);
+        self
+    }
+
+    /// Number of consecutive command timeouts (no answer in between) after
+    /// which the server is taken for frozen and the circuit breaker opens:
+    /// calls then fail at once with
+    /// [`BackendError::Connection`](crate::backend::BackendError::Connection)
+    /// (the HTTP layer serves from the handler) while a background `PING`,
+    /// paced by [`reconnect_delay`](Self::reconnect_delay), waits for the
+    /// server to answer again. `0` never opens it on timeouts (connection
+    /// failures still do).
+    ///
+    /// Default: 3. One slow reply does not open it, yet a frozen server is
+    /// detected after three waits at most, which under load is the first
+    /// command-timeout window; a false alarm (a burst of timeouts from one
+    /// slow command) costs only misses until the next probe, 50 ms later by
+    /// default.
+    pub fn breaker_threshold(mut self, timeouts: u32) -> Self {
+        self.breaker_threshold = timeouts;
         self
     }
 
@@ -299,7 +328,12 @@ impl RedisConfig {
             }
         }
         let client = self.client()?;
-        let breaker = Breaker::new(self.reconnect_min_delay, self.reconnect_max_delay);
+        let breaker = Arc::new(Breaker::new(
+            format!("redis {}", client.get_connection_info().addr()),
+            self.breaker_threshold,
+            self.reconnect_min_delay,
+            self.reconnect_max_delay,
+        ));
         Ok(RedisBackend::from_parts(client, self, breaker))
     }
 

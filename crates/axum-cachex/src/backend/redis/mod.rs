@@ -1,6 +1,5 @@
 //! The Redis backend (feature `redis`); see [`RedisBackend`].
 
-mod breaker;
 mod config;
 
 use std::{
@@ -23,8 +22,8 @@ use axum_cachex_core::{
 };
 use bytes::Bytes;
 
-use self::breaker::Breaker;
 pub use self::config::{RedisConfig, RedisConfigError};
+use super::breaker::{Breaker, Cause, ProbeTicket, Watch};
 
 const NAME: &str = "redis";
 
@@ -154,7 +153,8 @@ impl Mode {
 /// | [`key_prefix`](RedisConfig::key_prefix) | `axum_cachex:` | namespace of every key; `clear` only empties it |
 /// | [`command_timeout`](RedisConfig::command_timeout) | 250 ms | bound on one round trip, waiting for a connection included |
 /// | [`connect_timeout`](RedisConfig::connect_timeout) | 1 s | bound on TCP connect + TLS + `AUTH`/`SELECT` |
-/// | [`reconnect_delay`](RedisConfig::reconnect_delay) | 50 ms doubling to 1 s | fail-fast pause after a failed connection |
+/// | [`reconnect_delay`](RedisConfig::reconnect_delay) | 50 ms doubling to 1 s | fail-fast pause of the circuit breaker before each background probe |
+/// | [`breaker_threshold`](RedisConfig::breaker_threshold) | 3 | consecutive timeouts that open the circuit breaker (a frozen server) |
 ///
 /// # Fail-open behaviour
 ///
@@ -168,14 +168,31 @@ impl Mode {
 ///   kept as `source`). Both answer true to
 ///   [`BackendError::is_unavailable`], and the HTTP layer serves the request
 ///   from the handler.
-/// - After a failed connection the backend fails fast for a short pause
-///   (50 ms, doubling up to 1 s by default) instead of letting every call
-///   wait for a server known to be down; the first call after the pause
-///   probes the server (at most one connection attempt per pause). A server
-///   that comes back is therefore used again within about a second.
-/// - A server that silently drops packets (instead of refusing) costs each
-///   call up to the command timeout until the connect timeout declares the
-///   connection attempt failed.
+/// - A circuit breaker opens after a failed connection, or after
+///   [`breaker_threshold`](RedisConfig::breaker_threshold) consecutive
+///   timeouts (3 by default): a server that is alive but frozen — stopped
+///   with `SIGSTOP`, swapping, stuck in a slow script — keeps its connection
+///   open and answers nothing, so only timeouts reveal it. While the breaker
+///   is open every call fails at once with [`BackendError::Connection`]
+///   (its source says "circuit open"), and the HTTP layer serves the
+///   request from the handler without waiting. After a pause (50 ms,
+///   doubling up to 1 s by default) a `PING` is sent in the background —
+///   no request waits for it, at most one is in flight — and closes the
+///   breaker when it gets an answer within the command timeout. A server
+///   that comes back or thaws is therefore used again within about a
+///   second.
+/// - What a freeze costs: the calls made during the first command-timeout
+///   window (250 ms) wait for it in full; from then on nothing waits.
+///   Measured with `BENCH_ONLY_STALL=1 cargo bench --bench http --features
+///   redis` (64 connections, a private redis-server frozen for 10 s, see
+///   the README's Performance section): after the first second the cached
+///   route serves from the handler at 0.65× of the uncached route's
+///   throughput with 1.5× its p99 (0.9 ms), against 253 requests/s with a
+///   p50 of 252 ms when timeouts never open the breaker
+///   (`breaker_threshold(0)`).
+/// - A server that silently drops packets (instead of refusing) costs the
+///   calls up to the command timeout until the connect timeout declares the
+///   connection attempt failed or the timeouts open the breaker.
 /// - The backend needs a Tokio runtime (the first call spawns the
 ///   connection manager's task on it).
 ///
@@ -278,7 +295,7 @@ struct Inner {
     /// `SCAN MATCH` pattern of the whole namespace (prefix glob-escaped).
     command_timeout: Duration,
     connect_timeout: Duration,
-    breaker: Breaker,
+    breaker: Arc<Breaker>,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -321,7 +338,7 @@ impl RedisBackend {
         RedisConfig::from_url(url).build()
     }
 
-    fn from_parts(client: ::redis::Client, config: RedisConfig, breaker: Breaker) -> Self {
+    fn from_parts(client: ::redis::Client, config: RedisConfig, breaker: Arc<Breaker>) -> Self {
         let prefix = config.key_prefix;
         Self {
             inner: Arc::new(Inner {
@@ -400,25 +417,65 @@ impl RedisBackend {
 
     /// Runs one round trip under the breaker and the command timeout.
     ///
-    /// `op` may run twice: when the first run finds the connection refused,
-    /// the command was never sent, and the manager has just started a fresh
-    /// connection attempt that the second run waits for (so the first call
-    /// after a server comes back succeeds instead of reporting the previous
-    /// attempt's failure).
+    /// While the breaker is open the call fails at once with
+    /// [`BackendError::Connection`]; the call that finds a probe due starts
+    /// it in the background (a `PING`) and fails at once all the same.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, BackendError>
     where
         F: Fn(ConnectionManager) -> Fut + Send + Sync,
         Fut: Future<Output = RedisResult<T>> + Send,
         T: Send,
     {
-        let inner = &self.inner;
-        inner
-            .breaker
-            .check()
-            .map_err(|open| BackendError::Connection {
+        if let Err(rejected) = self.inner.breaker.check() {
+            if let Some(ticket) = rejected.probe {
+                self.spawn_probe(ticket);
+            }
+            return Err(BackendError::Connection {
                 backend: NAME,
-                source: Box::new(open),
-            })?;
+                source: Box::new(rejected.error),
+            });
+        }
+        self.attempt(op).await
+    }
+
+    /// Sends a `PING` in the background and reports its outcome to the
+    /// breaker (no request waits for it).
+    fn spawn_probe(&self, ticket: ProbeTicket) {
+        // Without a Tokio runtime the ticket is dropped: a failed probe.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let backend = self.clone();
+        runtime.spawn(async move {
+            let cmd = ::redis::cmd("PING");
+            let ping = backend
+                .attempt(|mut c| {
+                    let cmd = &cmd;
+                    async move { cmd.query_async::<Value>(&mut c).await.map(drop) }
+                })
+                .await;
+            match ping {
+                Ok(()) => ticket.succeeded(),
+                Err(e) => ticket.failed(Arc::new(e)),
+            }
+        });
+    }
+
+    /// One round trip bounded by the command timeout, its outcome reported
+    /// to the breaker (success, connection failure or timeout).
+    ///
+    /// `op` may run twice: when the first run finds the connection refused,
+    /// the command was never sent, and the manager has just started a fresh
+    /// connection attempt that the second run waits for (so the first call
+    /// after a server comes back succeeds instead of reporting the previous
+    /// attempt's failure).
+    async fn attempt<T, F, Fut>(&self, op: F) -> Result<T, BackendError>
+    where
+        F: Fn(ConnectionManager) -> Fut + Send + Sync,
+        Fut: Future<Output = RedisResult<T>> + Send,
+        T: Send,
+    {
+        let inner = &self.inner;
         let conn = self.manager()?;
         let attempt = async {
             match op(conn.clone()).await {
@@ -426,23 +483,30 @@ impl RedisBackend {
                 other => other,
             }
         };
-        match tokio::time::timeout(inner.command_timeout, attempt).await {
+        let mut watch = Watch::new(&inner.breaker, inner.command_timeout);
+        let outcome = tokio::time::timeout(inner.command_timeout, attempt).await;
+        watch.disarm();
+        match outcome {
             Ok(Ok(value)) => {
                 inner.breaker.record_success();
                 Ok(value)
             }
             Ok(Err(e)) => Err(self.map_error(e)),
-            Err(_) => Err(BackendError::Timeout {
-                backend: NAME,
-                timeout: inner.command_timeout,
-            }),
+            Err(_) => {
+                inner.breaker.record_timeout(inner.command_timeout);
+                Err(BackendError::Timeout {
+                    backend: NAME,
+                    timeout: inner.command_timeout,
+                })
+            }
         }
     }
 
     fn map_error(&self, e: RedisError) -> BackendError {
         let kind = e.kind();
         if e.is_io_error() || e.is_connection_dropped() || kind == ErrorKind::AuthenticationFailed {
-            self.inner.breaker.record_connection_failure(&e);
+            let cause: Cause = Arc::new(e.clone());
+            self.inner.breaker.record_connection_failure(cause);
             if kind == ErrorKind::AuthenticationFailed {
                 // The manager only reconnects after I/O errors: a connection
                 // that failed to authenticate would be reported forever.
