@@ -429,11 +429,7 @@ impl OwnServer {
     /// `kill -STOP` (freeze: connections accepted, nothing answered) or
     /// `kill -CONT` (resume).
     fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {signal} failed");
+        crate::common::signal_process(self.child.id(), signal);
     }
 }
 

@@ -340,11 +340,7 @@ mod memcached_process {
 
         /// `kill -STOP` (freeze) or `kill -CONT` (resume).
         pub(crate) fn signal(&self, signal: &str) {
-            let status = Command::new("kill")
-                .args([signal, &self.child.id().to_string()])
-                .status()
-                .expect("run kill");
-            assert!(status.success(), "kill {signal} failed");
+            crate::common::signal_process(self.child.id(), signal);
         }
 
         pub(crate) async fn restart(&mut self) {

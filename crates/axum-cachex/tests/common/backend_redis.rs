@@ -110,11 +110,7 @@ impl RedisProcess {
 
     fn signal(&self, signal: &str) {
         let child = self.child.as_ref().expect("server running");
-        let status = Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {signal} failed");
+        super::signal_process(child.id(), signal);
     }
 
     /// (Re)starts the server on the same port and waits until it answers.

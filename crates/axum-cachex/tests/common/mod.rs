@@ -105,3 +105,34 @@ macro_rules! conformance_suite {
         )*
     };
 }
+
+/// Sends `signal` (`-STOP`, `-CONT`, …) to process `pid` with `kill`, and
+/// for `-STOP`/`-CONT` waits until the kernel shows the process stopped or
+/// running again: delivery is asynchronous, and a server that still
+/// answers right after `kill -STOP` would make a freeze test flaky. The
+/// wait is bounded (a hang guard, not a time limit on the code).
+pub fn signal_process(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {signal} {pid} failed");
+    let want_stopped = match signal {
+        "-STOP" => true,
+        "-CONT" => false,
+        _ => return,
+    };
+    for _ in 0..500 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state is the first field after the `)` that ends the name.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        let stopped = matches!(state, Some('T' | 't'));
+        if state.is_none() || stopped == want_stopped {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("process {pid} did not reach the state {signal} asks for");
+}
