@@ -16,6 +16,7 @@ mod round10;
 mod round11;
 mod round12;
 mod round13;
+mod round14;
 mod round2;
 mod round3;
 #[cfg(all(feature = "redis", feature = "memcached"))]
