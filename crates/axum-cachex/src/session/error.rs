@@ -97,6 +97,11 @@ pub enum SessionError {
     /// the same user for longer than the retry budget.
     #[error("session index of the user is busy; retry")]
     Busy,
+    /// The request carried a session token, but the store could not be
+    /// read (down, frozen, a breaker open): whether the session lives is
+    /// unknown, so no new session replaces it.
+    #[error("the session store could not be read; retry")]
+    StoreUnavailable,
     /// The session record kept changing under concurrent writes (saves,
     /// renewals) for longer than the retry budget of a compare-and-set
     /// write; nothing was written. Retry.

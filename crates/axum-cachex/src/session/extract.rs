@@ -122,9 +122,17 @@ impl SessionContext {
     ///
     /// # Errors
     ///
-    /// Any [`SessionError`] of [`SessionManager::create_anonymous_session`].
+    /// [`SessionError::StoreUnavailable`] when the request carried a token
+    /// the store could not be asked about (a new session would log the
+    /// client out for good); any [`SessionError`] of
+    /// [`SessionManager::create_anonymous_session`].
     pub async fn session_or_anonymous(&self) -> Result<SessionHandle, SessionError> {
         self.rs.ensure_loaded().await;
+        if self.rs.load_failed() {
+            // The client's session may well live: a new one would log it
+            // out for good.
+            return Err(SessionError::StoreUnavailable);
+        }
         if self.rs.live_session().is_none() {
             let (session, token) = self
                 .rs

@@ -703,6 +703,7 @@ impl SessionManager {
         session.touch(now);
         let key = self.key(session.id());
         let mut index_synced = false;
+        let mut moved_from = None;
         for _ in 0..CAS_ATTEMPTS {
             let Some(current) = self.inner.backend.get(&key).await? else {
                 debug!(session = %log_id(session.id()), "save of a deleted session refused");
@@ -710,7 +711,7 @@ impl SessionManager {
             };
             self.ensure_not_ended(session, &current)?;
             if !index_synced {
-                self.sync_user_index(session).await?;
+                moved_from = self.index_new_user(session).await?;
                 index_synced = true;
             }
             let ttl = self.ttl(session, now);
@@ -718,6 +719,7 @@ impl SessionManager {
                 .write_if_unchanged(&key, &current, self.encode(session)?, ttl)
                 .await?
             {
+                self.unindex_old_user(session, moved_from).await;
                 return Ok(());
             }
             debug!(session = %log_id(session.id()), "session changed during its save; reading it again");
@@ -726,21 +728,35 @@ impl SessionManager {
     }
 
     /// Keeps the per-user index in step when the application changed the
-    /// session's user directly.
-    async fn sync_user_index(&self, s: &mut Session) -> Result<(), SessionError> {
+    /// session's user directly, in two steps around the write: the new
+    /// user's index lists the session before the record says it is theirs,
+    /// and the old user's stops listing it only after (see
+    /// [`unindex_old_user`](Self::unindex_old_user)). A write that fails in
+    /// between leaves it listed under both, never under neither: "log out
+    /// everywhere" always reaches it. Returns the old user's hash.
+    async fn index_new_user(&self, s: &mut Session) -> Result<Option<String>, SessionError> {
         let now_hash = s.user().map(|u| self.keys().user_hash(&u.user_id));
         if now_hash == s.indexed_user {
-            return Ok(());
+            return Ok(None);
         }
-        let hash = self.keys().session_hash(s.id());
         if let Some(uh) = &now_hash {
+            let hash = self.keys().session_hash(s.id());
             self.index_upsert(uh, &hash, s.expires_at()).await?;
         }
-        if let Some(old) = s.indexed_user.take() {
-            self.index_remove(&old, &hash).await?;
-        }
+        let old = s.indexed_user.take();
         s.indexed_user = now_hash;
-        Ok(())
+        Ok(old)
+    }
+
+    /// The second step of [`index_new_user`](Self::index_new_user), once the
+    /// record is written. A failure leaves an extra entry (the old user's
+    /// "log out everywhere" would still end this session): logged.
+    async fn unindex_old_user(&self, s: &Session, old: Option<String>) {
+        let Some(old) = old else { return };
+        let hash = self.keys().session_hash(s.id());
+        if let Err(e) = self.index_remove(&old, &hash).await {
+            warn!(session = %log_id(s.id()), error = %e, "could not unlist a session from its former user's index");
+        }
     }
 
     /// Moves a session's record from `old_id` to its current id: the new

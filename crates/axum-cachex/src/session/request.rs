@@ -91,6 +91,8 @@ struct State {
     issued: Option<Issued>,
     remove_cookie: bool,
     token_rejected: bool,
+    /// The token could not be checked: the store failed.
+    load_failed: bool,
 }
 
 /// The session state of one request; shared (in an `Arc`) by the layer and
@@ -208,14 +210,21 @@ impl RequestSession {
             }
             Err(e) => {
                 // Backend down or a corrupt record: continue without a
-                // session rather than failing the request.
+                // session rather than failing the request, but remember it:
+                // nothing may replace a session that may well still live.
                 warn!(token = %log_id(token), error = %e, "session could not be loaded");
+                self.lock().load_failed = true;
             }
         }
     }
 
     pub(crate) fn token_rejected(&self) -> bool {
         self.lock().token_rejected
+    }
+
+    /// Whether the request's token could not be checked (store failure).
+    pub(crate) fn load_failed(&self) -> bool {
+        self.lock().load_failed
     }
 
     // ---- the session --------------------------------------------------------

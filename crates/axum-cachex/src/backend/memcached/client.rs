@@ -495,6 +495,9 @@ pub(super) struct Server {
     permits: Semaphore,
     /// Fails calls fast while the server is unreachable or frozen.
     pub(super) breaker: Arc<Breaker>,
+    /// An invalidation (a counter bump) did not reach this server: its
+    /// HTTP cache entries are dropped wholesale before it is used again.
+    pub(super) missed_invalidation: std::sync::atomic::AtomicBool,
 }
 
 /// A connection checked out of a [`Server`]'s pool. Dropping it closes the
@@ -554,6 +557,7 @@ impl Server {
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(pool_size.max(1)),
             breaker: Arc::new(breaker),
+            missed_invalidation: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -7,7 +7,10 @@ pub(crate) mod client;
 mod keys;
 mod ring;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use axum_cachex_core::{Backend, BackendError, CompareAndSwap, PathInvalidation};
@@ -532,7 +535,20 @@ impl MemcachedBackend {
                 source: Box::new(rejected.error),
             });
         }
-        self.lease_unchecked(server).await
+        let (mut lease, deadline) = self.lease_unchecked(server).await?;
+        if server.missed_invalidation.load(Ordering::Acquire) {
+            // A path or cache clear did not reach this server while it was
+            // away: clear its whole HTTP cache (a new generation) before it
+            // serves anything, rather than serve what was invalidated.
+            let generation = generation_key(&self.inner.prefix);
+            let caught_up = timeout_at(deadline, lease.conn().incr(&generation, 1)).await;
+            if !matches!(caught_up, Ok(Ok(_))) {
+                self.finish(lease, caught_up)?;
+                return Err(self.timeout_error());
+            }
+            server.missed_invalidation.store(false, Ordering::Release);
+        }
+        Ok((lease, deadline))
     }
 
     async fn lease_unchecked<'a>(
@@ -635,9 +651,17 @@ impl MemcachedBackend {
     /// with a fresh random value, which invalidates all the same.
     async fn bump_everywhere(&self, counter: &str, delta: u64) -> Result<u64, BackendError> {
         let bumps = self.inner.servers.iter().map(|server| async move {
-            let (mut lease, deadline) = self.lease(server).await?;
-            let result = timeout_at(deadline, lease.conn().incr(counter, delta)).await;
-            self.finish(lease, result)
+            let bumped = async {
+                let (mut lease, deadline) = self.lease(server).await?;
+                let result = timeout_at(deadline, lease.conn().incr(counter, delta)).await;
+                self.finish(lease, result)
+            }
+            .await;
+            if bumped.is_err() {
+                // Made up for when the server is next used (see `lease`).
+                server.missed_invalidation.store(true, Ordering::Release);
+            }
+            bumped
         });
         let results = futures_util::future::join_all(bumps).await;
         // Report the first failure: that server's entries were not
@@ -780,14 +804,24 @@ impl Backend for MemcachedBackend {
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
         let names = KeyNames::new(&self.inner.prefix, key);
-        let (mut lease, deadline) = self.lease(self.server(key)).await?;
-        let result = timeout_at(deadline, async {
-            let conn = lease.conn();
-            let real = resolve(conn, &names).await?;
-            conn.delete(&real).await
-        })
+        let server = self.server(key);
+        let deleted = async {
+            let (mut lease, deadline) = self.lease(server).await?;
+            let result = timeout_at(deadline, async {
+                let conn = lease.conn();
+                let real = resolve(conn, &names).await?;
+                conn.delete(&real).await
+            })
+            .await;
+            self.finish(lease, result)
+        }
         .await;
-        self.finish(lease, result)
+        if deleted.is_err() && key.starts_with(axum_cachex_core::CACHE_NAMESPACE) {
+            // An invalidation of a cached response that did not arrive:
+            // made up for when the server is next used (see `lease`).
+            server.missed_invalidation.store(true, Ordering::Release);
+        }
+        deleted
     }
 
     fn compare_and_swap(&self) -> Option<&dyn CompareAndSwap> {
