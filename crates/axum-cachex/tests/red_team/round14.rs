@@ -257,13 +257,15 @@ mod memcached_breaker {
                 .spawn()
                 .expect("spawn memcached");
             let addr = format!("127.0.0.1:{port}");
+            // Dropped (killed and waited for) on every path from here.
+            let server = Self { child, addr };
             for _ in 0..200 {
-                if std::net::TcpStream::connect(&addr).is_ok() {
-                    return Self { child, addr };
+                if std::net::TcpStream::connect(&server.addr).is_ok() {
+                    return server;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            panic!("private memcached did not start on {addr}");
+            panic!("private memcached did not start on {}", server.addr);
         }
     }
 
