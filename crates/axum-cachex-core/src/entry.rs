@@ -541,17 +541,8 @@ mod tests {
     mod props {
         use super::*;
         use proptest::prelude::*;
-        use proptest::test_runner::{Config, RngAlgorithm, RngSeed};
 
-        fn config() -> Config {
-            Config {
-                cases: 256,
-                failure_persistence: None,
-                rng_algorithm: RngAlgorithm::ChaCha,
-                rng_seed: RngSeed::Fixed(0x00ca_c4e5),
-                ..Config::default()
-            }
-        }
+        use crate::fixed_seed::config;
 
         fn header_name() -> impl Strategy<Value = HeaderName> {
             "[a-z][a-z0-9-]{0,12}".prop_map(|n| HeaderName::from_bytes(n.as_bytes()).expect("name"))

@@ -362,17 +362,8 @@ mod tests {
     mod props {
         use super::*;
         use proptest::prelude::*;
-        use proptest::test_runner::{Config, RngAlgorithm, RngSeed};
 
-        fn config() -> Config {
-            Config {
-                cases: 256,
-                failure_persistence: None,
-                rng_algorithm: RngAlgorithm::ChaCha,
-                rng_seed: RngSeed::Fixed(0x00ca_c4e5),
-                ..Config::default()
-            }
-        }
+        use crate::fixed_seed::config;
 
         /// Text rich in the characters the format treats specially.
         const PART: &str = "[a-zA-Z0-9|%~7Cc25/?=&. -]{0,12}";

@@ -35,6 +35,24 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
+
+/// The property tests' runner settings: a fixed seed and no persistence
+/// files, so CI runs the same cases every time.
+#[cfg(test)]
+mod fixed_seed {
+    use proptest::test_runner::{Config, RngAlgorithm, RngSeed};
+
+    /// 256 cases from a fixed seed.
+    pub(crate) fn config() -> Config {
+        Config {
+            cases: 256,
+            failure_persistence: None,
+            rng_algorithm: RngAlgorithm::ChaCha,
+            rng_seed: RngSeed::Fixed(0x00ca_c4e5),
+            ..Config::default()
+        }
+    }
+}
 mod entry;
 mod key;
 
