@@ -177,6 +177,60 @@ impl Drop for Server {
     }
 }
 
+/// Latencies in fixed buckets (10 µs up to 100 ms, then 1 ms up to 10 s),
+/// so the tool's own bookkeeping stays flat in memory.
+struct Histogram {
+    buckets: Vec<AtomicU64>,
+    max_us: AtomicU64,
+}
+
+const FINE: u64 = 10_000;
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            buckets: (0..2 * FINE).map(|_| AtomicU64::new(0)).collect(),
+            max_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    fn record(&self, us: u64) {
+        let idx = if us < 100_000 {
+            us / 10
+        } else {
+            (FINE + (us - 100_000) / 1000).min(2 * FINE - 1)
+        };
+        self.buckets[idx as usize].fetch_add(1, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        let want = ((total as f64) * p).ceil() as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= want.max(1) {
+                let i = i as u64;
+                let us = if i < FINE {
+                    i * 10 + 10
+                } else {
+                    100_000 + (i - FINE + 1) * 1000
+                };
+                return Duration::from_micros(us.min(self.max_us.load(Ordering::Relaxed)));
+            }
+        }
+        Duration::ZERO
+    }
+}
+
 /// Counters of one run.
 #[derive(Default)]
 struct Stats {
@@ -188,7 +242,7 @@ struct Stats {
     session_back: AtomicU64,
     consumed: AtomicU64,
     invalidated: AtomicU64,
-    latencies: Mutex<Vec<u32>>,
+    latencies: Histogram,
 }
 
 struct App {
@@ -374,8 +428,9 @@ async fn send(
         }
         _ => None,
     };
-    let us = start.elapsed().as_micros().min(u32::MAX as u128) as u32;
-    stats.latencies.lock().expect("lock").push(us);
+    stats
+        .latencies
+        .record(start.elapsed().as_micros().min(u64::MAX as u128) as u64);
     if out.is_none() {
         stats.failed.fetch_add(1, Ordering::Relaxed);
     }
@@ -389,7 +444,7 @@ async fn client(
     base: String,
     app: Arc<App>,
     stats: Arc<Stats>,
-    consumed: Arc<Mutex<HashSet<String>>>,
+    consumed: Arc<Mutex<HashSet<u64>>>,
     stop: Arc<AtomicBool>,
 ) {
     let http: HttpClient = Client::builder(TokioExecutor::new()).build_http();
@@ -498,7 +553,7 @@ async fn client(
                     .await;
                     if let Some((StatusCode::OK, _)) = r {
                         stats.consumed.fetch_add(1, Ordering::Relaxed);
-                        if !consumed.lock().expect("lock").insert(state.clone()) {
+                        if !consumed.lock().expect("lock").insert(state_hash(state)) {
                             stats.double_consume.fetch_add(1, Ordering::Relaxed);
                         }
                     } else if let Some((s, _)) = &r {
@@ -511,6 +566,13 @@ async fn client(
             expect_ok(&stats, r);
         }
     }
+}
+
+/// A 64-bit hash of a consumed state (8 bytes a state in the set).
+fn state_hash(state: &str) -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    static SEED: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+    SEED.get_or_init(RandomState::new).hash_one(state)
 }
 
 /// A cached route: fail-open promises an answer, so a 5xx is a failure.
@@ -678,25 +740,15 @@ async fn run(kind: Kind, secs: u64, clients: u64) -> RunReport {
         let _ = t.await;
     }
     let (kills, freezes) = chaos.await.unwrap_or((0, 0));
-    let mut lat = std::mem::take(&mut *stats.latencies.lock().expect("lock"));
-    lat.sort_unstable();
-    let pct = |p: f64| {
-        if lat.is_empty() {
-            return Duration::ZERO;
-        }
-        Duration::from_micros(lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as u64)
-    };
     RunReport {
         kind,
         secs,
         requests: stats.requests.load(Ordering::Relaxed),
         failed: stats.failed.load(Ordering::Relaxed),
         expected: stats.expected_errors.load(Ordering::Relaxed),
-        p50: pct(0.5),
-        p99: pct(0.99),
-        max: lat
-            .last()
-            .map_or(Duration::ZERO, |m| Duration::from_micros(*m as u64)),
+        p50: stats.latencies.percentile(0.5),
+        p99: stats.latencies.percentile(0.99),
+        max: Duration::from_micros(stats.latencies.max_us.load(Ordering::Relaxed)),
         violations: [
             stats.wrong_client.load(Ordering::Relaxed),
             stats.double_consume.load(Ordering::Relaxed),
