@@ -21,8 +21,11 @@ pub(crate) fn build(
     backend: Arc<dyn Backend>,
     registry: &Registry,
 ) -> Result<Router, CacheLayerConfigError> {
+    // Behind an `Arc`: the route service is cloned for every request, and
+    // a hit never uses the forwarder.
+    let forwarder = Arc::new(forwarder);
     let forward = service_fn(move |req: Request| {
-        let forwarder = forwarder.clone();
+        let forwarder = Arc::clone(&forwarder);
         async move { Ok::<_, Infallible>(forwarder.forward(req).await) }
     });
     let mut routes: Vec<Route> = Vec::with_capacity(settings.rules.len());

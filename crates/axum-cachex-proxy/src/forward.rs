@@ -131,19 +131,21 @@ pub(crate) fn client_request(parts: &mut http::request::Parts) {
     {
         parts.headers.insert(HOST, host);
     }
-    append(&mut parts.headers, VIA, VIA_THIS_HOP);
+    parts
+        .headers
+        .append(VIA, HeaderValue::from_static(VIA_THIS_HOP));
     let client_addr = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip());
     if let Some(ip) = client_addr {
         let xff = HeaderName::from_static("x-forwarded-for");
-        append(&mut parts.headers, xff, &ip.to_string());
+        append(&mut parts.headers, xff, ip.to_string());
         let forwarded = forwarded_element(ip, parts.headers.get(HOST));
         append(
             &mut parts.headers,
             HeaderName::from_static("forwarded"),
-            &forwarded,
+            forwarded,
         );
     }
 }
@@ -158,7 +160,9 @@ fn inbound(res: Response<Body>) -> Response<Body> {
         parts.headers.remove(http::header::CONTENT_LENGTH);
     }
     strip_hop_by_hop(&mut parts.headers);
-    append(&mut parts.headers, VIA, VIA_THIS_HOP);
+    parts
+        .headers
+        .append(VIA, HeaderValue::from_static(VIA_THIS_HOP));
     Response::from_parts(parts, body)
 }
 
@@ -181,9 +185,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Appends `value` to a list-valued field as a field line of its own:
 /// equivalent to joining (RFC 9110 §5.3), and every earlier line stays as
-/// it was.
-fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
+/// it was. Takes the `String` so the value is not copied again.
+fn append(headers: &mut HeaderMap, name: HeaderName, value: String) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         headers.append(name, value);
     }
 }
@@ -305,11 +309,11 @@ mod tests {
     #[test]
     fn list_fields_are_appended_to() {
         let mut h = HeaderMap::new();
-        append(&mut h, VIA, VIA_THIS_HOP);
+        append(&mut h, VIA, VIA_THIS_HOP.to_owned());
         assert_eq!(h[VIA], "1.1 axum-cachex");
         h.insert(VIA, HeaderValue::from_static("1.0 fred"));
         h.append(VIA, HeaderValue::from_static("1.1 wilma"));
-        append(&mut h, VIA, VIA_THIS_HOP);
+        append(&mut h, VIA, VIA_THIS_HOP.to_owned());
         let lines: Vec<_> = h.get_all(VIA).iter().collect();
         assert_eq!(lines, ["1.0 fred", "1.1 wilma", "1.1 axum-cachex"]);
     }
