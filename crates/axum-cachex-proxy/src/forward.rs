@@ -114,6 +114,7 @@ impl Forwarder {
             _ => HeaderValue::from_str(self.authority.as_str())
                 .map_err(|_| StatusCode::BAD_REQUEST)?,
         };
+        add_forwarding(&mut parts);
         parts.headers.insert(HOST, host);
         Ok(Request::from_parts(parts, body))
     }
@@ -121,9 +122,11 @@ impl Forwarder {
 
 /// Makes the request what the upstream will see, before the cache looks
 /// at it (so that `Vary` selects by exactly those fields): hop-by-hop
-/// fields removed, `Host` taken from an absolute-form target (RFC 9112
-/// §3.2.2), and this hop added to `Via`, `X-Forwarded-For` and
-/// `Forwarded`.
+/// fields removed and `Host` taken from an absolute-form target (RFC 9112
+/// §3.2.2). The per-client fields this hop adds (`Via`,
+/// `X-Forwarded-For`, `Forwarded`) come later, on the way to the upstream
+/// only, so a hit costs nothing for them; a response that varies on one of
+/// them is per client and is not stored (see [`inbound`]).
 pub(crate) fn client_request(parts: &mut http::request::Parts) {
     strip_hop_by_hop(&mut parts.headers);
     if let Some(authority) = parts.uri.authority()
@@ -131,6 +134,10 @@ pub(crate) fn client_request(parts: &mut http::request::Parts) {
     {
         parts.headers.insert(HOST, host);
     }
+}
+
+/// Adds this hop to `Via`, `X-Forwarded-For` and `Forwarded`.
+fn add_forwarding(parts: &mut http::request::Parts) {
     parts
         .headers
         .append(VIA, HeaderValue::from_static(VIA_THIS_HOP));
@@ -150,9 +157,16 @@ pub(crate) fn client_request(parts: &mut http::request::Parts) {
     }
 }
 
-/// The upstream's response as the client gets it.
+/// The upstream's response as the client gets it. One that varies on a
+/// field this hop sets per client (`Via`, `X-Forwarded-For`,
+/// `Forwarded`) was made for this client alone: it is marked
+/// [`Credentialed`](axum_cachex::Credentialed), so the cache neither stores
+/// nor shares it.
 fn inbound(res: Response<Body>) -> Response<Body> {
     let (mut parts, body) = res.into_parts();
+    if varies_per_client(&parts.headers) {
+        parts.extensions.insert(axum_cachex::Credentialed);
+    }
     // RFC 9112 §6.3: with `Transfer-Encoding` the body's length is its
     // chunking, and a `Content-Length` beside it is wrong (and was
     // ignored in reading it): it must not reach the client.
@@ -164,6 +178,21 @@ fn inbound(res: Response<Body>) -> Response<Body> {
         .headers
         .append(VIA, HeaderValue::from_static(VIA_THIS_HOP));
     Response::from_parts(parts, body)
+}
+
+/// Whether `Vary` names a field this hop sets per client.
+fn varies_per_client(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|name| {
+            ["via", "x-forwarded-for", "forwarded"]
+                .iter()
+                .any(|own| name.eq_ignore_ascii_case(own))
+        })
 }
 
 /// Removes the hop-by-hop fields, including those `Connection` names.
