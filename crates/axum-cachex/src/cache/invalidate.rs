@@ -20,11 +20,7 @@ pub(crate) struct RequestTarget {
 
 impl RequestTarget {
     pub(crate) fn of(parts: &Parts) -> Self {
-        let mut get = http::Request::new(()).into_parts().0;
-        get.uri = parts.uri.clone();
-        get.version = parts.version;
-        get.headers = parts.headers.clone();
-        get.extensions = parts.extensions.clone();
+        let get = clone_parts(parts);
         Self {
             method: parts.method.clone(),
             get,

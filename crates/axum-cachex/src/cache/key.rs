@@ -184,13 +184,20 @@ pub(crate) fn entry_key_for_host(shared: &Shared, parts: &Parts, host: &str) -> 
 
 /// [`entry_key`] for a whole request, whatever its method.
 pub(crate) fn key_for_request<B>(shared: &Shared, request: &Request<B>) -> Option<String> {
-    let mut parts = Request::new(()).into_parts().0;
+    let mut parts = head_of(request);
     parts.method = Method::GET;
+    entry_key(shared, &parts)
+}
+
+/// A copy of a request's head (its body left behind).
+pub(crate) fn head_of<B>(request: &Request<B>) -> Parts {
+    let mut parts = Request::new(()).into_parts().0;
+    parts.method = request.method().clone();
     parts.uri = request.uri().clone();
     parts.version = request.version();
     parts.headers = request.headers().clone();
     parts.extensions = request.extensions().clone();
-    entry_key(shared, &parts)
+    parts
 }
 
 /// The host a request is for, normalised: lowercase `host[:port]`, empty

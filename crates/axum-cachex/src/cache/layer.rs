@@ -105,13 +105,7 @@ impl CacheLayer {
         if Method::is_safe(request.method()) || !(status.is_success() || status.is_redirection()) {
             return;
         }
-        let mut head = Request::new(()).into_parts().0;
-        head.method = request.method().clone();
-        head.uri = request.uri().clone();
-        head.version = request.version();
-        head.headers = request.headers().clone();
-        head.extensions = request.extensions().clone();
-        let target = super::invalidate::RequestTarget::of(&head);
+        let target = super::invalidate::RequestTarget::of(&super::key::head_of(request));
         let backend = self.backend();
         super::invalidate::apply(&self.shared, &backend, &target, &response.headers).await;
     }
