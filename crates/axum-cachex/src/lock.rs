@@ -19,7 +19,15 @@
 //!   computation. [`LockGuard::release`] releases at once; dropping an
 //!   unreleased guard (a cancelled request) releases on a spawned task, or
 //!   leaves the lock to its TTL outside a runtime.
+//! - **Release after an outage**: a release that fails (the server is
+//!   frozen or unreachable) is retried on a spawned task until the lock's
+//!   TTL has run out, and so is an `add` whose answer never came (a frozen
+//!   server may apply it once it wakes). Otherwise one outage would leave a
+//!   lock that blocks every contender for its whole TTL. Both retries are
+//!   compare-and-delete on our own token, so they can never free another
+//!   holder's lock; without [`CompareAndSwap`] the TTL frees it.
 //!
+//! [`CompareAndSwap`]: axum_cachex_core::CompareAndSwap
 //! [`CompareAndSwap::delete_if_equals`]: axum_cachex_core::CompareAndSwap::delete_if_equals
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -47,6 +55,8 @@ pub(crate) struct LockGuard {
     key: String,
     token: Bytes,
     call_timeout: Duration,
+    /// When the lock stops mattering: its TTL counted from the `add`.
+    expires: Instant,
     released: bool,
 }
 
@@ -101,8 +111,23 @@ pub(crate) async fn try_acquire(
     timings: LockTimings,
 ) -> Result<Option<LockGuard>, BackendError> {
     let token = crate::random::unique_token();
+    let expires = Instant::now() + timings.ttl;
     let call = backend.add(&key, token.clone(), Some(timings.ttl));
-    if !bounded(&**backend, timings.call_timeout, call).await? {
+    let added = match bounded(&**backend, timings.call_timeout, call).await {
+        Ok(added) => added,
+        Err(error) => {
+            // The server may still apply the `add`: clear it up once it can.
+            let holder = Holder {
+                backend: Arc::clone(backend),
+                key,
+                token,
+                expires,
+            };
+            holder.retry_in_background(timings.call_timeout);
+            return Err(error);
+        }
+    };
+    if !added {
         return Ok(None);
     }
     Ok(Some(LockGuard {
@@ -110,6 +135,7 @@ pub(crate) async fn try_acquire(
         key,
         token,
         call_timeout: timings.call_timeout,
+        expires,
         released: false,
     }))
 }
@@ -126,11 +152,24 @@ impl LockGuard {
         )
     }
 
-    /// Releases the lock now. A failure is logged: the lock then expires
-    /// by its TTL.
+    /// Releases the lock now; when the backend does not answer, keeps
+    /// trying on a spawned task (see the module docs).
     pub(crate) async fn release(mut self) {
         self.released = true;
-        release(&self.backend, &self.key, &self.token, self.call_timeout).await;
+        let timeout = self.call_timeout;
+        let holder = self.take_holder();
+        if let Err(holder) = holder.release(timeout).await {
+            holder.retry_in_background(timeout);
+        }
+    }
+
+    fn take_holder(&mut self) -> Holder {
+        Holder {
+            backend: Arc::clone(&self.backend),
+            key: std::mem::take(&mut self.key),
+            token: self.token.clone(),
+            expires: self.expires,
+        }
     }
 }
 
@@ -142,19 +181,77 @@ impl Drop for LockGuard {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return; // the TTL frees it
         };
-        let (backend, key) = (Arc::clone(&self.backend), std::mem::take(&mut self.key));
-        let (token, timeout) = (self.token.clone(), self.call_timeout);
-        runtime.spawn(async move { release(&backend, &key, &token, timeout).await });
+        let (holder, timeout) = (self.take_holder(), self.call_timeout);
+        runtime.spawn(async move {
+            if let Err(holder) = holder.release(timeout).await {
+                holder.release_until_expired(timeout).await;
+            }
+        });
     }
 }
 
-async fn release(backend: &Arc<dyn Backend>, key: &str, token: &[u8], timeout: Duration) {
-    let result = match backend.compare_and_swap() {
-        Some(cas) => bounded(&**backend, timeout, cas.delete_if_equals(key, token)).await,
-        None => bounded(&**backend, timeout, backend.delete(key)).await,
-    };
-    if let Err(error) = result {
-        tracing::debug!(key, %error, "could not release a lock; it expires by its TTL");
+/// What it takes to release a lock, apart from the guard.
+struct Holder {
+    backend: Arc<dyn Backend>,
+    key: String,
+    token: Bytes,
+    expires: Instant,
+}
+
+/// The first pause before retrying a failed release; it doubles up to
+/// [`RELEASE_RETRY_MAX`].
+const RELEASE_RETRY_FIRST: Duration = Duration::from_millis(50);
+const RELEASE_RETRY_MAX: Duration = Duration::from_secs(1);
+
+impl Holder {
+    /// One release attempt; the holder back when the backend failed.
+    async fn release(self, timeout: Duration) -> Result<(), Self> {
+        let backend = &*self.backend;
+        let result = match backend.compare_and_swap() {
+            Some(cas) => bounded(
+                backend,
+                timeout,
+                cas.delete_if_equals(&self.key, &self.token),
+            )
+            .await
+            .map(drop),
+            None => bounded(backend, timeout, backend.delete(&self.key))
+                .await
+                .map(drop),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                tracing::debug!(key = self.key, %error, "could not release a lock; retrying");
+                Err(self)
+            }
+        }
+    }
+
+    /// [`release_until_expired`](Self::release_until_expired) on a spawned
+    /// task; outside a runtime the TTL frees the lock.
+    fn retry_in_background(self, timeout: Duration) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(self.release_until_expired(timeout));
+        }
+    }
+
+    /// Retries with growing pauses until a release lands or the TTL has
+    /// freed the lock. Only with compare-and-delete: a plain delete this
+    /// late could free the next holder's lock.
+    async fn release_until_expired(mut self, timeout: Duration) {
+        if self.backend.compare_and_swap().is_none() {
+            return;
+        }
+        let mut pause = RELEASE_RETRY_FIRST;
+        while Instant::now() + pause < self.expires {
+            tokio::time::sleep(pause).await;
+            match self.release(timeout).await {
+                Ok(()) => return,
+                Err(holder) => self = holder,
+            }
+            pause = (pause * 2).min(RELEASE_RETRY_MAX);
+        }
     }
 }
 
