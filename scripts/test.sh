@@ -2,7 +2,9 @@
 # Runs the whole axum-cachex test suite against real servers.
 #
 # Installs redis-server and memcached from Debian packages when missing,
-# starts one Redis and two Memcached servers on free loopback ports in a
+# starts one Redis, a Redis Cluster of three primaries (redis-server
+# --cluster-enabled yes, joined with redis-cli --cluster create) and two
+# Memcached servers on free loopback ports in a
 # temporary directory (no persistence), exports their addresses to the tests,
 # runs formatting, lints and every test, and stops the servers at the end —
 # also on failure or Ctrl-C.
@@ -62,20 +64,45 @@ PIDS+=($!)
 MC2_PORT=$(free_port)
 memcached -l 127.0.0.1 -p "$MC2_PORT" -U 0 -m 128 -u "$(id -un)" &
 PIDS+=($!)
+CLUSTER_PORTS=()
+for _ in 1 2 3; do
+    port=$(free_port)
+    mkdir -p "$WORKDIR/cluster-$port"
+    # No replicas: keep serving the live primaries' slots if one fails.
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+        --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+        --cluster-require-full-coverage no \
+        --dir "$WORKDIR/cluster-$port" --logfile "$WORKDIR/cluster-$port/redis.log" --daemonize no &
+    PIDS+=($!)
+    CLUSTER_PORTS+=("$port")
+done
 wait_port "$REDIS_PORT" redis-server
 wait_port "$MC1_PORT" memcached
 wait_port "$MC2_PORT" memcached
+for port in "${CLUSTER_PORTS[@]}"; do wait_port "$port" "redis-server (cluster)"; done
+redis-cli --cluster create "${CLUSTER_PORTS[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >/dev/null
+for _ in $(seq 1 100); do
+    ok=1
+    for port in "${CLUSTER_PORTS[@]}"; do
+        redis-cli -p "$port" cluster info | grep -q 'cluster_state:ok' || ok=0
+    done
+    [ "$ok" = 1 ] && break
+    sleep 0.1
+done
+[ "$ok" = 1 ] || { echo "error: the Redis Cluster did not reach cluster_state:ok" >&2; exit 1; }
 
 # Read by tests/common: the servers to use, and the binaries that outage
 # tests start (and stop) on ports of their own.
 export AXUM_CACHEX_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export AXUM_CACHEX_MEMCACHED_SERVERS="127.0.0.1:$MC1_PORT,127.0.0.1:$MC2_PORT"
+CLUSTER_URLS=("${CLUSTER_PORTS[@]/#/redis://127.0.0.1:}")
+export AXUM_CACHEX_REDIS_CLUSTER_NODES="$(IFS=,; echo "${CLUSTER_URLS[*]}")"
 export AXUM_CACHEX_REDIS_SERVER_BIN="$(command -v redis-server)"
 export AXUM_CACHEX_MEMCACHED_BIN="$(command -v memcached)"
 export AXUM_CACHEX_CHROMIUM="$(command -v chromium)"
 # Tests of a backend whose server is missing fail instead of skipping.
 export AXUM_CACHEX_REQUIRE_SERVERS=1
-log "redis on $AXUM_CACHEX_REDIS_URL, memcached on $AXUM_CACHEX_MEMCACHED_SERVERS"
+log "redis on $AXUM_CACHEX_REDIS_URL, redis cluster on $AXUM_CACHEX_REDIS_CLUSTER_NODES, memcached on $AXUM_CACHEX_MEMCACHED_SERVERS"
 
 if [ "${AXUM_CACHEX_SKIP_LINT:-0}" != 1 ]; then
     log "cargo fmt --check"

@@ -19,6 +19,23 @@ pub async fn redis() -> Option<Arc<dyn Backend>> {
     Some(Arc::new(backend))
 }
 
+/// A fresh backend on the suite's Redis Cluster, in its own namespace.
+#[allow(dead_code)]
+pub async fn redis_cluster() -> Option<Arc<dyn Backend>> {
+    let nodes = super::redis_cluster_nodes()?;
+    Some(Arc::new(cluster_backend(nodes, "cluster")))
+}
+
+/// A concrete Cluster backend through these seeds, in its own namespace.
+#[allow(dead_code)]
+pub fn cluster_backend(nodes: Vec<String>, name: &str) -> RedisBackend {
+    RedisConfig::new()
+        .cluster_nodes(nodes)
+        .key_prefix(super::unique_prefix(name))
+        .build()
+        .expect("build redis cluster backend")
+}
+
 /// A concrete backend on `url` in a namespace no other test uses.
 pub fn redis_backend(url: String, name: &str) -> RedisBackend {
     config(url, name).build().expect("build redis backend")
@@ -156,5 +173,78 @@ impl Drop for RedisProcess {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of the test's own: `primaries` servers on loopback,
+/// slots spread evenly by `redis-cli --cluster create`, no replicas. Killed
+/// when dropped.
+#[allow(dead_code)]
+pub struct RedisCluster {
+    pub nodes: Vec<RedisProcess>,
+}
+
+#[allow(dead_code)]
+impl RedisCluster {
+    pub fn start(bin: String, primaries: usize) -> Self {
+        let nodes: Vec<RedisProcess> = (0..primaries)
+            .map(|_| {
+                let port = free_port();
+                let conf = format!("nodes-{port}.conf");
+                RedisProcess::start_on(
+                    bin.clone(),
+                    port,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &conf,
+                        "--cluster-node-timeout",
+                        "2000",
+                        // Keep serving the live primaries' slots when one
+                        // fails (there are no replicas to take over).
+                        "--cluster-require-full-coverage",
+                        "no",
+                    ],
+                )
+            })
+            .collect();
+        let cli = std::path::Path::new(&bin).with_file_name("redis-cli");
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let status = Command::new(&cli)
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run redis-cli --cluster create");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let cluster = Self { nodes };
+        cluster.wait_until_ok(&cli);
+        cluster
+    }
+
+    /// Bounded wait until every node reports `cluster_state:ok` (a
+    /// readiness poll, not a time limit on the code under test).
+    fn wait_until_ok(&self, cli: &std::path::Path) {
+        for _ in 0..400 {
+            let ok = self.nodes.iter().all(|n| {
+                Command::new(cli)
+                    .args(["-p", &n.port.to_string(), "cluster", "info"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            });
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("the test cluster never reached cluster_state:ok");
+    }
+
+    /// The seed URLs.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisProcess::url).collect()
     }
 }

@@ -37,6 +37,13 @@ pub fn redis_url() -> Option<String> {
     server_env("AXUM_CACHEX_REDIS_URL", "Redis")
 }
 
+/// Seed URLs of the suite's Redis Cluster (three primaries).
+#[allow(dead_code)] // not every test binary uses every helper
+pub fn redis_cluster_nodes() -> Option<Vec<String>> {
+    server_env("AXUM_CACHEX_REDIS_CLUSTER_NODES", "Redis Cluster")
+        .map(|s| s.split(',').map(str::to_owned).collect())
+}
+
 /// `host:port` list of the suite's Memcached servers.
 pub fn memcached_servers() -> Option<Vec<String>> {
     server_env("AXUM_CACHEX_MEMCACHED_SERVERS", "Memcached")

@@ -1,12 +1,11 @@
 //! Configuration of the Redis backend: where the server is, how long to wait,
 //! and which namespace to use.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, time::Duration};
 
-use ::redis::{ConnectionAddr, IntoConnectionInfo};
+use ::redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
-use super::RedisBackend;
-use crate::backend::breaker::Breaker;
+use super::{RedisBackend, conn::Endpoint};
 
 /// Default namespace prefix of every key the backend writes.
 pub(super) const DEFAULT_KEY_PREFIX: &str = "axum_cachex:";
@@ -82,6 +81,7 @@ pub enum RedisConfigError {
 #[must_use]
 pub struct RedisConfig {
     url: Option<String>,
+    cluster_nodes: Vec<String>,
     host: Option<String>,
     port: Option<u16>,
     username: Option<String>,
@@ -104,6 +104,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: None,
+            cluster_nodes: Vec::new(),
             host: None,
             port: None,
             username: None,
@@ -127,7 +128,9 @@ impl Default for RedisConfig {
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("RedisConfig");
+        let nodes: Vec<String> = self.cluster_nodes.iter().map(|u| redact_url(u)).collect();
         d.field("url", &self.url.as_deref().map(redact_url))
+            .field("cluster_nodes", &nodes)
             .field("host", &self.host)
             .field("port", &self.port)
             .field("username", &self.username)
@@ -144,6 +147,12 @@ impl fmt::Debug for RedisConfig {
             .field("reconnect_max_delay", &self.reconnect_max_delay)
             .field("breaker_threshold", &self.breaker_threshold)
             .finish()
+    }
+}
+
+fn invalid(e: ::redis::RedisError) -> RedisConfigError {
+    RedisConfigError::Invalid {
+        source: Box::new(e),
     }
 }
 
@@ -178,6 +187,25 @@ impl RedisConfig {
     /// i.e. `redis://127.0.0.1:6379/0`.
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = Some(url.into());
+        self
+    }
+
+    /// Connects to a Redis Cluster through these seed nodes (URLs as for
+    /// [`url`](Self::url); one reachable seed is enough, the others are
+    /// found with `CLUSTER SLOTS`) instead of a standalone server. Every
+    /// other setting applies the same way; credentials and TLS settings
+    /// given here override each seed's. [`url`](Self::url),
+    /// [`host`](Self::host) and [`port`](Self::port) are then not allowed,
+    /// nor a database other than 0 (a Cluster has only database 0). See
+    /// [`RedisBackend`]'s section on Cluster for the key layout and what a
+    /// failover or a resharding means for cached entries. Default: none
+    /// (standalone).
+    pub fn cluster_nodes<I>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.cluster_nodes = nodes.into_iter().map(Into::into).collect();
         self
     }
 
@@ -327,23 +355,87 @@ impl RedisConfig {
                 return Err(RedisConfigError::ZeroDuration(name));
             }
         }
-        let client = self.client()?;
-        let breaker = Arc::new(Breaker::new(
-            format!("redis {}", client.get_connection_info().addr()),
-            self.breaker_threshold,
-            self.reconnect_min_delay,
-            self.reconnect_max_delay,
-        ));
-        Ok(RedisBackend::from_parts(client, self, breaker))
+        let (endpoint, address) = if self.cluster_nodes.is_empty() {
+            let client = self.client()?;
+            let address = client.get_connection_info().addr().to_string();
+            (Endpoint::Standalone(client), address)
+        } else {
+            self.cluster_client()?
+        };
+        Ok(RedisBackend::from_parts(endpoint, address, self))
     }
 
     /// Resolves the URL and the overrides into a client (which does not
     /// connect yet).
     fn client(&self) -> Result<::redis::Client, RedisConfigError> {
-        let invalid = |e: ::redis::RedisError| RedisConfigError::Invalid {
-            source: Box::new(e),
+        let info = self.connection_info(self.url.as_deref())?;
+        #[cfg(feature = "redis-tls")]
+        if let Some(certs) = self.certificates() {
+            return ::redis::Client::build_with_tls(info, certs).map_err(invalid);
+        }
+        ::redis::Client::open(info).map_err(invalid)
+    }
+
+    /// The seeds and the overrides as a Cluster client (which does not
+    /// connect yet), and the seeds' addresses.
+    fn cluster_client(&self) -> Result<(Endpoint, String), RedisConfigError> {
+        let refuse = |what: &str| RedisConfigError::Invalid {
+            source: format!("{what} cannot be combined with `cluster_nodes`").into(),
         };
-        if let Some(url) = &self.url {
+        if self.url.is_some() {
+            return Err(refuse("`url`"));
+        }
+        if self.host.is_some() || self.port.is_some() {
+            return Err(refuse("`host`/`port`"));
+        }
+        let seeds = self
+            .cluster_nodes
+            .iter()
+            .map(|url| self.connection_info(Some(url)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if seeds.iter().any(|s| s.redis_settings().db() != 0) {
+            return Err(RedisConfigError::Invalid {
+                source: "a Redis Cluster has only database 0".into(),
+            });
+        }
+        let address = seeds
+            .iter()
+            .map(|s| s.addr().to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        // One attempt per call, as for a standalone server: the breakers
+        // pace retries. Redirections (`MOVED`/`ASK`) are still followed.
+        let builder = ::redis::cluster::ClusterClientBuilder::new(seeds).retries(1);
+        #[cfg(feature = "redis-tls")]
+        let builder = match self.certificates() {
+            Some(certs) => builder.certs(certs),
+            None => builder,
+        };
+        let client = builder.build().map_err(invalid)?;
+        Ok((Endpoint::Cluster(client), address))
+    }
+
+    #[cfg(feature = "redis-tls")]
+    fn certificates(&self) -> Option<::redis::TlsCertificates> {
+        if self.tls_root_cert_pem.is_none() && self.tls_client_cert.is_none() {
+            return None;
+        }
+        Some(::redis::TlsCertificates {
+            client_tls: self
+                .tls_client_cert
+                .as_ref()
+                .map(|(cert, key)| ::redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.tls_root_cert_pem.clone(),
+        })
+    }
+
+    /// One server's connection settings: `url` (or the default address)
+    /// with the overrides applied.
+    fn connection_info(&self, url: Option<&str>) -> Result<ConnectionInfo, RedisConfigError> {
+        if let Some(url) = url {
             // redis-rs rejects a TLS URL as "invalid" when built without TLS;
             // say what is really missing.
             let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
@@ -353,8 +445,8 @@ impl RedisConfig {
                 return Err(RedisConfigError::TlsNotEnabled);
             }
         }
-        let mut info = match &self.url {
-            Some(url) => url.as_str().into_connection_info().map_err(invalid)?,
+        let mut info = match url {
+            Some(url) => url.into_connection_info().map_err(invalid)?,
             None => ConnectionAddr::Tcp(DEFAULT_HOST.to_owned(), DEFAULT_PORT)
                 .into_connection_info()
                 .map_err(invalid)?,
@@ -411,22 +503,7 @@ impl RedisConfig {
         if let Some(db) = self.db {
             redis = redis.set_db(db);
         }
-        let info = info.set_redis_settings(redis);
-
-        #[cfg(feature = "redis-tls")]
-        if self.tls_root_cert_pem.is_some() || self.tls_client_cert.is_some() {
-            let certs = ::redis::TlsCertificates {
-                client_tls: self.tls_client_cert.as_ref().map(|(cert, key)| {
-                    ::redis::ClientTlsConfig {
-                        client_cert: cert.clone(),
-                        client_key: key.clone(),
-                    }
-                }),
-                root_cert: self.tls_root_cert_pem.clone(),
-            };
-            return ::redis::Client::build_with_tls(info, certs).map_err(invalid);
-        }
-        ::redis::Client::open(info).map_err(invalid)
+        Ok(info.set_redis_settings(redis))
     }
 }
 

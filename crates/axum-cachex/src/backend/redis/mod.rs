@@ -1,6 +1,9 @@
 //! The Redis backend (feature `redis`); see [`RedisBackend`].
 
 mod config;
+mod conn;
+mod keys;
+mod nodes;
 
 use std::{
     collections::HashSet,
@@ -10,10 +13,7 @@ use std::{
     time::Duration,
 };
 
-use ::redis::{
-    ErrorKind, RedisError, RedisResult, Script, ServerErrorKind, Value,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-};
+use ::redis::{ErrorKind, RedisError, RedisResult, Script, ServerErrorKind, Value};
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use axum_cachex_core::{
@@ -23,13 +23,14 @@ use axum_cachex_core::{
 use bytes::Bytes;
 
 pub use self::config::{RedisConfig, RedisConfigError};
+use self::{
+    conn::{Conn, Endpoint, NodeAddr},
+    keys::KeyLayout,
+    nodes::{BreakerSettings, Breakers, SlotMap, Target},
+};
 use super::breaker::{Breaker, Cause, ProbeTicket, Watch};
 
 const NAME: &str = "redis";
-
-/// Marker after the prefix of the per-path index keys. Logical keys starting
-/// with it are reserved.
-const PATH_INDEX_MARKER: &str = "__path_index:";
 
 /// `COUNT` hint of every `SCAN`/`ZSCAN` page.
 const SCAN_COUNT: u64 = 1000;
@@ -284,37 +285,27 @@ pub struct RedisBackend {
 }
 
 struct Inner {
-    client: ::redis::Client,
+    endpoint: Endpoint,
+    /// Where the backend connects, for `Debug` and breaker names (no
+    /// credentials).
+    address: String,
     /// Created on first use (it needs a Tokio runtime) and dropped again when
     /// its connection can never succeed (authentication failed), so that the
     /// next attempt starts afresh.
-    manager: ArcSwapOption<ConnectionManager>,
+    conn: ArcSwapOption<Conn>,
     create_lock: Mutex<()>,
-    prefix: String,
-    index_prefix: String,
-    /// `SCAN MATCH` pattern of the whole namespace (prefix glob-escaped).
+    keys: KeyLayout,
     command_timeout: Duration,
     connect_timeout: Duration,
-    breaker: Arc<Breaker>,
+    breakers: Breakers,
 }
 
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBackend")
-            .field(
-                "addr",
-                &self.inner.client.get_connection_info().addr().to_string(),
-            )
-            .field(
-                "db",
-                &self
-                    .inner
-                    .client
-                    .get_connection_info()
-                    .redis_settings()
-                    .db(),
-            )
-            .field("prefix", &self.inner.prefix)
+            .field("addr", &self.inner.address)
+            .field("cluster", &self.inner.endpoint.is_cluster())
+            .field("prefix", &self.inner.keys.prefix())
             .field("command_timeout", &self.inner.command_timeout)
             .field("connect_timeout", &self.inner.connect_timeout)
             .finish_non_exhaustive()
@@ -338,25 +329,36 @@ impl RedisBackend {
         RedisConfig::from_url(url).build()
     }
 
-    fn from_parts(client: ::redis::Client, config: RedisConfig, breaker: Arc<Breaker>) -> Self {
-        let prefix = config.key_prefix;
+    fn from_parts(endpoint: Endpoint, address: String, config: RedisConfig) -> Self {
+        let cluster = endpoint.is_cluster();
+        let settings = BreakerSettings {
+            threshold: config.breaker_threshold,
+            min_delay: config.reconnect_min_delay,
+            max_delay: config.reconnect_max_delay,
+        };
         Self {
             inner: Arc::new(Inner {
-                client,
-                manager: ArcSwapOption::empty(),
+                breakers: Breakers::new(format!("redis {address}"), settings, cluster),
+                endpoint,
+                address,
+                conn: ArcSwapOption::empty(),
                 create_lock: Mutex::new(()),
-                index_prefix: format!("{prefix}{PATH_INDEX_MARKER}"),
-                prefix,
+                keys: KeyLayout::new(config.key_prefix, cluster),
                 command_timeout: config.command_timeout,
                 connect_timeout: config.connect_timeout,
-                breaker,
             }),
         }
     }
 
     /// The namespace prefix of every key.
     pub fn key_prefix(&self) -> &str {
-        &self.inner.prefix
+        self.inner.keys.prefix()
+    }
+
+    /// Whether this backend talks to a Redis Cluster
+    /// ([`RedisConfig::cluster_nodes`]).
+    pub fn is_cluster(&self) -> bool {
+        self.inner.endpoint.is_cluster()
     }
 
     /// The bound on one round trip.
@@ -372,25 +374,25 @@ impl RedisBackend {
     /// is not reachable.
     pub async fn ping(&self) -> Result<(), BackendError> {
         let cmd = ::redis::cmd("PING");
-        self.run(|mut c| {
+        self.run(Target::Whole, |mut c| {
             let cmd = &cmd;
             async move { cmd.query_async::<Value>(&mut c).await.map(drop) }
         })
         .await
     }
 
-    /// The connection manager, created on first use.
-    fn manager(&self) -> Result<ConnectionManager, BackendError> {
-        if let Some(m) = self.inner.manager.load_full() {
-            return Ok(ConnectionManager::clone(&m));
+    /// The connection handle, created on first use.
+    fn conn(&self) -> Result<Conn, BackendError> {
+        if let Some(c) = self.inner.conn.load_full() {
+            return Ok(Conn::clone(&c));
         }
         let _guard = self
             .inner
             .create_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(m) = self.inner.manager.load_full() {
-            return Ok(ConnectionManager::clone(&m));
+        if let Some(c) = self.inner.conn.load_full() {
+            return Ok(Conn::clone(&c));
         }
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(BackendError::Connection {
@@ -398,49 +400,47 @@ impl RedisBackend {
                 source: "the Redis backend must be used inside a Tokio runtime".into(),
             });
         }
-        // One connection attempt per connection future: retries are paced by
-        // the breaker instead, so no call waits on a backoff sleep. The
-        // response timeout is ours (`command_timeout`), applied around each
-        // call including the wait for a connection.
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
-            .set_connection_timeout(Some(self.inner.connect_timeout))
-            .set_response_timeout(None);
-        let manager = ConnectionManager::new_lazy_with_config(self.inner.client.clone(), config)
+        let conn = self
+            .inner
+            .endpoint
+            .connect_lazily(self.inner.connect_timeout)
             .map_err(|e| BackendError::Connection {
                 backend: NAME,
                 source: Box::new(e),
             })?;
-        self.inner.manager.store(Some(Arc::new(manager.clone())));
-        Ok(manager)
+        self.inner.conn.store(Some(Arc::new(conn.clone())));
+        Ok(conn)
     }
 
-    /// Runs one round trip under the breaker and the command timeout.
+    /// Runs one round trip under the breaker of `target` (see [`nodes`])
+    /// and the command timeout.
     ///
-    /// While the breaker is open the call fails at once with
+    /// While that breaker is open the call fails at once with
     /// [`BackendError::Connection`]; the call that finds a probe due starts
     /// it in the background (a `PING`) and fails at once all the same.
-    async fn run<T, F, Fut>(&self, op: F) -> Result<T, BackendError>
+    async fn run<T, F, Fut>(&self, target: Target<'_>, op: F) -> Result<T, BackendError>
     where
-        F: Fn(ConnectionManager) -> Fut + Send + Sync,
+        F: Fn(Conn) -> Fut + Send + Sync,
         Fut: Future<Output = RedisResult<T>> + Send,
         T: Send,
     {
-        if let Err(rejected) = self.inner.breaker.check() {
+        self.refresh_slots_if_due(false);
+        let (breaker, node) = self.inner.breakers.pick(target);
+        if let Err(rejected) = breaker.check() {
             if let Some(ticket) = rejected.probe {
-                self.spawn_probe(ticket);
+                self.spawn_probe(ticket, breaker, node);
             }
             return Err(BackendError::Connection {
                 backend: NAME,
                 source: Box::new(rejected.error),
             });
         }
-        self.attempt(op).await
+        self.attempt(&breaker, op).await
     }
 
-    /// Sends a `PING` in the background and reports its outcome to the
-    /// breaker (no request waits for it).
-    fn spawn_probe(&self, ticket: ProbeTicket) {
+    /// Sends a `PING` (to `node` on Cluster) in the background and reports
+    /// its outcome to the breaker (no request waits for it).
+    fn spawn_probe(&self, ticket: ProbeTicket, breaker: Arc<Breaker>, node: Option<NodeAddr>) {
         // Without a Tokio runtime the ticket is dropped: a failed probe.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -449,9 +449,9 @@ impl RedisBackend {
         runtime.spawn(async move {
             let cmd = ::redis::cmd("PING");
             let ping = backend
-                .attempt(|mut c| {
-                    let cmd = &cmd;
-                    async move { cmd.query_async::<Value>(&mut c).await.map(drop) }
+                .attempt(&breaker, |mut c| {
+                    let (cmd, node) = (&cmd, node.as_ref());
+                    async move { c.query_on::<Value>(node, cmd).await.map(drop) }
                 })
                 .await;
             match ping {
@@ -461,56 +461,87 @@ impl RedisBackend {
         });
     }
 
+    /// On Cluster, reads the slot map again in the background when it is
+    /// due (or at once after a failure: a primary may have failed over).
+    fn refresh_slots_if_due(&self, failure: bool) {
+        if !self.inner.breakers.claim_refresh(failure) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.inner.breakers.refreshed(None);
+            return;
+        };
+        let backend = self.clone();
+        runtime.spawn(async move {
+            let map = backend.read_slot_map().await;
+            backend.inner.breakers.refreshed(map);
+        });
+    }
+
+    /// `CLUSTER SLOTS`, bounded by the command timeout and reported to no
+    /// breaker (it goes to any node).
+    async fn read_slot_map(&self) -> Option<SlotMap> {
+        let mut conn = self.conn().ok()?;
+        let mut cmd = ::redis::cmd("CLUSTER");
+        cmd.arg("SLOTS");
+        let call = cmd.query_async::<Value>(&mut conn);
+        match tokio::time::timeout(self.inner.command_timeout, call).await {
+            Ok(Ok(reply)) => SlotMap::parse(&reply),
+            _ => None,
+        }
+    }
+
     /// One round trip bounded by the command timeout, its outcome reported
-    /// to the breaker (success, connection failure or timeout).
+    /// to `breaker` (success, connection failure or timeout).
     ///
     /// `op` may run twice: when the first run finds the connection refused,
     /// the command was never sent, and the manager has just started a fresh
     /// connection attempt that the second run waits for (so the first call
     /// after a server comes back succeeds instead of reporting the previous
     /// attempt's failure).
-    async fn attempt<T, F, Fut>(&self, op: F) -> Result<T, BackendError>
+    async fn attempt<T, F, Fut>(&self, breaker: &Breaker, op: F) -> Result<T, BackendError>
     where
-        F: Fn(ConnectionManager) -> Fut + Send + Sync,
+        F: Fn(Conn) -> Fut + Send + Sync,
         Fut: Future<Output = RedisResult<T>> + Send,
         T: Send,
     {
-        let inner = &self.inner;
-        let conn = self.manager()?;
+        let timeout = self.inner.command_timeout;
+        let conn = self.conn()?;
         let attempt = async {
             match op(conn.clone()).await {
                 Err(e) if e.is_connection_refusal() => op(conn).await,
                 other => other,
             }
         };
-        let mut watch = Watch::new(&inner.breaker, inner.command_timeout);
-        let outcome = tokio::time::timeout(inner.command_timeout, attempt).await;
+        let mut watch = Watch::new(breaker, timeout);
+        let outcome = tokio::time::timeout(timeout, attempt).await;
         watch.disarm();
         match outcome {
             Ok(Ok(value)) => {
-                inner.breaker.record_success();
+                breaker.record_success();
                 Ok(value)
             }
-            Ok(Err(e)) => Err(self.map_error(e)),
+            Ok(Err(e)) => Err(self.map_error(e, breaker)),
             Err(_) => {
-                inner.breaker.record_timeout(inner.command_timeout);
+                breaker.record_timeout(timeout);
                 Err(BackendError::Timeout {
                     backend: NAME,
-                    timeout: inner.command_timeout,
+                    timeout,
                 })
             }
         }
     }
 
-    fn map_error(&self, e: RedisError) -> BackendError {
+    fn map_error(&self, e: RedisError, breaker: &Breaker) -> BackendError {
         let kind = e.kind();
         if e.is_io_error() || e.is_connection_dropped() || kind == ErrorKind::AuthenticationFailed {
             let cause: Cause = Arc::new(e.clone());
-            self.inner.breaker.record_connection_failure(cause);
+            breaker.record_connection_failure(cause);
+            self.refresh_slots_if_due(true);
             if kind == ErrorKind::AuthenticationFailed {
                 // The manager only reconnects after I/O errors: a connection
                 // that failed to authenticate would be reported forever.
-                self.inner.manager.store(None);
+                self.inner.conn.store(None);
             }
             return BackendError::Connection {
                 backend: NAME,
@@ -542,30 +573,7 @@ impl RedisBackend {
     }
 
     fn data_key(&self, key: &str) -> Result<String, BackendError> {
-        if key.starts_with(PATH_INDEX_MARKER) {
-            return Err(BackendError::InvalidInput(format!(
-                "keys starting with `{PATH_INDEX_MARKER}` are reserved by the Redis backend"
-            )));
-        }
-        Ok(format!("{}{key}", self.inner.prefix))
-    }
-
-    fn index_key(&self, path: &str) -> String {
-        format!("{}{path}", self.inner.index_prefix)
-    }
-
-    fn is_index_key(&self, raw: &[u8]) -> bool {
-        raw.starts_with(self.inner.index_prefix.as_bytes())
-    }
-
-    /// The logical key of a scanned data key (`None` for index keys and for
-    /// keys that are not UTF-8, which this backend never writes).
-    fn logical<'a>(&self, raw: &'a [u8]) -> Option<&'a str> {
-        if self.is_index_key(raw) {
-            return None;
-        }
-        let rest = raw.get(self.inner.prefix.len()..)?;
-        std::str::from_utf8(rest).ok()
+        self.inner.keys.data_key(key)
     }
 
     async fn write(
@@ -581,10 +589,10 @@ impl RedisBackend {
         }
         let ttl_ms = ttl.map(ttl_millis);
         if let Some(cache_key) = CacheKey::parse_stored(key) {
-            let index_key = self.index_key(&cache_key.decoded_path());
+            let index_key = self.inner.keys.index_key(&cache_key.decoded_path());
             let ttl_arg = ttl_ms.map(|ms| ms.to_string()).unwrap_or_default();
             return self
-                .run(|mut c| {
+                .run(Target::Key(&data_key), |mut c| {
                     let (data_key, index_key, value, ttl_arg) =
                         (&data_key, &index_key, &value, &ttl_arg);
                     async move {
@@ -610,7 +618,7 @@ impl RedisBackend {
         if !matches!(mode, Mode::Always) {
             cmd.arg(mode.arg());
         }
-        self.run(|mut c| {
+        self.run(Target::Key(&data_key), |mut c| {
             let cmd = &cmd;
             async move {
                 cmd.query_async::<Value>(&mut c)
@@ -628,10 +636,11 @@ impl RedisBackend {
             Mode::Always => self.delete(key).await.map(|_| true),
             Mode::IfPresent => self.delete(key).await,
             Mode::IfAbsent => {
+                let data_key = self.data_key(key)?;
                 let mut cmd = ::redis::cmd("EXISTS");
-                cmd.arg(self.data_key(key)?);
+                cmd.arg(&data_key);
                 let exists: u64 = self
-                    .run(|mut c| {
+                    .run(Target::Key(&data_key), |mut c| {
                         let cmd = &cmd;
                         async move { cmd.query_async(&mut c).await }
                     })
@@ -641,19 +650,48 @@ impl RedisBackend {
         }
     }
 
-    /// The `SCAN MATCH` pattern of the data keys whose logical keys start
-    /// with `logical_prefix`.
-    fn scan_pattern(&self, logical_prefix: &str) -> String {
-        format!(
-            "{}{}*",
-            escape_glob(&self.inner.prefix),
-            escape_glob(logical_prefix)
-        )
+    /// The nodes a `SCAN` must visit: the server, or every Cluster primary
+    /// (read afresh, so that a scan never misses a node that joined).
+    async fn scan_nodes(&self) -> Result<Vec<Option<NodeAddr>>, BackendError> {
+        if !self.is_cluster() {
+            return Ok(vec![None]);
+        }
+        let map = self
+            .read_slot_map()
+            .await
+            .ok_or_else(|| BackendError::Connection {
+                backend: NAME,
+                source: "could not read the cluster's slot map (CLUSTER SLOTS)".into(),
+            })?;
+        Ok(map.primaries().into_iter().map(Some).collect())
     }
 
-    /// One `SCAN` page of the keys matching `pattern`.
+    /// Calls `page` with every page of keys matching `pattern`, node by
+    /// node; returns the sum of what the calls return.
+    async fn scan<F, Fut>(&self, pattern: &str, mut page: F) -> Result<u64, BackendError>
+    where
+        F: FnMut(Vec<Vec<u8>>) -> Fut,
+        Fut: Future<Output = Result<u64, BackendError>>,
+    {
+        let mut total = 0;
+        for node in self.scan_nodes().await? {
+            let mut cursor = 0;
+            loop {
+                let (next, keys) = self.scan_page(node.as_ref(), pattern, cursor).await?;
+                total += page(keys).await?;
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(total)
+    }
+
+    /// One `SCAN` page of the keys matching `pattern` on `node`.
     async fn scan_page(
         &self,
+        node: Option<&NodeAddr>,
         pattern: &str,
         cursor: u64,
     ) -> Result<(u64, Vec<Vec<u8>>), BackendError> {
@@ -663,21 +701,23 @@ impl RedisBackend {
             .arg(pattern)
             .arg("COUNT")
             .arg(SCAN_COUNT);
-        self.run(|mut c| {
+        let target = node.map_or(Target::Whole, Target::Node);
+        self.run(target, |mut c| {
             let cmd = &cmd;
-            async move { cmd.query_async(&mut c).await }
+            async move { c.query_on(node, cmd).await }
         })
         .await
     }
 
-    /// `UNLINK` of these keys; returns how many existed.
-    async fn unlink(&self, keys: &[Vec<u8>]) -> Result<u64, BackendError> {
+    /// `UNLINK` of these keys (on Cluster, redis-rs splits it by slot);
+    /// returns how many existed.
+    async fn unlink(&self, target: Target<'_>, keys: &[Vec<u8>]) -> Result<u64, BackendError> {
         if keys.is_empty() {
             return Ok(0);
         }
         let mut cmd = ::redis::cmd("UNLINK");
         cmd.arg(keys);
-        self.run(|mut c| {
+        self.run(target, |mut c| {
             let cmd = &cmd;
             async move { cmd.query_async(&mut c).await }
         })
@@ -692,21 +732,61 @@ impl RedisBackend {
         pattern: &str,
         keep: impl Fn(&[u8]) -> bool,
     ) -> Result<u64, BackendError> {
-        let mut cursor = 0;
-        let mut removed = 0;
-        loop {
-            let (next, page) = self.scan_page(pattern, cursor).await?;
+        self.scan(pattern, |page| {
             let (index, data): (Vec<Vec<u8>>, Vec<Vec<u8>>) = page
                 .into_iter()
                 .filter(|raw| keep(raw))
-                .partition(|raw| self.is_index_key(raw));
-            removed += self.unlink(&data).await?;
-            self.unlink(&index).await?;
-            if next == 0 {
-                return Ok(removed);
+                .partition(|raw| self.inner.keys.is_index_key(raw));
+            async move {
+                let removed = self.unlink(Target::Whole, &data).await?;
+                self.unlink(Target::Whole, &index).await?;
+                Ok(removed)
             }
-            cursor = next;
+        })
+        .await
+    }
+
+    /// `GET` and `PTTL` of each key: one pipeline on a standalone server;
+    /// on Cluster one per key (a pipeline must stay in one slot), run
+    /// concurrently.
+    async fn values_and_ttls(
+        &self,
+        data_keys: &[String],
+    ) -> Result<Vec<(RedisResult<Value>, RedisResult<Value>)>, BackendError> {
+        let pipeline = |keys: &[String]| {
+            let mut pipe = ::redis::pipe();
+            for key in keys {
+                pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
+            }
+            // A key of another type under the prefix must not fail the
+            // whole listing: its GET error is skipped by the caller.
+            pipe.ignore_errors();
+            pipe
+        };
+        let query = |pipe: ::redis::Pipeline| {
+            self.run(Target::Whole, move |mut c| {
+                let pipe = pipe.clone();
+                async move { pipe.query_async::<Vec<RedisResult<Value>>>(&mut c).await }
+            })
+        };
+        let replies: Vec<RedisResult<Value>> = if self.is_cluster() {
+            let calls = data_keys
+                .iter()
+                .map(|k| query(pipeline(std::slice::from_ref(k))));
+            futures_util::future::try_join_all(calls)
+                .await?
+                .into_iter()
+                .flatten()
+                .collect()
+        } else {
+            query(pipeline(data_keys)).await?
+        };
+        let mut replies = replies.into_iter();
+        let mut pairs = Vec::with_capacity(data_keys.len());
+        while let (Some(value), Some(ttl)) = (replies.next(), replies.next()) {
+            pairs.push((value, ttl));
         }
+        Ok(pairs)
     }
 }
 
@@ -717,9 +797,10 @@ impl Backend for RedisBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
+        let data_key = self.data_key(key)?;
         let mut cmd = ::redis::cmd("GET");
-        cmd.arg(self.data_key(key)?);
-        self.run(|mut c| {
+        cmd.arg(&data_key);
+        self.run(Target::Key(&data_key), |mut c| {
             let cmd = &cmd;
             async move { cmd.query_async(&mut c).await }
         })
@@ -754,9 +835,10 @@ impl Backend for RedisBackend {
     }
 
     async fn take(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
+        let data_key = self.data_key(key)?;
         let mut cmd = ::redis::cmd("GETDEL");
-        cmd.arg(self.data_key(key)?);
-        self.run(|mut c| {
+        cmd.arg(&data_key);
+        self.run(Target::Key(&data_key), |mut c| {
             let cmd = &cmd;
             async move { cmd.query_async(&mut c).await }
         })
@@ -764,8 +846,9 @@ impl Backend for RedisBackend {
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
-        let key = self.data_key(key)?.into_bytes();
-        Ok(self.unlink(&[key]).await? > 0)
+        let data_key = self.data_key(key)?;
+        let target = Target::Key(&data_key);
+        Ok(self.unlink(target, &[data_key.as_bytes().to_vec()]).await? > 0)
     }
 
     fn listing(&self) -> Option<&dyn Listing> {
@@ -784,50 +867,33 @@ impl Backend for RedisBackend {
 #[async_trait]
 impl Listing for RedisBackend {
     async fn keys(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
-        let pattern = self.scan_pattern(prefix);
-        let mut cursor = 0;
         // SCAN may return a key more than once.
         let mut seen = HashSet::new();
         let mut keys = Vec::new();
-        loop {
-            let (next, page) = self.scan_page(&pattern, cursor).await?;
+        self.scan(&self.inner.keys.scan_pattern(prefix), |page| {
             for raw in &page {
-                if let Some(key) = self.logical(raw) {
+                if let Some(key) = self.inner.keys.logical(raw) {
                     if seen.insert(key.to_owned()) {
                         keys.push(key.to_owned());
                     }
                 }
             }
-            if next == 0 {
-                return Ok(keys);
-            }
-            cursor = next;
-        }
+            std::future::ready(Ok(0))
+        })
+        .await?;
+        Ok(keys)
     }
 
     async fn entries(&self, prefix: &str) -> Result<Vec<StoredValue>, BackendError> {
         let keys = self.keys(prefix).await?;
         let mut entries = Vec::with_capacity(keys.len());
         for batch in keys.chunks(ENTRIES_BATCH) {
-            let mut pipe = ::redis::pipe();
-            for key in batch {
-                let data_key = self.data_key(key)?;
-                pipe.cmd("GET").arg(&data_key).cmd("PTTL").arg(&data_key);
-            }
-            // A key of another type under the prefix must not fail the
-            // whole listing: its GET error is skipped below.
-            pipe.ignore_errors();
-            let replies: Vec<RedisResult<Value>> = self
-                .run(|mut c| {
-                    let pipe = &pipe;
-                    async move { pipe.query_async(&mut c).await }
-                })
-                .await?;
-            let mut replies = replies.into_iter();
-            for key in batch {
-                let (Some(value), Some(pttl)) = (replies.next(), replies.next()) else {
-                    break;
-                };
+            let data_keys = batch
+                .iter()
+                .map(|k| self.data_key(k))
+                .collect::<Result<Vec<_>, _>>()?;
+            let replies = self.values_and_ttls(&data_keys).await?;
+            for (key, (value, pttl)) in batch.iter().zip(replies) {
                 let value = match value {
                     Ok(Value::BulkString(bytes)) => Bytes::from(bytes),
                     // Vanished (expired or deleted) since the scan, or not a
@@ -852,8 +918,8 @@ impl Listing for RedisBackend {
 
     async fn clear(&self, prefix: &str) -> Result<u64, BackendError> {
         // Index keys are internal: they go with a clear of everything.
-        self.unlink_scanned(&self.scan_pattern(prefix), |raw| {
-            prefix.is_empty() || !self.is_index_key(raw)
+        self.unlink_scanned(&self.inner.keys.scan_pattern(prefix), |raw| {
+            prefix.is_empty() || !self.inner.keys.is_index_key(raw)
         })
         .await
     }
@@ -863,7 +929,7 @@ impl Listing for RedisBackend {
 impl CompareAndSwap for RedisBackend {
     async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
         let data_key = self.data_key(key)?;
-        self.run(|mut c| {
+        self.run(Target::Key(&data_key), |mut c| {
             let data_key = &data_key;
             async move {
                 DELETE_IF_EQUALS
@@ -889,7 +955,7 @@ impl CompareAndSwap for RedisBackend {
         }
         let data_key = self.data_key(key)?;
         let ttl_arg = ttl.map(|t| ttl_millis(t).to_string()).unwrap_or_default();
-        self.run(|mut c| {
+        self.run(Target::Key(&data_key), |mut c| {
             let (data_key, value, ttl_arg) = (&data_key, &value, &ttl_arg);
             async move {
                 SET_IF_EQUALS
@@ -909,33 +975,34 @@ impl CompareAndSwap for RedisBackend {
 #[async_trait]
 impl PathInvalidation for RedisBackend {
     async fn clear_path(&self, path: &str, include_params: bool) -> Result<u64, BackendError> {
-        let index_key = self.index_key(path);
-        let prefix = self.inner.prefix.as_bytes();
+        let index_key = self.inner.keys.index_key(path);
+        let target = Target::Key(&index_key);
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
             let mut cmd = ::redis::cmd("ZSCAN");
             cmd.arg(&index_key).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
             let (next, items): (u64, Vec<Vec<u8>>) = self
-                .run(|mut c| {
+                .run(target, |mut c| {
                     let cmd = &cmd;
                     async move { cmd.query_async(&mut c).await }
                 })
                 .await?;
             // ZSCAN answers member, score, member, score, …
-            let members: Vec<Vec<u8>> = items
-                .into_iter()
+            let members: Vec<&str> = items
+                .iter()
                 .step_by(2)
+                .filter_map(|member| std::str::from_utf8(member).ok())
                 .filter(|member| {
-                    std::str::from_utf8(member)
-                        .ok()
-                        .and_then(CacheKey::parse_stored)
+                    CacheKey::parse_stored(member)
                         .is_some_and(|k| k.is_for_path(path, include_params))
                 })
                 .collect();
             if !members.is_empty() {
-                let data_keys: Vec<Vec<u8>> =
-                    members.iter().map(|m| [prefix, m].concat()).collect();
+                let data_keys = members
+                    .iter()
+                    .map(|m| self.data_key(m))
+                    .collect::<Result<Vec<_>, _>>()?;
                 // Atomic, so that a concurrent write of the same key lands
                 // either before (deleted with its member) or after (entry and
                 // member both re-created), never with its member lost.
@@ -948,7 +1015,7 @@ impl PathInvalidation for RedisBackend {
                     .arg(&members)
                     .ignore();
                 let (existed,): (u64,) = self
-                    .run(|mut c| {
+                    .run(target, |mut c| {
                         let pipe = &pipe;
                         async move { pipe.query_async(&mut c).await }
                     })
@@ -963,9 +1030,9 @@ impl PathInvalidation for RedisBackend {
     }
 
     async fn clear_cache(&self) -> Result<u64, BackendError> {
-        let index = self.scan_pattern(PATH_INDEX_MARKER);
+        let index = self.inner.keys.index_pattern();
         self.unlink_scanned(&index, |_| true).await?;
-        self.unlink_scanned(&self.scan_pattern(CACHE_NAMESPACE), |_| true)
+        self.unlink_scanned(&self.inner.keys.scan_pattern(CACHE_NAMESPACE), |_| true)
             .await
     }
 }
@@ -979,19 +1046,6 @@ fn ttl_millis(ttl: Duration) -> u64 {
         .clamp(1, MAX_TTL_MS)
 }
 
-/// Escapes the glob characters of Redis `MATCH` so that a prefix matches
-/// itself only.
-fn escape_glob(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1003,26 +1057,5 @@ mod tests {
         assert_eq!(ttl_millis(Duration::from_micros(1500)), 2);
         assert_eq!(ttl_millis(Duration::from_secs(60)), 60_000);
         assert_eq!(ttl_millis(Duration::MAX), MAX_TTL_MS);
-    }
-
-    #[test]
-    fn escapes_match_patterns() {
-        assert_eq!(escape_glob("a*b?[c]\\:"), "a\\*b\\?\\[c\\]\\\\:");
-        assert_eq!(escape_glob("axum_cachex:"), "axum_cachex:");
-    }
-
-    #[test]
-    fn index_keys_are_recognised_and_reserved() {
-        let be = RedisBackend::builder()
-            .key_prefix("p:")
-            .build()
-            .expect("build");
-        assert!(be.is_index_key(b"p:__path_index:/x"));
-        assert_eq!(be.logical(b"p:__path_index:/x"), None);
-        assert_eq!(be.logical(b"p:GET|||h|||/x|||"), Some("GET|||h|||/x|||"));
-        assert!(matches!(
-            be.data_key("__path_index:/x"),
-            Err(BackendError::InvalidInput(_))
-        ));
     }
 }

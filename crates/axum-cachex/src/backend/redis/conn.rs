@@ -1,0 +1,120 @@
+//! One connection handle for both deployments: a standalone server behind
+//! redis-rs's `ConnectionManager`, or a Cluster behind its
+//! `ClusterConnection` (which routes each command by its key's slot and
+//! follows `MOVED`/`ASK` redirections itself). Both are cheap to clone and
+//! multiplex every call over their connections.
+
+use std::time::Duration;
+
+use ::redis::{
+    Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::{ClusterClient, ClusterConfig},
+    cluster_async::ClusterConnection,
+    cluster_routing::{RoutingInfo, SingleNodeRoutingInfo},
+};
+
+/// What the backend connects to.
+pub(super) enum Endpoint {
+    Standalone(::redis::Client),
+    Cluster(ClusterClient),
+}
+
+impl Endpoint {
+    /// A handle that connects on first use, with one connection attempt per
+    /// call: retries are paced by the circuit breakers instead, so no call
+    /// waits on a backoff sleep. The response timeout is the backend's own,
+    /// applied around each call.
+    pub(super) fn connect_lazily(&self, connect_timeout: Duration) -> RedisResult<Conn> {
+        match self {
+            Self::Standalone(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_number_of_retries(0)
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_response_timeout(None);
+                ConnectionManager::new_lazy_with_config(client.clone(), config)
+                    .map(Conn::Standalone)
+            }
+            Self::Cluster(client) => {
+                let config = ClusterConfig::new().set_connection_timeout(connect_timeout);
+                Ok(Conn::Cluster(
+                    client.get_pending_async_connection_with_config(config),
+                ))
+            }
+        }
+    }
+
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
+/// A node of a Cluster, as `CLUSTER SLOTS` names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct NodeAddr {
+    pub(super) host: String,
+    pub(super) port: u16,
+}
+
+impl std::fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// A connection handle (see the module docs).
+#[derive(Clone)]
+pub(super) enum Conn {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    /// Runs `cmd` on `node` (a Cluster primary, for `SCAN` and probes);
+    /// routed as usual when `node` is `None` or the server is standalone.
+    pub(super) async fn query_on<T: FromRedisValue>(
+        &mut self,
+        node: Option<&NodeAddr>,
+        cmd: &Cmd,
+    ) -> RedisResult<T> {
+        match (self, node) {
+            (Self::Cluster(cluster), Some(node)) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: node.host.clone(),
+                    port: node.port,
+                });
+                let value = cluster.route_command(cmd.clone(), routing).await?;
+                Ok(T::from_redis_value(value)?)
+            }
+            (conn, _) => cmd.query_async(conn).await,
+        }
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Standalone(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Standalone(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
