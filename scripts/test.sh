@@ -18,6 +18,7 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 need_packages=()
 command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need_packages+=(redis-tools)
 command -v memcached >/dev/null 2>&1 || need_packages+=(memcached)
 # The dashboard's browser test renders it in headless Chromium.
 command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)

@@ -1,5 +1,6 @@
-//! The `--backend` spec: `memory`, `redis://…` or
-//! `memcached://host:port[,host:port…]`.
+//! The `--backend` spec: `memory`, `redis://…`,
+//! `redis+cluster://host:port[,host:port…]` (a Redis Cluster's seed nodes)
+//! or `memcached://host:port[,host:port…]`.
 
 use std::sync::Arc;
 
@@ -10,9 +11,11 @@ use axum_cachex::backend::{
 /// Why a backend spec cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BackendSpecError {
-    /// Neither `memory`, `redis://`, `rediss://` nor `memcached://`.
+    /// Neither `memory`, `redis://`, `rediss://`, `redis+cluster://` nor
+    /// `memcached://`.
     #[error(
-        "unknown backend {0:?}: use memory, redis://host:port or memcached://host:port[,host:port]"
+        "unknown backend {0:?}: use memory, redis://host:port, \
+         redis+cluster://host:port[,host:port] or memcached://host:port[,host:port]"
     )]
     Unknown(String),
     /// The Redis URL was refused.
@@ -39,14 +42,26 @@ pub(crate) fn from_spec(spec: &str) -> Result<Arc<dyn Backend>, BackendSpecError
             .build()?;
         return Ok(Arc::new(backend));
     }
+    if let Some(seeds) = spec.strip_prefix("redis+cluster://") {
+        let backend = RedisBackend::builder()
+            .cluster_nodes(list(seeds).map(|seed| format!("redis://{seed}")))
+            .key_prefix(KEY_PREFIX)
+            .build()?;
+        return Ok(Arc::new(backend));
+    }
     if let Some(servers) = spec.strip_prefix("memcached://") {
         let backend = MemcachedBackend::builder()
-            .servers(servers.split(',').map(str::trim).filter(|s| !s.is_empty()))
+            .servers(list(servers))
             .key_prefix(KEY_PREFIX)
             .build()?;
         return Ok(Arc::new(backend));
     }
     Err(BackendSpecError::Unknown(spec.to_owned()))
+}
+
+/// The non-empty items of a comma-separated list.
+fn list(items: &str) -> impl Iterator<Item = &str> {
+    items.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
 #[cfg(test)]
@@ -60,6 +75,12 @@ mod tests {
             from_spec("redis://127.0.0.1:6379").expect("redis").name(),
             "redis"
         );
+        let cluster = from_spec("redis+cluster://127.0.0.1:7000, 127.0.0.1:7001").expect("cluster");
+        assert_eq!(cluster.name(), "redis");
+        assert!(matches!(
+            from_spec("redis+cluster://bad host:x"),
+            Err(BackendSpecError::Redis(_))
+        ));
         let mc = from_spec("memcached://127.0.0.1:11211, 127.0.0.1:11212").expect("memcached");
         assert_eq!(mc.name(), "memcached");
         assert!(matches!(

@@ -48,7 +48,8 @@ pub(crate) struct Cli {
     /// Where to accept client connections [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     pub(crate) listen: Option<SocketAddr>,
-    /// Where responses are stored: `memory`, `redis://…` or
+    /// Where responses are stored: `memory`, `redis://…`,
+    /// `redis+cluster://host:port[,host:port…]` or
     /// `memcached://host:port[,host:port…]` [default: memory].
     #[arg(long, value_name = "SPEC")]
     pub(crate) backend: Option<String>,

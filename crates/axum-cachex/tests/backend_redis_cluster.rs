@@ -71,14 +71,21 @@ async fn listing_and_clearing_visit_every_primary() {
     }
     let spread = keys_by_node(&nodes, be.key_prefix()).await;
     let holding = spread.values().filter(|keys| !keys.is_empty()).count();
-    assert!(holding >= 2, "60 keys should spread over the primaries: {spread:?}");
+    assert!(
+        holding >= 2,
+        "60 keys should spread over the primaries: {spread:?}"
+    );
 
     let listed: BTreeSet<String> = be.keys("").await.expect("keys").into_iter().collect();
     let expected: BTreeSet<String> = (0..60).map(|i| format!("k{i}")).collect();
     assert_eq!(listed, expected);
     let entries = be.entries("k1").await.expect("entries");
     assert_eq!(entries.len(), 11, "k1 and k10..k19");
-    assert!(entries.iter().all(|e| e.value == format!("v{}", &e.key[1..])));
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.value == format!("v{}", &e.key[1..]))
+    );
 
     assert_eq!(be.clear("k1").await.expect("clear k1"), 11);
     assert_eq!(be.keys("").await.expect("keys").len(), 49);
@@ -96,29 +103,42 @@ async fn one_path_lives_in_one_slot_and_clear_path_removes_it_everywhere() {
     for p in 0..20 {
         for q in ["", "a=1", "b=2"] {
             let key = CacheKey::encode_stored("GET", "h", &format!("/p/{p}"), q);
-            be.set(&key, Bytes::from_static(b"x"), TTL).await.expect("set");
+            be.set(&key, Bytes::from_static(b"x"), TTL)
+                .await
+                .expect("set");
             let variant = CacheKey::variant_key(&key, "ab12");
-            be.set(&variant, Bytes::from_static(b"y"), TTL).await.expect("set");
+            be.set(&variant, Bytes::from_static(b"y"), TTL)
+                .await
+                .expect("set");
         }
     }
     // Every key of /p/7 (entries, variants and its index) on one node.
     let spread = keys_by_node(&nodes, be.key_prefix()).await;
     let holders: Vec<&String> = spread
         .iter()
-        .filter(|(_, keys)| keys.iter().any(|k| k.contains("/p/7|||") || k.ends_with("/p/7")))
+        .filter(|(_, keys)| {
+            keys.iter()
+                .any(|k| k.contains("/p/7|||") || k.ends_with("/p/7"))
+        })
         .map(|(node, _)| node)
         .collect();
     assert_eq!(holders.len(), 1, "{spread:?}");
 
     let paths = be.path_invalidation().expect("path invalidation");
     assert_eq!(paths.clear_path("/p/7", true).await.expect("clear_path"), 6);
-    assert_eq!(paths.clear_path("/p/8", false).await.expect("clear_path"), 2);
+    assert_eq!(
+        paths.clear_path("/p/8", false).await.expect("clear_path"),
+        2
+    );
     let left = be.keys("http:").await.expect("keys");
     assert_eq!(left.len(), 120 - 8);
     assert!(!left.iter().any(|k| k.contains("/p/7|||")));
     assert_eq!(paths.clear_cache().await.expect("clear_cache"), 112);
     let raw_left = keys_by_node(&nodes, be.key_prefix()).await;
-    assert!(raw_left.values().all(BTreeSet::is_empty), "index keys too: {raw_left:?}");
+    assert!(
+        raw_left.values().all(BTreeSet::is_empty),
+        "index keys too: {raw_left:?}"
+    );
 }
 
 /// One primary of three is killed under traffic. Its keys fail open (the
@@ -164,10 +184,17 @@ async fn a_dead_primary_fails_its_keys_open_and_the_others_keep_hitting() {
     let victim = cluster.nodes[0].url();
     let on_victim: BTreeSet<String> = uris
         .iter()
-        .filter(|uri| spread[&victim].iter().any(|k| k.contains(&format!("{uri}|||"))))
+        .filter(|uri| {
+            spread[&victim]
+                .iter()
+                .any(|k| k.contains(&format!("{uri}|||")))
+        })
         .cloned()
         .collect();
-    assert!(!on_victim.is_empty() && on_victim.len() < uris.len(), "{spread:?}");
+    assert!(
+        !on_victim.is_empty() && on_victim.len() < uris.len(),
+        "{spread:?}"
+    );
 
     cluster.nodes[0].kill();
     for round in 0..5 {
@@ -178,7 +205,11 @@ async fn a_dead_primary_fails_its_keys_open_and_the_others_keep_hitting() {
             if on_victim.contains(uri) {
                 assert!(!hit, "{uri} lives on the dead primary");
             } else {
-                assert!(hit, "{uri} (round {round}) lives on a live primary: {}", reply.cache_status());
+                assert!(
+                    hit,
+                    "{uri} (round {round}) lives on a live primary: {}",
+                    reply.cache_status()
+                );
             }
         }
     }

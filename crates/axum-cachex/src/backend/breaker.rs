@@ -1,5 +1,5 @@
 //! The circuit breaker shared by the networked backends (one per Redis
-//! backend, one per Memcached server): after a failed connection, or after
+//! server or Cluster primary, one per Memcached server): after a failed connection, or after
 //! [`threshold`](Breaker::new) consecutive timeouts (a server that is alive
 //! but frozen, e.g. stopped with `SIGSTOP`, swapping, or stuck in a slow
 //! command), calls fail at once instead of each waiting for a server that is

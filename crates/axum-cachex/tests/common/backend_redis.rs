@@ -210,7 +210,10 @@ impl RedisCluster {
             })
             .collect();
         let cli = std::path::Path::new(&bin).with_file_name("redis-cli");
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         let status = Command::new(&cli)
             .args(["--cluster", "create"])
             .args(&addrs)

@@ -81,7 +81,7 @@ pub enum RedisConfigError {
 #[must_use]
 pub struct RedisConfig {
     url: Option<String>,
-    cluster_nodes: Vec<String>,
+    cluster_nodes: Option<Vec<String>>,
     host: Option<String>,
     port: Option<u16>,
     username: Option<String>,
@@ -104,7 +104,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: None,
-            cluster_nodes: Vec::new(),
+            cluster_nodes: None,
             host: None,
             port: None,
             username: None,
@@ -128,7 +128,10 @@ impl Default for RedisConfig {
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("RedisConfig");
-        let nodes: Vec<String> = self.cluster_nodes.iter().map(|u| redact_url(u)).collect();
+        let nodes: Option<Vec<String>> = self
+            .cluster_nodes
+            .as_ref()
+            .map(|urls| urls.iter().map(|u| redact_url(u)).collect());
         d.field("url", &self.url.as_deref().map(redact_url))
             .field("cluster_nodes", &nodes)
             .field("host", &self.host)
@@ -205,7 +208,7 @@ impl RedisConfig {
         I: IntoIterator,
         I::Item: Into<String>,
     {
-        self.cluster_nodes = nodes.into_iter().map(Into::into).collect();
+        self.cluster_nodes = Some(nodes.into_iter().map(Into::into).collect());
         self
     }
 
@@ -355,12 +358,13 @@ impl RedisConfig {
                 return Err(RedisConfigError::ZeroDuration(name));
             }
         }
-        let (endpoint, address) = if self.cluster_nodes.is_empty() {
-            let client = self.client()?;
-            let address = client.get_connection_info().addr().to_string();
-            (Endpoint::Standalone(client), address)
-        } else {
-            self.cluster_client()?
+        let (endpoint, address) = match &self.cluster_nodes {
+            None => {
+                let client = self.client()?;
+                let address = client.get_connection_info().addr().to_string();
+                (Endpoint::Standalone(client), address)
+            }
+            Some(seeds) => self.cluster_client(seeds)?,
         };
         Ok(RedisBackend::from_parts(endpoint, address, self))
     }
@@ -378,7 +382,7 @@ impl RedisConfig {
 
     /// The seeds and the overrides as a Cluster client (which does not
     /// connect yet), and the seeds' addresses.
-    fn cluster_client(&self) -> Result<(Endpoint, String), RedisConfigError> {
+    fn cluster_client(&self, seeds: &[String]) -> Result<(Endpoint, String), RedisConfigError> {
         let refuse = |what: &str| RedisConfigError::Invalid {
             source: format!("{what} cannot be combined with `cluster_nodes`").into(),
         };
@@ -388,8 +392,12 @@ impl RedisConfig {
         if self.host.is_some() || self.port.is_some() {
             return Err(refuse("`host`/`port`"));
         }
-        let seeds = self
-            .cluster_nodes
+        if seeds.is_empty() {
+            return Err(RedisConfigError::Invalid {
+                source: "`cluster_nodes` needs at least one seed node".into(),
+            });
+        }
+        let seeds = seeds
             .iter()
             .map(|url| self.connection_info(Some(url)))
             .collect::<Result<Vec<_>, _>>()?;
@@ -549,6 +557,33 @@ mod tests {
             RedisConfig::from_url("rediss://localhost#insecure").build(),
             Err(RedisConfigError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let ok = RedisConfig::new()
+            .cluster_nodes(["redis://a:7000", "redis://:pw@b:7001"])
+            .password("override")
+            .build()
+            .expect("cluster");
+        assert!(ok.is_cluster());
+        assert!(!format!("{ok:?}").contains("pw"));
+        let refused =
+            |cfg: RedisConfig| matches!(cfg.build(), Err(RedisConfigError::Invalid { .. }));
+        assert!(refused(
+            RedisConfig::new().cluster_nodes(Vec::<String>::new())
+        ));
+        assert!(refused(RedisConfig::new().cluster_nodes(["redis://a:1/2"])));
+        assert!(refused(
+            RedisConfig::new().cluster_nodes(["redis://a:1"]).db(3)
+        ));
+        assert!(refused(
+            RedisConfig::from_url("redis://x").cluster_nodes(["redis://a:1"])
+        ));
+        assert!(refused(
+            RedisConfig::new().cluster_nodes(["redis://a:1"]).port(2)
+        ));
+        assert!(refused(RedisConfig::new().cluster_nodes(["nonsense://a"])));
     }
 
     #[test]

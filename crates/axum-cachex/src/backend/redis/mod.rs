@@ -133,7 +133,8 @@ impl Mode {
 /// # Client library
 ///
 /// Built on [redis-rs](https://docs.rs/redis) with its async
-/// `ConnectionManager`: one multiplexed connection shared by all calls,
+/// `ConnectionManager` (its `ClusterConnection` on a Cluster, see
+/// [below](#redis-cluster)): one multiplexed connection shared by all calls,
 /// replaced in the background when it breaks, so a restarted server is used
 /// again without rebuilding anything. redis-rs was chosen over fred for a
 /// leaner dependency tree (with `default-features = false` only tokio,
@@ -148,6 +149,7 @@ impl Mode {
 /// | setting | default | meaning |
 /// |---|---|---|
 /// | [`url`](RedisConfig::url) | `redis://127.0.0.1:6379/0` | `redis://`, `rediss://` (TLS), `redis+unix://` |
+/// | [`cluster_nodes`](RedisConfig::cluster_nodes) | none | seed URLs of a Redis Cluster, instead of `url` |
 /// | [`host`](RedisConfig::host) / [`port`](RedisConfig::port) / [`db`](RedisConfig::db) | from the URL | override the URL's parts |
 /// | [`username`](RedisConfig::username) / [`password`](RedisConfig::password) | none | ACL user / `AUTH`, sent on every reconnection |
 /// | [`tls`](RedisConfig::tls) | `false` (`true` for `rediss://`) | needs the `redis-tls` feature (rustls + ring); custom CA and client certificates with `tls_root_cert_pem` / `tls_client_cert` |
@@ -253,9 +255,6 @@ impl Mode {
 ///
 /// # Limits
 ///
-/// - Standalone Redis (or a proxy in front of one): the write and clear
-///   scripts touch an entry and its index in one step, which Redis Cluster
-///   allows only for keys in the same hash slot.
 /// - `clear`, `clear_pattern`, `keys` and `entries` cost O(keys in the
 ///   database) because `SCAN` walks the whole keyspace (matching is done by
 ///   the server, but every key is visited); they are for administration and
@@ -266,6 +265,60 @@ impl Mode {
 /// - Entries written by something else than this backend (or before the
 ///   index existed) are not in the index: `clear_pattern` still finds them,
 ///   `clear_path` does not.
+///
+/// # Redis Cluster
+///
+/// [`RedisConfig::cluster_nodes`] connects to a Cluster through seed nodes,
+/// with redis-rs's cluster client: each command goes to the primary that
+/// owns its key's slot, and `MOVED`/`ASK` redirections are followed. Every
+/// other option works as for a standalone server.
+///
+/// ```no_run
+/// use axum_cachex::backend::RedisConfig;
+///
+/// let backend = RedisConfig::new()
+///     .cluster_nodes(["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])
+///     .password("s3cret")
+///     .build()?;
+/// # let _ = backend;
+/// # Ok::<(), axum_cachex::backend::RedisConfigError>(())
+/// ```
+///
+/// - **Key layout.** Keys carry a hash tag after the prefix:
+///   `{prefix}{xxxx}{key}`, where `xxxx` is a hash of the *path* for the
+///   HTTP cache's keys and of the whole key otherwise. So a path's entries,
+///   their `Vary` variants, their cross-instance lock and the path's index
+///   share one slot (the write script and the atomic `clear_path` touch them
+///   together), while different paths, sessions and states spread over the
+///   primaries. A prefix with a hash tag of its own (`{shop}:`) puts
+///   everything in one slot, which works but uses one primary. The layout
+///   differs from a standalone server's: moving between the two starts
+///   with an empty cache.
+/// - **Bulk operations** (`clear`, `clear_pattern`, `keys`, `entries`,
+///   `clear_cache`) read the slot map (`CLUSTER SLOTS`) and `SCAN` every
+///   primary in turn.
+/// - **One primary down.** Each primary has its own circuit breaker, chosen
+///   by the slot map (read on first use, every 5 s while in use, and at once
+///   after a connection failure). A dead or frozen primary fails *its* keys
+///   open (the handler answers); the other primaries keep serving hits. This
+///   needs `cluster-require-full-coverage no` on the servers when there is
+///   no replica to take over: with Redis's default (`yes`) the surviving
+///   primaries refuse every command once the failure is detected (the node
+///   timeout), and every key fails open until the slot is served again.
+/// - **Failover.** When a replica is promoted, it has what the old primary
+///   had replicated, which is asynchronous: the last writes before the
+///   failure may be lost. A lost cache write is a miss. A lost delete is
+///   worse: an entry invalidated just before the failure can come back,
+///   until its TTL; so can a session invalidated in that instant. Keep TTLs
+///   bounded, and after a failover clear the paths (or the users' sessions)
+///   changed around it if that window matters.
+/// - **Resharding.** A migrating slot is served through `ASK` redirections.
+///   A write or a `clear_path` that meets an entry and its index on
+///   different sides of a migration gets `TRYAGAIN`: the write is not
+///   stored (a miss) and the invalidation fails with an error, to be
+///   retried; entries and their index move together, since they share a
+///   slot. A bulk operation running during a resharding may miss keys that
+///   moved to a primary it has already scanned.
 ///
 /// # Direct use
 ///
