@@ -5,7 +5,11 @@ use std::{fmt, time::Duration};
 
 use ::redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
-use super::{RedisBackend, conn::Endpoint};
+use super::{
+    RedisBackend,
+    conn::Endpoint,
+    tier::{MemoryTier, Tier},
+};
 
 /// Default namespace prefix of every key the backend writes.
 pub(super) const DEFAULT_KEY_PREFIX: &str = "axum_cachex:";
@@ -98,6 +102,7 @@ pub struct RedisConfig {
     pub(super) reconnect_min_delay: Duration,
     pub(super) reconnect_max_delay: Duration,
     pub(super) breaker_threshold: u32,
+    memory_tier: Option<MemoryTier>,
 }
 
 impl Default for RedisConfig {
@@ -121,6 +126,7 @@ impl Default for RedisConfig {
             reconnect_min_delay: DEFAULT_RECONNECT_MIN_DELAY,
             reconnect_max_delay: DEFAULT_RECONNECT_MAX_DELAY,
             breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
+            memory_tier: None,
         }
     }
 }
@@ -149,6 +155,7 @@ impl fmt::Debug for RedisConfig {
             .field("reconnect_min_delay", &self.reconnect_min_delay)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
             .field("breaker_threshold", &self.breaker_threshold)
+            .field("memory_tier", &self.memory_tier)
             .finish()
     }
 }
@@ -336,6 +343,19 @@ impl RedisConfig {
         self
     }
 
+    /// Puts a bounded in-process tier in front of Redis: reads are served
+    /// from process memory while it is trusted, and every change made
+    /// through any instance's backend (set, delete, take, compare-and-set,
+    /// clears by prefix, path or pattern, so also session invalidations)
+    /// reaches every instance's tier through a pub/sub channel
+    /// (`{prefix}__invalidations`) within
+    /// [`max_staleness`](MemoryTier::max_staleness). See
+    /// [`RedisBackend`]'s section on the memory tier. Default: none.
+    pub fn memory_tier(mut self, tier: MemoryTier) -> Self {
+        self.memory_tier = Some(tier);
+        self
+    }
+
     /// Builds the backend without contacting the server: it connects on
     /// first use and reconnects by itself, so the application starts even
     /// when Redis is down.
@@ -366,13 +386,44 @@ impl RedisConfig {
             }
             Some(seeds) => self.cluster_client(seeds)?,
         };
-        Ok(RedisBackend::from_parts(endpoint, address, self))
+        let tier = self.tier()?;
+        Ok(RedisBackend::from_parts(endpoint, address, self, tier))
+    }
+
+    /// The memory tier and the clients its subscriber connects with (the
+    /// server, or each Cluster seed: a `PUBLISH` reaches every node).
+    fn tier(&self) -> Result<Option<(Tier, Vec<::redis::Client>)>, RedisConfigError> {
+        let Some(settings) = &self.memory_tier else {
+            return Ok(None);
+        };
+        if settings.max_staleness < Duration::from_millis(4) {
+            return Err(RedisConfigError::Invalid {
+                source: "the memory tier's max_staleness must be at least 4 ms".into(),
+            });
+        }
+        if settings.max_ttl.is_zero() {
+            return Err(RedisConfigError::ZeroDuration("memory tier max_ttl"));
+        }
+        let tier = Tier::new(settings.clone()).map_err(|e| RedisConfigError::Invalid {
+            source: Box::new(e),
+        })?;
+        let clients = match &self.cluster_nodes {
+            None => vec![self.client()?],
+            Some(seeds) => seeds
+                .iter()
+                .map(|url| self.client_for(self.connection_info(Some(url))?))
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Some((tier, clients)))
     }
 
     /// Resolves the URL and the overrides into a client (which does not
     /// connect yet).
     fn client(&self) -> Result<::redis::Client, RedisConfigError> {
-        let info = self.connection_info(self.url.as_deref())?;
+        self.client_for(self.connection_info(self.url.as_deref())?)
+    }
+
+    fn client_for(&self, info: ConnectionInfo) -> Result<::redis::Client, RedisConfigError> {
         #[cfg(feature = "redis-tls")]
         if let Some(certs) = self.certificates() {
             return ::redis::Client::build_with_tls(info, certs).map_err(invalid);

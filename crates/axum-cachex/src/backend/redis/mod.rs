@@ -4,12 +4,17 @@ mod config;
 mod conn;
 mod keys;
 mod nodes;
+mod subscriber;
+mod tier;
 
 use std::{
     collections::HashSet,
     fmt,
     future::Future,
-    sync::{Arc, LazyLock, Mutex, PoisonError},
+    sync::{
+        Arc, LazyLock, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -23,7 +28,9 @@ use axum_cachex_core::{
 use bytes::Bytes;
 
 pub use self::config::{RedisConfig, RedisConfigError};
+pub use self::tier::MemoryTier;
 use self::{
+    tier::{Scope, Tier, message},
     conn::{Conn, Endpoint, NodeAddr},
     keys::KeyLayout,
     nodes::{BreakerSettings, Breakers, SlotMap, Target},
@@ -43,7 +50,9 @@ const MAX_TTL_MS: u64 = 1 << 50;
 /// `SET` with the per-path index, atomically.
 ///
 /// KEYS: entry, index. ARGV: value, ttl ms (`''` = none), `''`/`NX`/`XX`,
-/// logical key (the index member). Returns 1 when the entry was written.
+/// logical key (the index member), then the memory tier's channel and
+/// message (`''` = none; see [`tier`]). Returns 1 when the entry was
+/// written.
 const SET_INDEXED_LUA: &str = r"
 local set
 if ARGV[2] == '' then
@@ -67,23 +76,28 @@ if latest == nil or latest == math.huge then
 else
   redis.call('PEXPIREAT', KEYS[2], string.format('%d', latest + 1000))
 end
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 return 1
 ";
 
-/// Compare-and-delete for lock release. KEYS: entry. ARGV: expected value.
+/// Compare-and-delete for lock release. KEYS: entry. ARGV: expected value,
+/// then the tier's channel and message (`''` = none).
 const DELETE_IF_EQUALS_LUA: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+  return 1
 end
 return 0
 ";
 
 /// Compare-and-set. KEYS: entry. ARGV: expected value, new value, ttl ms
-/// (`''` = none).
+/// (`''` = none), then the tier's channel and message (`''` = none).
 const SET_IF_EQUALS_LUA: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[2])
   else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+  if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
   return 1
 end
 return 0
@@ -351,6 +365,32 @@ struct Inner {
     command_timeout: Duration,
     connect_timeout: Duration,
     breakers: Breakers,
+    /// The memory tier and its invalidation channel, when configured.
+    subscription: Option<Subscription>,
+}
+
+/// A memory tier and what keeps it coherent (see [`tier`]).
+struct Subscription {
+    tier: Tier,
+    /// Random: tells our own messages from other instances'.
+    instance: String,
+    channel: String,
+    /// Where to subscribe: the server, or each Cluster seed in turn.
+    clients: Vec<::redis::Client>,
+    heartbeats: AtomicU64,
+}
+
+impl Subscription {
+    fn next_heartbeat(&self) -> u64 {
+        self.heartbeats.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A change announced on the tier's channel, atomically with the change.
+struct Note {
+    channel: String,
+    message: Vec<u8>,
+    scope: Scope,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -382,15 +422,28 @@ impl RedisBackend {
         RedisConfig::from_url(url).build()
     }
 
-    fn from_parts(endpoint: Endpoint, address: String, config: RedisConfig) -> Self {
+    fn from_parts(
+        endpoint: Endpoint,
+        address: String,
+        config: RedisConfig,
+        tier: Option<(Tier, Vec<::redis::Client>)>,
+    ) -> Self {
         let cluster = endpoint.is_cluster();
         let settings = BreakerSettings {
             threshold: config.breaker_threshold,
             min_delay: config.reconnect_min_delay,
             max_delay: config.reconnect_max_delay,
         };
+        let subscription = tier.map(|(tier, clients)| Subscription {
+            tier,
+            instance: crate::random::hex(&crate::random::unique_token()),
+            channel: format!("{}__invalidations", config.key_prefix),
+            clients,
+            heartbeats: AtomicU64::new(0),
+        });
         Self {
             inner: Arc::new(Inner {
+                subscription,
                 breakers: Breakers::new(format!("redis {address}"), settings, cluster),
                 endpoint,
                 address,
@@ -462,7 +515,185 @@ impl RedisBackend {
                 source: Box::new(e),
             })?;
         self.inner.conn.store(Some(Arc::new(conn.clone())));
+        if self.inner.subscription.is_some() {
+            subscriber::spawn(&self.inner);
+        }
         Ok(conn)
+    }
+
+    /// The announcement of a change to `scope`, with a memory tier.
+    fn note(&self, scope: Scope) -> Option<Note> {
+        let sub = self.inner.subscription.as_ref()?;
+        Some(Note {
+            channel: sub.channel.clone(),
+            message: message::encode(&sub.instance, &scope),
+            scope,
+        })
+    }
+
+    /// Applies an announced change to our own tier (other instances apply
+    /// it when the message arrives). Called whatever the change's outcome:
+    /// a failed or timed-out call may still have changed the key.
+    async fn settle(&self, note: Option<Note>) {
+        if let (Some(sub), Some(note)) = (&self.inner.subscription, note) {
+            sub.tier.invalidate(&note.scope).await;
+        }
+    }
+
+    /// `cmd`, followed (atomically, in a `MULTI`) by the note's `PUBLISH`.
+    async fn run_noted<T>(
+        &self,
+        target: Target<'_>,
+        cmd: ::redis::Cmd,
+        note: Option<&Note>,
+    ) -> Result<T, BackendError>
+    where
+        T: ::redis::FromRedisValue + Send,
+    {
+        let Some(note) = note else {
+            return self
+                .run(target, |mut c| {
+                    let cmd = &cmd;
+                    async move { cmd.query_async(&mut c).await }
+                })
+                .await;
+        };
+        let mut pipe = ::redis::pipe();
+        pipe.atomic()
+            .add_command(cmd)
+            .cmd("PUBLISH")
+            .arg(&note.channel)
+            .arg(&note.message)
+            .ignore();
+        let (reply,): (T,) = self
+            .run(target, |mut c| {
+                let pipe = &pipe;
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
+        Ok(reply)
+    }
+
+    /// Publishes a message on the tier's channel (heartbeats, and the
+    /// announcements of bulk changes, which cannot share a `MULTI` with
+    /// what they announce).
+    async fn publish(&self, message: Vec<u8>) -> Result<(), BackendError> {
+        let Some(sub) = &self.inner.subscription else {
+            return Ok(());
+        };
+        let mut cmd = ::redis::cmd("PUBLISH");
+        cmd.arg(&sub.channel).arg(message);
+        self.run(Target::Whole, |mut c| {
+            let cmd = &cmd;
+            async move { cmd.query_async::<Value>(&mut c).await.map(drop) }
+        })
+        .await
+    }
+
+    /// Announces and applies a bulk change after it was made.
+    async fn announce_bulk(&self, scope: Scope) -> Result<(), BackendError> {
+        let Some(note) = self.note(scope) else {
+            return Ok(());
+        };
+        let sent = self.publish(note.message.clone()).await;
+        self.settle(Some(note)).await;
+        sent
+    }
+
+    /// The per-path index walk of `clear_path`, each page's deletions and
+    /// the note's `PUBLISH` in one `MULTI`.
+    async fn clear_indexed_path(
+        &self,
+        path: &str,
+        include_params: bool,
+        note: Option<&Note>,
+    ) -> Result<u64, BackendError> {
+        let index_key = self.inner.keys.index_key(path);
+        let target = Target::Key(&index_key);
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let mut cmd = ::redis::cmd("ZSCAN");
+            cmd.arg(&index_key).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
+            let (next, items): (u64, Vec<Vec<u8>>) = self
+                .run(target, |mut c| {
+                    let cmd = &cmd;
+                    async move { cmd.query_async(&mut c).await }
+                })
+                .await?;
+            // ZSCAN answers member, score, member, score, …
+            let members: Vec<&str> = items
+                .iter()
+                .step_by(2)
+                .filter_map(|member| std::str::from_utf8(member).ok())
+                .filter(|member| {
+                    CacheKey::parse_stored(member)
+                        .is_some_and(|k| k.is_for_path(path, include_params))
+                })
+                .collect();
+            if !members.is_empty() {
+                let data_keys = members
+                    .iter()
+                    .map(|m| self.data_key(m))
+                    .collect::<Result<Vec<_>, _>>()?;
+                // Atomic, so that a concurrent write of the same key lands
+                // either before (deleted with its member) or after (entry and
+                // member both re-created), never with its member lost.
+                let mut pipe = ::redis::pipe();
+                pipe.atomic()
+                    .cmd("UNLINK")
+                    .arg(&data_keys)
+                    .cmd("ZREM")
+                    .arg(&index_key)
+                    .arg(&members)
+                    .ignore();
+                if let Some(note) = note {
+                    pipe.cmd("PUBLISH")
+                        .arg(&note.channel)
+                        .arg(&note.message)
+                        .ignore();
+                }
+                let (existed,): (u64,) = self
+                    .run(target, |mut c| {
+                        let pipe = &pipe;
+                        async move { pipe.query_async(&mut c).await }
+                    })
+                    .await?;
+                removed += existed;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
+    /// `GET` through the memory tier: its copy while it is trusted, else
+    /// Redis (`GET` and `PTTL` in one round trip) filling it.
+    async fn get_tiered(
+        &self,
+        sub: &Subscription,
+        key: &str,
+        data_key: &str,
+    ) -> Result<Option<Bytes>, BackendError> {
+        if let Some(value) = sub.tier.get(key) {
+            return Ok(Some(value));
+        }
+        let generation = sub.tier.generation();
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("GET").arg(data_key).cmd("PTTL").arg(data_key);
+        let (value, pttl): (Option<Vec<u8>>, i64) = self
+            .run(Target::Key(data_key), |mut c| {
+                let pipe = &pipe;
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await?;
+        let Some(value) = value.map(Bytes::from) else {
+            return Ok(None);
+        };
+        let remote_ttl = u64::try_from(pttl).ok().map(Duration::from_millis);
+        sub.tier.fill(key, value.clone(), remote_ttl, generation).await;
+        Ok(Some(value))
     }
 
     /// Runs one round trip under the breaker of `target` (see [`nodes`])
@@ -641,13 +872,28 @@ impl RedisBackend {
             return self.write_expired(key, mode).await;
         }
         let ttl_ms = ttl.map(ttl_millis);
+        let note = self.note(Scope::Key(key.to_owned()));
+        let written = self.write_noted(key, &data_key, value, ttl_ms, mode, note.as_ref()).await;
+        self.settle(note).await;
+        written
+    }
+
+    async fn write_noted(
+        &self,
+        key: &str,
+        data_key: &str,
+        value: Bytes,
+        ttl_ms: Option<u64>,
+        mode: Mode,
+        note: Option<&Note>,
+    ) -> Result<bool, BackendError> {
+        let (channel, message) = note_args(note);
         if let Some(cache_key) = CacheKey::parse_stored(key) {
             let index_key = self.inner.keys.index_key(&cache_key.decoded_path());
             let ttl_arg = ttl_ms.map(|ms| ms.to_string()).unwrap_or_default();
             return self
-                .run(Target::Key(&data_key), |mut c| {
-                    let (data_key, index_key, value, ttl_arg) =
-                        (&data_key, &index_key, &value, &ttl_arg);
+                .run(Target::Key(data_key), |mut c| {
+                    let (index_key, value, ttl_arg) = (&index_key, &value, &ttl_arg);
                     async move {
                         SET_INDEXED
                             .key(data_key)
@@ -656,6 +902,8 @@ impl RedisBackend {
                             .arg(ttl_arg)
                             .arg(mode.arg())
                             .arg(key)
+                            .arg(channel)
+                            .arg(message)
                             .invoke_async::<i64>(&mut c)
                             .await
                             .map(|written| written == 1)
@@ -664,22 +912,15 @@ impl RedisBackend {
                 .await;
         }
         let mut cmd = ::redis::cmd("SET");
-        cmd.arg(&data_key).arg(value.as_ref());
+        cmd.arg(data_key).arg(value.as_ref());
         if let Some(ms) = ttl_ms {
             cmd.arg("PX").arg(ms);
         }
         if !matches!(mode, Mode::Always) {
             cmd.arg(mode.arg());
         }
-        self.run(Target::Key(&data_key), |mut c| {
-            let cmd = &cmd;
-            async move {
-                cmd.query_async::<Value>(&mut c)
-                    .await
-                    .map(|reply| reply != Value::Nil)
-            }
-        })
-        .await
+        let reply: Value = self.run_noted(Target::Key(data_key), cmd, note).await?;
+        Ok(reply != Value::Nil)
     }
 
     /// A write with a zero TTL: the value would be expired at once, so
@@ -851,6 +1092,9 @@ impl Backend for RedisBackend {
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
         let data_key = self.data_key(key)?;
+        if let Some(sub) = &self.inner.subscription {
+            return self.get_tiered(sub, key, &data_key).await;
+        }
         let mut cmd = ::redis::cmd("GET");
         cmd.arg(&data_key);
         self.run(Target::Key(&data_key), |mut c| {
@@ -858,6 +1102,13 @@ impl Backend for RedisBackend {
             async move { cmd.query_async(&mut c).await }
         })
         .await
+    }
+
+    /// With a memory tier, its copy while trusted (the HTTP layer's fast
+    /// path); otherwise the value must be fetched.
+    fn get_now(&self, key: &str) -> Option<Result<Option<Bytes>, BackendError>> {
+        let value = self.inner.subscription.as_ref()?.tier.get(key)?;
+        Some(Ok(Some(value)))
     }
 
     async fn set(
@@ -891,17 +1142,24 @@ impl Backend for RedisBackend {
         let data_key = self.data_key(key)?;
         let mut cmd = ::redis::cmd("GETDEL");
         cmd.arg(&data_key);
-        self.run(Target::Key(&data_key), |mut c| {
-            let cmd = &cmd;
-            async move { cmd.query_async(&mut c).await }
-        })
-        .await
+        let note = self.note(Scope::Key(key.to_owned()));
+        let taken = self
+            .run_noted(Target::Key(&data_key), cmd, note.as_ref())
+            .await;
+        self.settle(note).await;
+        taken
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
         let data_key = self.data_key(key)?;
-        let target = Target::Key(&data_key);
-        Ok(self.unlink(target, &[data_key.as_bytes().to_vec()]).await? > 0)
+        let mut cmd = ::redis::cmd("UNLINK");
+        cmd.arg(&data_key);
+        let note = self.note(Scope::Key(key.to_owned()));
+        let removed: Result<u64, _> = self
+            .run_noted(Target::Key(&data_key), cmd, note.as_ref())
+            .await;
+        self.settle(note).await;
+        Ok(removed? > 0)
     }
 
     fn listing(&self) -> Option<&dyn Listing> {
@@ -971,10 +1229,13 @@ impl Listing for RedisBackend {
 
     async fn clear(&self, prefix: &str) -> Result<u64, BackendError> {
         // Index keys are internal: they go with a clear of everything.
-        self.unlink_scanned(&self.inner.keys.scan_pattern(prefix), |raw| {
-            prefix.is_empty() || !self.inner.keys.is_index_key(raw)
-        })
-        .await
+        let removed = self
+            .unlink_scanned(&self.inner.keys.scan_pattern(prefix), |raw| {
+                prefix.is_empty() || !self.inner.keys.is_index_key(raw)
+            })
+            .await;
+        self.announce_bulk(Scope::Prefix(prefix.to_owned())).await?;
+        removed
     }
 }
 
@@ -982,18 +1243,25 @@ impl Listing for RedisBackend {
 impl CompareAndSwap for RedisBackend {
     async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
         let data_key = self.data_key(key)?;
-        self.run(Target::Key(&data_key), |mut c| {
-            let data_key = &data_key;
-            async move {
-                DELETE_IF_EQUALS
-                    .key(data_key)
-                    .arg(expected)
-                    .invoke_async::<i64>(&mut c)
-                    .await
-                    .map(|deleted| deleted == 1)
-            }
-        })
-        .await
+        let note = self.note(Scope::Key(key.to_owned()));
+        let (channel, message) = note_args(note.as_ref());
+        let deleted = self
+            .run(Target::Key(&data_key), |mut c| {
+                let data_key = &data_key;
+                async move {
+                    DELETE_IF_EQUALS
+                        .key(data_key)
+                        .arg(expected)
+                        .arg(channel)
+                        .arg(message)
+                        .invoke_async::<i64>(&mut c)
+                        .await
+                        .map(|deleted| deleted == 1)
+                }
+            })
+            .await;
+        self.settle(note).await;
+        deleted
     }
 
     async fn set_if_equals(
@@ -1008,86 +1276,60 @@ impl CompareAndSwap for RedisBackend {
         }
         let data_key = self.data_key(key)?;
         let ttl_arg = ttl.map(|t| ttl_millis(t).to_string()).unwrap_or_default();
-        self.run(Target::Key(&data_key), |mut c| {
-            let (data_key, value, ttl_arg) = (&data_key, &value, &ttl_arg);
-            async move {
-                SET_IF_EQUALS
-                    .key(data_key)
-                    .arg(expected)
-                    .arg(value.as_ref())
-                    .arg(ttl_arg)
-                    .invoke_async::<i64>(&mut c)
-                    .await
-                    .map(|written| written == 1)
-            }
-        })
-        .await
+        let note = self.note(Scope::Key(key.to_owned()));
+        let (channel, message) = note_args(note.as_ref());
+        let written = self
+            .run(Target::Key(&data_key), |mut c| {
+                let (data_key, value, ttl_arg) = (&data_key, &value, &ttl_arg);
+                async move {
+                    SET_IF_EQUALS
+                        .key(data_key)
+                        .arg(expected)
+                        .arg(value.as_ref())
+                        .arg(ttl_arg)
+                        .arg(channel)
+                        .arg(message)
+                        .invoke_async::<i64>(&mut c)
+                        .await
+                        .map(|written| written == 1)
+                }
+            })
+            .await;
+        self.settle(note).await;
+        written
     }
 }
 
 #[async_trait]
 impl PathInvalidation for RedisBackend {
     async fn clear_path(&self, path: &str, include_params: bool) -> Result<u64, BackendError> {
-        let index_key = self.inner.keys.index_key(path);
-        let target = Target::Key(&index_key);
-        let mut cursor: u64 = 0;
-        let mut removed = 0;
-        loop {
-            let mut cmd = ::redis::cmd("ZSCAN");
-            cmd.arg(&index_key).arg(cursor).arg("COUNT").arg(SCAN_COUNT);
-            let (next, items): (u64, Vec<Vec<u8>>) = self
-                .run(target, |mut c| {
-                    let cmd = &cmd;
-                    async move { cmd.query_async(&mut c).await }
-                })
-                .await?;
-            // ZSCAN answers member, score, member, score, …
-            let members: Vec<&str> = items
-                .iter()
-                .step_by(2)
-                .filter_map(|member| std::str::from_utf8(member).ok())
-                .filter(|member| {
-                    CacheKey::parse_stored(member)
-                        .is_some_and(|k| k.is_for_path(path, include_params))
-                })
-                .collect();
-            if !members.is_empty() {
-                let data_keys = members
-                    .iter()
-                    .map(|m| self.data_key(m))
-                    .collect::<Result<Vec<_>, _>>()?;
-                // Atomic, so that a concurrent write of the same key lands
-                // either before (deleted with its member) or after (entry and
-                // member both re-created), never with its member lost.
-                let mut pipe = ::redis::pipe();
-                pipe.atomic()
-                    .cmd("UNLINK")
-                    .arg(&data_keys)
-                    .cmd("ZREM")
-                    .arg(&index_key)
-                    .arg(&members)
-                    .ignore();
-                let (existed,): (u64,) = self
-                    .run(target, |mut c| {
-                        let pipe = &pipe;
-                        async move { pipe.query_async(&mut c).await }
-                    })
-                    .await?;
-                removed += existed;
-            }
-            if next == 0 {
-                return Ok(removed);
-            }
-            cursor = next;
-        }
+        let note = self.note(Scope::Path {
+            path: path.to_owned(),
+            include_params,
+        });
+        let removed = self.clear_indexed_path(path, include_params, note.as_ref()).await;
+        self.settle(note).await;
+        removed
     }
 
     async fn clear_cache(&self) -> Result<u64, BackendError> {
         let index = self.inner.keys.index_pattern();
-        self.unlink_scanned(&index, |_| true).await?;
-        self.unlink_scanned(&self.inner.keys.scan_pattern(CACHE_NAMESPACE), |_| true)
-            .await
+        let removed = match self.unlink_scanned(&index, |_| true).await {
+            Ok(_) => {
+                self.unlink_scanned(&self.inner.keys.scan_pattern(CACHE_NAMESPACE), |_| true)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        self.announce_bulk(Scope::Prefix(CACHE_NAMESPACE.to_owned()))
+            .await?;
+        removed
     }
+}
+
+/// The channel and message script arguments of a note (empty: none).
+fn note_args(note: Option<&Note>) -> (&[u8], &[u8]) {
+    note.map_or((&[], &[]), |n| (n.channel.as_bytes(), n.message.as_slice()))
 }
 
 /// A TTL in whole milliseconds for `PX`: rounded up (a sub-millisecond TTL
