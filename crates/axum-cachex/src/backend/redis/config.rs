@@ -448,6 +448,16 @@ impl RedisConfig {
                 source: "`cluster_nodes` needs at least one seed node".into(),
             });
         }
+        if let Some(problem) = super::keys::cluster_prefix_problem(&self.key_prefix) {
+            return Err(RedisConfigError::Invalid {
+                source: format!(
+                    "the key prefix {:?} has {problem}: on a Cluster a prefix may only \
+                     contain a complete, non-empty hash tag such as `{{shop}}:`",
+                    self.key_prefix
+                )
+                .into(),
+            });
+        }
         let seeds = seeds
             .iter()
             .map(|url| self.connection_info(Some(url)))
@@ -462,6 +472,7 @@ impl RedisConfig {
             .map(|s| s.addr().to_string())
             .collect::<Vec<_>>()
             .join(",");
+        let node_template = Box::new(seeds[0].clone());
         // One attempt per call, as for a standalone server: the breakers
         // pace retries. Redirections (`MOVED`/`ASK`) are still followed.
         let builder = ::redis::cluster::ClusterClientBuilder::new(seeds).retries(1);
@@ -471,7 +482,13 @@ impl RedisConfig {
             None => builder,
         };
         let client = builder.build().map_err(invalid)?;
-        Ok((Endpoint::Cluster(client), address))
+        let endpoint = Endpoint::Cluster {
+            client,
+            node_template,
+            #[cfg(feature = "redis-tls")]
+            certificates: self.certificates(),
+        };
+        Ok((endpoint, address))
     }
 
     #[cfg(feature = "redis-tls")]

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use ::redis::{
-    Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value,
+    Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
     cluster::{ClusterClient, ClusterConfig},
     cluster_async::ClusterConnection,
@@ -17,7 +17,14 @@ use ::redis::{
 /// What the backend connects to.
 pub(super) enum Endpoint {
     Standalone(::redis::Client),
-    Cluster(ClusterClient),
+    Cluster {
+        client: ClusterClient,
+        /// A seed's settings (credentials, TLS), for direct connections
+        /// to single nodes.
+        node_template: Box<ConnectionInfo>,
+        #[cfg(feature = "redis-tls")]
+        certificates: Option<::redis::TlsCertificates>,
+    },
 }
 
 impl Endpoint {
@@ -35,7 +42,7 @@ impl Endpoint {
                 ConnectionManager::new_lazy_with_config(client.clone(), config)
                     .map(Conn::Standalone)
             }
-            Self::Cluster(client) => {
+            Self::Cluster { client, .. } => {
                 let config = ClusterConfig::new().set_connection_timeout(connect_timeout);
                 Ok(Conn::Cluster(
                     client.get_pending_async_connection_with_config(config),
@@ -45,7 +52,43 @@ impl Endpoint {
     }
 
     pub(super) fn is_cluster(&self) -> bool {
-        matches!(self, Self::Cluster(_))
+        matches!(self, Self::Cluster { .. })
+    }
+
+    /// A client for one node, with the seeds' credentials and TLS settings
+    /// (a standalone server's own client).
+    pub(super) fn node_client(&self, node: &NodeAddr) -> RedisResult<::redis::Client> {
+        let (node_template, certificates) = match self {
+            Self::Standalone(client) => return Ok(client.clone()),
+            Self::Cluster {
+                node_template,
+                #[cfg(feature = "redis-tls")]
+                certificates,
+                ..
+            } => {
+                #[cfg(not(feature = "redis-tls"))]
+                let certificates = &None::<()>;
+                (node_template, certificates)
+            }
+        };
+        let (host, port) = (node.host.clone(), node.port);
+        let addr = match node_template.addr() {
+            ConnectionAddr::TcpTls { .. } => ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+                tls_params: None,
+            },
+            _ => ConnectionAddr::Tcp(host, port),
+        };
+        let info = (**node_template).clone().set_addr(addr);
+        #[cfg(feature = "redis-tls")]
+        if let Some(certs) = certificates {
+            return ::redis::Client::build_with_tls(info, certs.clone());
+        }
+        #[cfg(not(feature = "redis-tls"))]
+        let _ = certificates;
+        ::redis::Client::open(info)
     }
 }
 

@@ -22,6 +22,23 @@ pub(super) const PATH_INDEX_MARKER: &str = "__path_index:";
 /// Length of `{tag}`: braces and four hex digits.
 const TAG_LEN: usize = 6;
 
+/// Why a prefix cannot be used on a Cluster, if it cannot: Redis hashes
+/// the first `{…}` of a key, so a prefix must either contain no brace, or
+/// begin a complete non-empty hash tag of its own (`{shop}:`, which pins
+/// every key to one slot). An unclosed `{` would swallow the backend's tag
+/// into a tag that differs between an entry and its index, and an empty
+/// `{}` makes Redis hash whole keys: either way an entry and its index
+/// would land in different slots and every write would fail.
+pub(super) fn cluster_prefix_problem(prefix: &str) -> Option<&'static str> {
+    // A `}` before any `{` does not matter: Redis looks for a `{` first.
+    let open = prefix.find('{')?;
+    match prefix[open + 1..].find('}') {
+        None => Some("an unclosed `{`"),
+        Some(0) => Some("an empty hash tag `{}`"),
+        Some(_) => None,
+    }
+}
+
 /// The key layout of one backend.
 #[derive(Debug)]
 pub(super) struct KeyLayout {
@@ -191,6 +208,24 @@ mod tests {
                 .logical(layout.index_key("/a b").as_bytes())
                 .is_none()
         );
+    }
+
+    #[test]
+    fn cluster_prefixes_keep_an_entry_and_its_index_in_one_slot() {
+        for ok in ["app:", "{shop}:", "a{b}c{", "x{t}}", "a}b"] {
+            assert_eq!(cluster_prefix_problem(ok), None, "{ok}");
+            let layout = KeyLayout::new(ok.into(), true);
+            let entry = CacheKey::encode_stored("GET", "h", "/p", "");
+            let raw = layout.data_key(&entry).expect("key");
+            assert_eq!(
+                slot_of(raw.as_bytes()),
+                slot_of(layout.index_key("/p").as_bytes()),
+                "{ok}"
+            );
+        }
+        for bad in ["shop{", "app{}:", "{}x{y}"] {
+            assert!(cluster_prefix_problem(bad).is_some(), "{bad}");
+        }
     }
 
     #[test]

@@ -30,10 +30,10 @@ use bytes::Bytes;
 pub use self::config::{RedisConfig, RedisConfigError};
 pub use self::tier::MemoryTier;
 use self::{
-    tier::{Scope, Tier, message},
     conn::{Conn, Endpoint, NodeAddr},
     keys::KeyLayout,
     nodes::{BreakerSettings, Breakers, SlotMap, Target},
+    tier::{Scope, Tier, message},
 };
 use super::breaker::{Breaker, Cause, ProbeTicket, Watch};
 
@@ -103,6 +103,29 @@ end
 return 0
 ";
 
+/// A one-key command followed by a `PUBLISH`, atomically (a `MULTI` would
+/// do on a standalone server, but on Cluster redis-rs routes a pipeline by
+/// its first key and takes the channel for one). KEYS: the key. ARGV:
+/// channel, message, command, the command's arguments after the key.
+const NOTED_LUA: &str = r"
+local reply = redis.call(ARGV[3], KEYS[1], unpack(ARGV, 4))
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return reply
+";
+
+/// One page of `clear_path`: the entries, their index members and the
+/// tier's `PUBLISH`, atomically (all in the index's slot). KEYS: index,
+/// entries. ARGV: channel and message (`''` = none), members. Returns how
+/// many entries existed.
+const CLEAR_PAGE_LUA: &str = r"
+local existed = redis.call('UNLINK', unpack(KEYS, 2))
+redis.call('ZREM', KEYS[1], unpack(ARGV, 3))
+if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return existed
+";
+
+static NOTED: LazyLock<Script> = LazyLock::new(|| Script::new(NOTED_LUA));
+static CLEAR_PAGE: LazyLock<Script> = LazyLock::new(|| Script::new(CLEAR_PAGE_LUA));
 static SET_INDEXED: LazyLock<Script> = LazyLock::new(|| Script::new(SET_INDEXED_LUA));
 static DELETE_IF_EQUALS: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_IF_EQUALS_LUA));
 static SET_IF_EQUALS: LazyLock<Script> = LazyLock::new(|| Script::new(SET_IF_EQUALS_LUA));
@@ -540,17 +563,21 @@ impl RedisBackend {
         }
     }
 
-    /// `cmd`, followed (atomically, in a `MULTI`) by the note's `PUBLISH`.
+    /// `command key args…`, followed atomically by the note's `PUBLISH`.
     async fn run_noted<T>(
         &self,
-        target: Target<'_>,
-        cmd: ::redis::Cmd,
+        command: &str,
+        data_key: &str,
+        args: &[&[u8]],
         note: Option<&Note>,
     ) -> Result<T, BackendError>
     where
         T: ::redis::FromRedisValue + Send,
     {
+        let target = Target::Key(data_key);
         let Some(note) = note else {
+            let mut cmd = ::redis::cmd(command);
+            cmd.arg(data_key).arg(args);
             return self
                 .run(target, |mut c| {
                     let cmd = &cmd;
@@ -558,20 +585,16 @@ impl RedisBackend {
                 })
                 .await;
         };
-        let mut pipe = ::redis::pipe();
-        pipe.atomic()
-            .add_command(cmd)
-            .cmd("PUBLISH")
-            .arg(&note.channel)
-            .arg(&note.message)
-            .ignore();
-        let (reply,): (T,) = self
-            .run(target, |mut c| {
-                let pipe = &pipe;
-                async move { pipe.query_async(&mut c).await }
-            })
-            .await?;
-        Ok(reply)
+        self.run(target, |mut c| async move {
+            let mut invocation = NOTED.key(data_key);
+            invocation
+                .arg(&note.channel)
+                .arg(&note.message)
+                .arg(command)
+                .arg(args);
+            invocation.invoke_async(&mut c).await
+        })
+        .await
     }
 
     /// Publishes a message on the tier's channel (heartbeats, and the
@@ -639,24 +662,19 @@ impl RedisBackend {
                 // Atomic, so that a concurrent write of the same key lands
                 // either before (deleted with its member) or after (entry and
                 // member both re-created), never with its member lost.
-                let mut pipe = ::redis::pipe();
-                pipe.atomic()
-                    .cmd("UNLINK")
-                    .arg(&data_keys)
-                    .cmd("ZREM")
-                    .arg(&index_key)
-                    .arg(&members)
-                    .ignore();
-                if let Some(note) = note {
-                    pipe.cmd("PUBLISH")
-                        .arg(&note.channel)
-                        .arg(&note.message)
-                        .ignore();
-                }
-                let (existed,): (u64,) = self
+                let (channel, message) = note_args(note);
+                let existed: u64 = self
                     .run(target, |mut c| {
-                        let pipe = &pipe;
-                        async move { pipe.query_async(&mut c).await }
+                        let (index_key, data_keys, members) = (&index_key, &data_keys, &members);
+                        async move {
+                            let mut invocation = CLEAR_PAGE.key(index_key);
+                            invocation
+                                .key(data_keys)
+                                .arg(channel)
+                                .arg(message)
+                                .arg(members);
+                            invocation.invoke_async(&mut c).await
+                        }
                     })
                     .await?;
                 removed += existed;
@@ -679,7 +697,7 @@ impl RedisBackend {
         if let Some(value) = sub.tier.get(key) {
             return Ok(Some(value));
         }
-        let generation = sub.tier.generation();
+        let generation = sub.tier.generation(key);
         let mut pipe = ::redis::pipe();
         pipe.cmd("GET").arg(data_key).cmd("PTTL").arg(data_key);
         let (value, pttl): (Option<Vec<u8>>, i64) = self
@@ -692,7 +710,9 @@ impl RedisBackend {
             return Ok(None);
         };
         let remote_ttl = u64::try_from(pttl).ok().map(Duration::from_millis);
-        sub.tier.fill(key, value.clone(), remote_ttl, generation).await;
+        sub.tier
+            .fill(key, value.clone(), remote_ttl, generation)
+            .await;
         Ok(Some(value))
     }
 
@@ -789,8 +809,22 @@ impl RedisBackend {
         Fut: Future<Output = RedisResult<T>> + Send,
         T: Send,
     {
+        self.attempt_on(breaker, self.conn()?, op).await
+    }
+
+    /// [`attempt`](Self::attempt) on a given connection.
+    async fn attempt_on<C, T, F, Fut>(
+        &self,
+        breaker: &Breaker,
+        conn: C,
+        op: F,
+    ) -> Result<T, BackendError>
+    where
+        C: Clone,
+        F: Fn(C) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
         let timeout = self.inner.command_timeout;
-        let conn = self.conn()?;
         let attempt = async {
             match op(conn.clone()).await {
                 Err(e) if e.is_connection_refusal() => op(conn).await,
@@ -873,7 +907,9 @@ impl RedisBackend {
         }
         let ttl_ms = ttl.map(ttl_millis);
         let note = self.note(Scope::Key(key.to_owned()));
-        let written = self.write_noted(key, &data_key, value, ttl_ms, mode, note.as_ref()).await;
+        let written = self
+            .write_noted(key, &data_key, value, ttl_ms, mode, note.as_ref())
+            .await;
         self.settle(note).await;
         written
     }
@@ -911,15 +947,15 @@ impl RedisBackend {
                 })
                 .await;
         }
-        let mut cmd = ::redis::cmd("SET");
-        cmd.arg(data_key).arg(value.as_ref());
-        if let Some(ms) = ttl_ms {
-            cmd.arg("PX").arg(ms);
+        let ms = ttl_ms.map(|ms| ms.to_string());
+        let mut args: Vec<&[u8]> = vec![value.as_ref()];
+        if let Some(ms) = &ms {
+            args.extend([&b"PX"[..], ms.as_bytes()]);
         }
         if !matches!(mode, Mode::Always) {
-            cmd.arg(mode.arg());
+            args.push(mode.arg().as_bytes());
         }
-        let reply: Value = self.run_noted(Target::Key(data_key), cmd, note).await?;
+        let reply: Value = self.run_noted("SET", data_key, &args, note).await?;
         Ok(reply != Value::Nil)
     }
 
@@ -944,63 +980,73 @@ impl RedisBackend {
         }
     }
 
-    /// The nodes a `SCAN` must visit: the server, or every Cluster primary
-    /// (read afresh, so that a scan never misses a node that joined).
-    async fn scan_nodes(&self) -> Result<Vec<Option<NodeAddr>>, BackendError> {
-        if !self.is_cluster() {
-            return Ok(vec![None]);
-        }
-        let map = self
-            .read_slot_map()
-            .await
-            .ok_or_else(|| BackendError::Connection {
-                backend: NAME,
-                source: "could not read the cluster's slot map (CLUSTER SLOTS)".into(),
-            })?;
-        Ok(map.primaries().into_iter().map(Some).collect())
-    }
-
-    /// Calls `page` with every page of keys matching `pattern`, node by
-    /// node; returns the sum of what the calls return.
+    /// Calls `page` with every page of keys matching `pattern`: on the
+    /// server, or on every Cluster primary in turn; returns the sum of what
+    /// the calls return.
     async fn scan<F, Fut>(&self, pattern: &str, mut page: F) -> Result<u64, BackendError>
     where
         F: FnMut(Vec<Vec<u8>>) -> Fut,
         Fut: Future<Output = Result<u64, BackendError>>,
     {
+        if !self.is_cluster() {
+            let mut conn = self.conn()?;
+            return scan_with(&mut conn, self, Target::Whole, pattern, &mut page).await;
+        }
         let mut total = 0;
-        for node in self.scan_nodes().await? {
-            let mut cursor = 0;
-            loop {
-                let (next, keys) = self.scan_page(node.as_ref(), pattern, cursor).await?;
-                total += page(keys).await?;
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
+        for node in self.cluster_primaries().await? {
+            let mut conn = self.node_connection(&node).await?;
+            total += scan_with(&mut conn, self, Target::Node(&node), pattern, &mut page).await?;
         }
         Ok(total)
     }
 
-    /// One `SCAN` page of the keys matching `pattern` on `node`.
-    async fn scan_page(
+    /// Every primary of the Cluster, read afresh with `CLUSTER NODES`: also
+    /// one that owns no slot yet but already holds keys (the target of a
+    /// migration in progress), which `CLUSTER SLOTS` does not list.
+    async fn cluster_primaries(&self) -> Result<Vec<NodeAddr>, BackendError> {
+        let mut cmd = ::redis::cmd("CLUSTER");
+        cmd.arg("NODES");
+        let text: String = self
+            .run(Target::Whole, |mut c| {
+                let cmd = &cmd;
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await?;
+        let primaries = nodes::primaries_in(&text);
+        if primaries.is_empty() {
+            return Err(BackendError::Connection {
+                backend: NAME,
+                source: "CLUSTER NODES listed no primary".into(),
+            });
+        }
+        Ok(primaries)
+    }
+
+    /// A connection of its own to one Cluster node, for `SCAN` (redis-rs's
+    /// cluster client knows only the nodes of its last slot map, and waits
+    /// a back-off when asked for another).
+    async fn node_connection(
         &self,
-        node: Option<&NodeAddr>,
-        pattern: &str,
-        cursor: u64,
-    ) -> Result<(u64, Vec<Vec<u8>>), BackendError> {
-        let mut cmd = ::redis::cmd("SCAN");
-        cmd.arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(SCAN_COUNT);
-        let target = node.map_or(Target::Whole, Target::Node);
-        self.run(target, |mut c| {
-            let cmd = &cmd;
-            async move { c.query_on(node, cmd).await }
-        })
-        .await
+        node: &NodeAddr,
+    ) -> Result<::redis::aio::MultiplexedConnection, BackendError> {
+        let unavailable =
+            |source: Box<dyn std::error::Error + Send + Sync>| BackendError::Connection {
+                backend: NAME,
+                source,
+            };
+        let client = self
+            .inner
+            .endpoint
+            .node_client(node)
+            .map_err(|e| unavailable(Box::new(e)))?;
+        let connect = client.get_multiplexed_async_connection();
+        match tokio::time::timeout(self.inner.connect_timeout, connect).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(unavailable(Box::new(e))),
+            Err(_) => Err(unavailable(
+                format!("connecting to {node} timed out").into(),
+            )),
+        }
     }
 
     /// `UNLINK` of these keys (on Cluster, redis-rs splits it by slot);
@@ -1140,11 +1186,9 @@ impl Backend for RedisBackend {
 
     async fn take(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
         let data_key = self.data_key(key)?;
-        let mut cmd = ::redis::cmd("GETDEL");
-        cmd.arg(&data_key);
         let note = self.note(Scope::Key(key.to_owned()));
         let taken = self
-            .run_noted(Target::Key(&data_key), cmd, note.as_ref())
+            .run_noted("GETDEL", &data_key, &[], note.as_ref())
             .await;
         self.settle(note).await;
         taken
@@ -1152,11 +1196,9 @@ impl Backend for RedisBackend {
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
         let data_key = self.data_key(key)?;
-        let mut cmd = ::redis::cmd("UNLINK");
-        cmd.arg(&data_key);
         let note = self.note(Scope::Key(key.to_owned()));
         let removed: Result<u64, _> = self
-            .run_noted(Target::Key(&data_key), cmd, note.as_ref())
+            .run_noted("UNLINK", &data_key, &[], note.as_ref())
             .await;
         self.settle(note).await;
         Ok(removed? > 0)
@@ -1307,7 +1349,9 @@ impl PathInvalidation for RedisBackend {
             path: path.to_owned(),
             include_params,
         });
-        let removed = self.clear_indexed_path(path, include_params, note.as_ref()).await;
+        let removed = self
+            .clear_indexed_path(path, include_params, note.as_ref())
+            .await;
         self.settle(note).await;
         removed
     }
@@ -1324,6 +1368,44 @@ impl PathInvalidation for RedisBackend {
         self.announce_bulk(Scope::Prefix(CACHE_NAMESPACE.to_owned()))
             .await?;
         removed
+    }
+}
+
+/// Every page of a `SCAN` of `pattern` on one connection, each bounded by
+/// the command timeout and reported to `target`'s breaker.
+async fn scan_with<C, F, Fut>(
+    conn: &mut C,
+    backend: &RedisBackend,
+    target: Target<'_>,
+    pattern: &str,
+    page: &mut F,
+) -> Result<u64, BackendError>
+where
+    C: ::redis::aio::ConnectionLike + Clone + Send + Sync,
+    F: FnMut(Vec<Vec<u8>>) -> Fut,
+    Fut: Future<Output = Result<u64, BackendError>>,
+{
+    let (breaker, _) = backend.inner.breakers.pick(target);
+    let mut total = 0;
+    let mut cursor = 0;
+    loop {
+        let mut cmd = ::redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT);
+        let (next, keys): (u64, Vec<Vec<u8>>) = backend
+            .attempt_on(&breaker, conn.clone(), |mut c| {
+                let cmd = &cmd;
+                async move { cmd.query_async(&mut c).await }
+            })
+            .await?;
+        total += page(keys).await?;
+        if next == 0 {
+            return Ok(total);
+        }
+        cursor = next;
     }
 }
 

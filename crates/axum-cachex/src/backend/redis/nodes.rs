@@ -64,17 +64,32 @@ impl SlotMap {
         let (_, last, node) = self.ranges.get(after.checked_sub(1)?)?;
         (slot <= *last).then_some(node)
     }
+}
 
-    /// Every primary, once each.
-    pub(super) fn primaries(&self) -> Vec<NodeAddr> {
-        let mut nodes: Vec<NodeAddr> = Vec::new();
-        for (_, _, node) in &self.ranges {
-            if !nodes.contains(node) {
-                nodes.push(node.clone());
+/// The primaries a `CLUSTER NODES` reply lists, slots or not (a node
+/// importing its first slot already holds keys). Nodes still in the
+/// handshake or without an address are left out.
+pub(super) fn primaries_in(cluster_nodes: &str) -> Vec<NodeAddr> {
+    cluster_nodes
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_id, addr, flags) = (fields.next()?, fields.next()?, fields.next()?);
+            let flags: Vec<&str> = flags.split(',').collect();
+            let usable = !flags.contains(&"handshake") && !flags.contains(&"noaddr");
+            if !flags.contains(&"master") || !usable {
+                return None;
             }
-        }
-        nodes
-    }
+            // `ip:port@cport[,hostname]`; the ip may be IPv6 (no brackets).
+            let ip_port = addr.split(['@', ',']).next()?;
+            let (host, port) = ip_port.rsplit_once(':')?;
+            Some(NodeAddr {
+                host: host.to_owned(),
+                port: port.parse().ok()?,
+            })
+        })
+        .filter(|node| !node.host.is_empty())
+        .collect()
 }
 
 /// One `[first, last, [host, port, …], replicas…]` entry.
@@ -229,9 +244,25 @@ mod tests {
         let port = |slot| map.node_of(slot).expect("owner").port;
         assert_eq!((port(0), port(5460), port(5461)), (7000, 7000, 7001));
         assert_eq!((port(10922), port(10923), port(16383)), (7001, 7002, 7002));
-        assert_eq!(map.primaries().len(), 3);
         assert!(SlotMap::parse(&Value::Array(vec![])).is_none());
         assert!(SlotMap::parse(&Value::Nil).is_none());
+    }
+
+    #[test]
+    fn cluster_nodes_lists_every_primary() {
+        let text = "\
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:7001@17001 master - 0 1 2 connected 5461-16383
+c3 127.0.0.1:7002@17002 master - 0 1 3 connected
+d4 127.0.0.1:7003@17003 slave a1 0 1 1 connected
+e5 ::1:7004@17004,host.example master - 0 1 4 connected
+f6 :0@0 master,noaddr - 0 1 5 disconnected
+g7 127.0.0.1:7005@17005 master,handshake - 0 1 0 connected
+";
+        let ports: Vec<u16> = primaries_in(text).iter().map(|n| n.port).collect();
+        assert_eq!(ports, [7000, 7001, 7002, 7004]);
+        assert_eq!(primaries_in(text)[3].host, "::1");
+        assert!(primaries_in("garbage\n\n").is_empty());
     }
 
     #[test]

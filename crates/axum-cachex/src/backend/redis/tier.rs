@@ -37,9 +37,11 @@
 //! within a message delivery, well under a millisecond on loopback). A
 //! subscription that drops flushes the tier before it is trusted again.
 //!
-//! A fetch from Redis fills the tier only if no invalidation was applied
-//! while it was in flight (a generation counter), so a read that raced a
-//! change cannot put the old value back.
+//! A fetch from Redis fills the tier only if no invalidation that could
+//! cover its key was applied while it was in flight (generation counters:
+//! one per stripe of keys for single-key changes, one for bulk changes),
+//! so a read that raced a change cannot put the old value back, and a
+//! write to one key does not keep every other key out of the tier.
 
 use std::{
     collections::VecDeque,
@@ -110,13 +112,25 @@ pub(super) enum Scope {
 /// How many sent heartbeats are remembered while waiting for them to come
 /// back.
 const HEARTBEATS_KEPT: usize = 16;
+/// Stripes of the per-key generation counters.
+const STRIPES: usize = 64;
+
+/// The counters a fetch compares before filling the tier: its key's
+/// stripe and the bulk one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Generation {
+    stripe: u64,
+    bulk: u64,
+}
 
 /// The tier of one backend.
 pub(super) struct Tier {
     store: MemoryBackend,
     settings: MemoryTier,
-    /// Bumped by every invalidation, before it is applied.
-    generation: AtomicU64,
+    /// Bumped by single-key invalidations (per stripe) and by bulk ones,
+    /// before they are applied.
+    stripes: [AtomicU64; STRIPES],
+    bulk: AtomicU64,
     /// Nanoseconds after `epoch` until which reads are trusted (0: not).
     trusted_until: AtomicU64,
     epoch: Instant,
@@ -125,14 +139,17 @@ pub(super) struct Tier {
 }
 
 impl Tier {
-    pub(super) fn new(settings: MemoryTier) -> Result<Self, crate::backend::MemoryBackendConfigError> {
+    pub(super) fn new(
+        settings: MemoryTier,
+    ) -> Result<Self, crate::backend::MemoryBackendConfigError> {
         let store = MemoryBackend::builder()
             .max_capacity(settings.max_capacity)
             .build()?;
         Ok(Self {
             store,
             settings,
-            generation: AtomicU64::new(0),
+            stripes: std::array::from_fn(|_| AtomicU64::new(0)),
+            bulk: AtomicU64::new(0),
             trusted_until: AtomicU64::new(0),
             epoch: Instant::now(),
             sent: Mutex::new(VecDeque::new()),
@@ -156,9 +173,18 @@ impl Tier {
         self.store.get_now(key).and_then(Result::ok).flatten()
     }
 
-    /// The generation to hand to [`fill`](Self::fill) after a fetch.
-    pub(super) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+    fn stripe(&self, key: &str) -> &AtomicU64 {
+        let hash = super::keys::slot_hash(key.as_bytes());
+        &self.stripes[usize::from(hash) % STRIPES]
+    }
+
+    /// The generation of `key` to hand to [`fill`](Self::fill) after a
+    /// fetch.
+    pub(super) fn generation(&self, key: &str) -> Generation {
+        Generation {
+            stripe: self.stripe(key).load(Ordering::Acquire),
+            bulk: self.bulk.load(Ordering::Acquire),
+        }
     }
 
     /// Keeps a fetched value, unless an invalidation was applied since
@@ -169,34 +195,38 @@ impl Tier {
         key: &str,
         value: Bytes,
         remote_ttl: Option<Duration>,
-        generation: u64,
+        generation: Generation,
     ) {
-        if !self.trusted() || self.generation() != generation {
+        if !self.trusted() || self.generation(key) != generation {
             return;
         }
         let ttl = remote_ttl.map_or(self.settings.max_ttl, |t| t.min(self.settings.max_ttl));
         let _ = self.store.set(key, value, Some(ttl)).await;
         // An invalidation that bumped the generation after the check may
         // have been applied before the insert: undo it.
-        if self.generation() != generation {
+        if self.generation(key) != generation {
             let _ = self.store.delete(key).await;
         }
     }
 
     /// Applies an invalidation (ours or another instance's).
     pub(super) async fn invalidate(&self, scope: &Scope) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
         match scope {
             Scope::Key(key) => {
+                self.stripe(key).fetch_add(1, Ordering::AcqRel);
                 let _ = self.store.delete(key).await;
             }
             Scope::Prefix(prefix) => {
+                self.bulk.fetch_add(1, Ordering::AcqRel);
                 let _ = self.store.clear(prefix).await;
             }
             Scope::Path {
                 path,
                 include_params,
-            } => self.clear_path(path, *include_params).await,
+            } => {
+                self.bulk.fetch_add(1, Ordering::AcqRel);
+                self.clear_path(path, *include_params).await;
+            }
         }
     }
 
@@ -215,8 +245,11 @@ impl Tier {
     /// comes back: messages may have been missed.
     pub(super) async fn distrust(&self) {
         self.trusted_until.store(0, Ordering::Release);
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.sent.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.bulk.fetch_add(1, Ordering::AcqRel);
+        self.sent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         let _ = self.store.clear("").await;
     }
 
@@ -330,7 +363,10 @@ mod tests {
             let raw = encode("i1", &scope);
             assert_eq!(decode(&raw), Some(("i1", Received::Invalidate(scope))));
         }
-        assert_eq!(decode(&heartbeat("i2", 7)), Some(("i2", Received::Heartbeat(7))));
+        assert_eq!(
+            decode(&heartbeat("i2", 7)),
+            Some(("i2", Received::Heartbeat(7)))
+        );
         for stranger in [&b"hello"[..], b"i\nx", b"i\nP2/x", b"i\nhnan", b"\xff\nk"] {
             assert_eq!(decode(stranger), None);
         }
@@ -341,10 +377,16 @@ mod tests {
         let tier = Tier::new(MemoryTier::new(1 << 20).max_staleness(Duration::from_secs(1)))
             .expect("tier");
         tier.heartbeat_sent(1);
-        tier.fill("k", Bytes::from_static(b"v"), None, tier.generation()).await;
-        assert_eq!(tier.get("k"), None, "untrusted before any heartbeat came back");
+        tier.fill("k", Bytes::from_static(b"v"), None, tier.generation("k"))
+            .await;
+        assert_eq!(
+            tier.get("k"),
+            None,
+            "untrusted before any heartbeat came back"
+        );
         tier.heartbeat_received(1);
-        tier.fill("k", Bytes::from_static(b"v"), None, tier.generation()).await;
+        tier.fill("k", Bytes::from_static(b"v"), None, tier.generation("k"))
+            .await;
         assert_eq!(tier.get("k"), Some(Bytes::from_static(b"v")));
         tokio::time::advance(Duration::from_millis(1001)).await;
         assert_eq!(tier.get("k"), None, "the heartbeat is too old");
@@ -357,15 +399,36 @@ mod tests {
         let tier = Tier::new(MemoryTier::new(1 << 20)).expect("tier");
         tier.heartbeat_sent(1);
         tier.heartbeat_received(1);
-        let before = tier.generation();
+        let before = tier.generation("k");
         tier.invalidate(&Scope::Key("k".into())).await;
-        tier.fill("k", Bytes::from_static(b"old"), None, before).await;
+        tier.fill("k", Bytes::from_static(b"old"), None, before)
+            .await;
         assert_eq!(tier.get("k"), None);
+        // A change to another key (in another stripe) does not block it.
+        let before = tier.generation("k");
+        let other = (0..)
+            .map(|i| format!("other{i}"))
+            .find(|o| !std::ptr::eq(tier.stripe(o), tier.stripe("k")))
+            .expect("a key in another stripe");
+        tier.invalidate(&Scope::Key(other)).await;
+        tier.fill("k", Bytes::from_static(b"new"), None, before)
+            .await;
+        assert_eq!(tier.get("k"), Some(Bytes::from_static(b"new")));
 
-        tier.fill("http:GET|||h|||/p|||q", Bytes::from_static(b"x"), None, tier.generation())
-            .await;
-        tier.fill("http:GET|||h|||/o|||", Bytes::from_static(b"y"), None, tier.generation())
-            .await;
+        tier.fill(
+            "http:GET|||h|||/p|||q",
+            Bytes::from_static(b"x"),
+            None,
+            tier.generation("http:GET|||h|||/p|||q"),
+        )
+        .await;
+        tier.fill(
+            "http:GET|||h|||/o|||",
+            Bytes::from_static(b"y"),
+            None,
+            tier.generation("http:GET|||h|||/o|||"),
+        )
+        .await;
         tier.invalidate(&Scope::Path {
             path: "/p".into(),
             include_params: true,
