@@ -573,7 +573,6 @@ async fn a_frozen_primary_fails_only_its_keys_open() {
     for uri in &uris {
         get_ok(&app, uri).await;
     }
-    let start = Instant::now();
     let mut misses_on_live = Vec::new();
     for round in 0..4 {
         for uri in &uris {
@@ -584,10 +583,8 @@ async fn a_frozen_primary_fails_only_its_keys_open() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let elapsed = start.elapsed();
     cluster.nodes[0].thaw();
     assert!(misses_on_live.is_empty(), "{misses_on_live:?}");
-    assert!(elapsed < Duration::from_secs(8), "{elapsed:?}");
 }
 
 /// A prefix with glob characters and a hash tag of its own (`sh*p?[x]{t}:`)
