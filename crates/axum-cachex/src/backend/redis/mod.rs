@@ -187,6 +187,7 @@ impl Mode {
 /// |---|---|---|
 /// | [`url`](RedisConfig::url) | `redis://127.0.0.1:6379/0` | `redis://`, `rediss://` (TLS), `redis+unix://` |
 /// | [`cluster_nodes`](RedisConfig::cluster_nodes) | none | seed URLs of a Redis Cluster, instead of `url` |
+/// | [`memory_tier`](RedisConfig::memory_tier) | none | a coherent in-process tier in front of Redis ([below](#memory-tier)) |
 /// | [`host`](RedisConfig::host) / [`port`](RedisConfig::port) / [`db`](RedisConfig::db) | from the URL | override the URL's parts |
 /// | [`username`](RedisConfig::username) / [`password`](RedisConfig::password) | none | ACL user / `AUTH`, sent on every reconnection |
 /// | [`tls`](RedisConfig::tls) | `false` (`true` for `rediss://`) | needs the `redis-tls` feature (rustls + ring); custom CA and client certificates with `tls_root_cert_pem` / `tls_client_cert` |
@@ -261,7 +262,7 @@ impl Mode {
 /// so an index never outlives its entries and a path with endlessly varying
 /// query strings cannot grow its index without bound. `clear_path` reads the
 /// index with `ZSCAN` and removes the matching entries and their members in
-/// one `MULTI` per 1000 members; it counts what `UNLINK` really removed, so
+/// one script per 1000 members; it counts what `UNLINK` really removed, so
 /// members whose entry expired or was deleted are not counted.
 ///
 /// Cost: one extra sorted-set member (the logical key plus a score) per
@@ -356,6 +357,52 @@ impl Mode {
 ///   retried; entries and their index move together, since they share a
 ///   slot. A bulk operation running during a resharding may miss keys that
 ///   moved to a primary it has already scanned.
+///
+/// # Memory tier
+///
+/// [`RedisConfig::memory_tier`] puts a bounded in-process tier
+/// ([`MemoryTier`]) in front of Redis (standalone or Cluster): a read that
+/// finds a trusted local copy costs no round trip, and the HTTP layer gets
+/// it synchronously through [`Backend::get_now`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use axum_cachex::backend::{MemoryTier, RedisConfig};
+///
+/// let backend = RedisConfig::from_url("redis://127.0.0.1:6379")
+///     .memory_tier(MemoryTier::new(64 << 20).max_staleness(Duration::from_millis(500)))
+///     .build()?;
+/// # let _ = backend;
+/// # Ok::<(), axum_cachex::backend::RedisConfigError>(())
+/// ```
+///
+/// - **Coherence.** Every change made through any instance's backend (set,
+///   add, replace, take, delete, compare-and-set, `clear`, `clear_path`,
+///   `clear_cache`, so also every HTTP invalidation and session
+///   invalidation) publishes a message on `{prefix}__invalidations`
+///   *inside the same script* as the change, and every instance drops what
+///   it covers. Reads that were in flight while a change was applied do not
+///   fill the tier.
+/// - **Staleness bound.** The tier is read only while the instance's own
+///   heartbeat (published every quarter of
+///   [`max_staleness`](MemoryTier::max_staleness) and received back on its
+///   subscription, after every message published before it) is younger
+///   than `max_staleness`. So after a change returns, no other instance
+///   serves the old value from its tier for longer than `max_staleness`
+///   (default 1 s), even when messages are delayed or lost; normally it is
+///   gone within one message delivery (see the README's measurement). A lost
+///   subscription flushes the tier before it is trusted again.
+/// - **What it does not see.** Keys changed by another program, and keys
+///   that expire: a local copy never outlives its key's TTL in Redis, nor
+///   [`max_ttl`](MemoryTier::max_ttl) (60 s by default), the bound for
+///   changes made outside the backend.
+/// - **Bulk changes** (`clear` by prefix, `clear_cache`) are announced after
+///   they ran; if that announcement fails the call returns the error, and
+///   other instances may keep their copies until `max_ttl`: retry it.
+/// - **Why our own channel and not `CLIENT TRACKING`:** see the `tier`
+///   module's comments; in short, we know when our subscription drops, one
+///   subscription works on a Cluster, and a path or prefix clear is one
+///   message instead of one per key.
 ///
 /// # Direct use
 ///
@@ -598,7 +645,7 @@ impl RedisBackend {
     }
 
     /// Publishes a message on the tier's channel (heartbeats, and the
-    /// announcements of bulk changes, which cannot share a `MULTI` with
+    /// announcements of bulk changes, which cannot share a script with
     /// what they announce).
     async fn publish(&self, message: Vec<u8>) -> Result<(), BackendError> {
         let Some(sub) = &self.inner.subscription else {
@@ -624,7 +671,7 @@ impl RedisBackend {
     }
 
     /// The per-path index walk of `clear_path`, each page's deletions and
-    /// the note's `PUBLISH` in one `MULTI`.
+    /// the note's `PUBLISH` in one script.
     async fn clear_indexed_path(
         &self,
         path: &str,

@@ -25,8 +25,9 @@
 //!
 //! # The staleness bound
 //!
-//! Each change is published atomically with it (inside the same script or
-//! `MULTI`), so the message exists once the change does. Messages on one
+//! Each change is published atomically with it (inside the same Lua script;
+//! bulk clears announce after they ran), so the message exists once the
+//! change does. Messages on one
 //! subscription arrive in the order the server handled them. The subscriber
 //! also publishes a heartbeat every quarter of `max_staleness` and, when its
 //! own heartbeat comes back, knows that every message published before it
