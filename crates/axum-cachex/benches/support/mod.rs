@@ -2,6 +2,8 @@
 
 #[cfg(feature = "redis")]
 mod stall;
+#[cfg(feature = "redis")]
+mod tier;
 
 use std::{
     net::SocketAddr,
@@ -249,6 +251,14 @@ async fn network_backends() -> Vec<(&'static str, Arc<dyn Backend>)> {
     if let Some(b) = super_redis().await {
         out.push(("redis", b));
     }
+    #[cfg(feature = "redis")]
+    if let Some(b) = tier::tiered_redis("bench-tier:") {
+        out.push(("redis-tier", Arc::new(b)));
+    }
+    #[cfg(feature = "redis")]
+    if let Some(b) = super_redis_cluster() {
+        out.push(("redis-cluster", b));
+    }
     #[cfg(feature = "memcached")]
     if let Some(b) = super_memcached().await {
         out.push(("memcached", b));
@@ -260,6 +270,17 @@ async fn network_backends() -> Vec<(&'static str, Arc<dyn Backend>)> {
 async fn super_redis() -> Option<Arc<dyn Backend>> {
     let url = std::env::var("AXUM_CACHEX_REDIS_URL").ok()?;
     let backend = axum_cachex::backend::RedisBackend::from_url(&url).ok()?;
+    Some(Arc::new(backend))
+}
+
+#[cfg(feature = "redis")]
+fn super_redis_cluster() -> Option<Arc<dyn Backend>> {
+    let nodes = std::env::var("AXUM_CACHEX_REDIS_CLUSTER_NODES").ok()?;
+    let backend = axum_cachex::backend::RedisConfig::new()
+        .cluster_nodes(nodes.split(','))
+        .key_prefix("bench-cluster:")
+        .build()
+        .ok()?;
     Some(Arc::new(backend))
 }
 
@@ -328,11 +349,23 @@ pub(crate) async fn run() {
         "{:<28} {:>6.2}x  cached 1 KiB vs static with the same headers",
         "", rch
     );
+    let mut by_backend = Vec::new();
     for (name, path) in backends.iter().map(|(n, _)| n).zip(extra.iter()) {
         let (_, m, r) = pair(addr, "/static-1k", path, connections, secs, rounds).await;
         row_ratio(&format!("cached 1 KiB, {name}"), &m, r);
         println!("{:<28} {:>6.2}x of memory", "", m.rps / c1.rps.max(1e-9));
+        by_backend.push((*name, m.rps));
     }
+    let rps = |name: &str| by_backend.iter().find(|(n, _)| *n == name).map(|(_, r)| *r);
+    if let (Some(cluster), Some(single)) = (rps("redis-cluster"), rps("redis")) {
+        println!(
+            "{:<28} {:>6.2}x  Redis Cluster hit vs standalone Redis hit",
+            "",
+            cluster / single.max(1e-9)
+        );
+    }
+    #[cfg(feature = "redis")]
+    tier::invalidation_latency().await;
     let (s10, c10, r10) = pair(
         addr,
         "/static-10k",
