@@ -102,7 +102,10 @@ fn routes(hits: Arc<AtomicUsize>) -> Router {
             get(move || async move {
                 let n = c1();
                 (
-                    [(header::CACHE_CONTROL, "max-age=60")],
+                    [
+                        (header::CACHE_CONTROL, "max-age=60"),
+                        (header::HeaderName::from_static("cache-tag"), "fresh-things"),
+                    ],
                     format!("fresh #{n}"),
                 )
             }),
@@ -394,7 +397,13 @@ async fn unsafe_requests_and_the_admin_routes_invalidate() {
     let purged = post_to(proxy.admin, "/purge?pattern=/fr*").await;
     assert_eq!(purged.status, StatusCode::OK, "{}", purged.text());
     assert!(purged.text().contains("\"removed\":1"), "{}", purged.text());
+    let fresh = fetch(proxy.addr, "/fresh").await;
+    assert_eq!(fresh.text(), "fresh #5");
+    assert_eq!(fresh.header("cache-tag"), "", "tags stay in the proxy");
     assert_eq!(fetch(proxy.addr, "/fresh").await.text(), "fresh #5");
+    let by_tag = post_to(proxy.admin, "/purge?tag=fresh-things").await;
+    assert_eq!(by_tag.status, StatusCode::OK, "{}", by_tag.text());
+    assert_eq!(fetch(proxy.addr, "/fresh").await.text(), "fresh #6");
     let all = post_to(proxy.admin, "/purge?all=true").await;
     assert!(all.text().contains("\"removed\":2"), "{}", all.text());
     let stats = fetch(proxy.admin, "/stats").await;

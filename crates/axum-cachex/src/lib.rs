@@ -250,7 +250,8 @@ pub use axum_cachex_core::{CacheEntry, CacheKey, CacheRecord, DecodeError, Varia
 pub use cache::{
     CacheBackend, CacheLayer, CacheLayerBuilder, CacheLayerConfigError, CredentialNames,
     Credentialed, DEFAULT_CACHEABLE_STATUSES, DefaultKeyBuilder, Freshness, KeyBuilder,
-    MissingCacheBackend, ShareGuard, Stale, StatsSnapshot, UpstreamUnreachable, UserPartition,
+    MAX_TAG_LEN, MissingCacheBackend, ShareGuard, Stale, StatsSnapshot, UpstreamUnreachable,
+    UserPartition,
 };
 pub use clock::{Clock, ManualClock};
 pub use manager_stats::ManagerStats;

@@ -354,3 +354,45 @@ async fn an_http_invalidation_on_one_instance_reaches_the_other() {
     tokio::time::sleep(BOUND).await;
     assert_eq!(get_ok(&app_b, "/item").await.body, "version 1");
 }
+
+/// Tag invalidation through the memory tier: instance A invalidates a tag;
+/// instance B, which serves the tagged response from its tier, must not
+/// serve it after the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_invalidation_on_one_instance_reaches_the_other() {
+    let Some(url) = common::redis_url() else {
+        return;
+    };
+    let Some(pair) = Pair::standalone("tier-tags") else {
+        return;
+    };
+    pair.warm_up(&url).await;
+    let runs = Counter::default();
+    let layer = |backend: RedisBackend| {
+        CacheLayer::builder()
+            .backend(Arc::new(backend))
+            .ttl(Duration::from_secs(60))
+            .build()
+            .expect("layer")
+    };
+    let (layer_a, layer_b) = (layer(pair.a.clone()), layer(pair.b.clone()));
+    let c = runs.clone();
+    let app_b = Router::new()
+        .route(
+            "/product",
+            get(move || {
+                let run = c.hit();
+                async move { ([("cache-tag", "product:7")], format!("run {run}")) }
+            }),
+        )
+        .layer(layer_b);
+    assert_eq!(get_ok(&app_b, "/product").await.body, "run 1");
+    let hit = get_ok(&app_b, "/product").await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    layer_a
+        .invalidate_tag("product:7")
+        .await
+        .expect("invalidate");
+    tokio::time::sleep(BOUND).await;
+    assert_eq!(get_ok(&app_b, "/product").await.body, "run 2");
+}

@@ -53,7 +53,9 @@ pub(super) async fn invalidation_latency() {
 /// Writes `key` through A and reads it through B until B's tier has it
 /// (bounded).
 async fn in_tier_of(a: &RedisBackend, b: &RedisBackend, key: &str) -> bool {
-    let _ = a.set(key, Bytes::from_static(b"v"), Some(Duration::from_secs(60))).await;
+    let _ = a
+        .set(key, Bytes::from_static(b"v"), Some(Duration::from_secs(60)))
+        .await;
     for _ in 0..500 {
         let _ = b.get(key).await;
         if b.get_now(key).is_some() {

@@ -89,6 +89,11 @@ pub enum CacheLayerConfigError {
         "status {0} cannot be cached: 1xx, 206 Partial Content and 304 Not Modified are never stored; remove it from `cacheable_statuses`"
     )]
     UncacheableStatus(u16),
+    /// A tag given to [`CacheLayerBuilder::tags`] cannot be one.
+    #[error(
+        "tag {0:?} cannot be used: a tag is 1 to 256 visible ASCII characters without `,` or `=`"
+    )]
+    InvalidTag(String),
 }
 
 /// Default largest body the layer buffers and stores: 1 MiB.
@@ -145,6 +150,8 @@ pub struct CacheLayerBuilder {
     pub(crate) credentials: CredentialNames,
     pub(crate) per_user: Option<Arc<dyn UserPartition>>,
     pub(crate) registry: Option<Registry>,
+    pub(crate) tag_header: HeaderName,
+    pub(crate) tags: Vec<String>,
 }
 
 /// Where the freshness of a stored response comes from; see
@@ -233,6 +240,8 @@ impl Default for CacheLayerBuilder {
             credentials: CredentialNames::default(),
             per_user: None,
             registry: None,
+            tag_header: HeaderName::from_static("cache-tag"),
+            tags: Vec::new(),
         }
     }
 }
@@ -562,6 +571,36 @@ impl CacheLayerBuilder {
         self
     }
 
+    /// The response header a handler names its tags in (comma- or
+    /// space-separated; e.g. `Cache-Tag: product:42, catalog`). The layer
+    /// stores the tags with the response, removes the header from every
+    /// response it sends, and
+    /// [`CacheLayer::invalidate_tag`](super::CacheLayer::invalidate_tag)
+    /// makes every response carrying a tag unreachable. Use
+    /// `Surrogate-Key` to match a CDN's convention. Tags are 1 to
+    /// [`MAX_TAG_LEN`](crate::MAX_TAG_LEN) visible ASCII characters without
+    /// `,` or `=`; others are ignored. Default: `Cache-Tag`.
+    ///
+    /// Each tagged response costs one backend read per tag on every hit
+    /// (from process memory on the memory backend or the Redis memory
+    /// tier) and when it is stored; untagged responses cost nothing.
+    pub fn tag_header(mut self, name: HeaderName) -> Self {
+        self.tag_header = name;
+        self
+    }
+
+    /// Tags every response this layer stores with `tags`, besides the ones
+    /// the handler names in the [`tag_header`](Self::tag_header).
+    /// [`build`](Self::build) refuses a tag that cannot be one.
+    pub fn tags<I>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.tags.extend(tags.into_iter().map(Into::into));
+        self
+    }
+
     /// Replaces the clock used for freshness and `Age` (tests use it to
     /// move time forward without sleeping). Default: the system clock.
     pub fn clock(mut self, clock: Clock) -> Self {
@@ -625,6 +664,9 @@ impl CacheLayerBuilder {
                     "stale_ttl",
                 ));
             }
+        }
+        if let Some(tag) = self.tags.iter().find(|t| !super::tags::is_valid(t)) {
+            return Err(CacheLayerConfigError::InvalidTag(tag.clone()));
         }
         if let Some(status) = self
             .cacheable_statuses

@@ -206,6 +206,16 @@ impl CacheBackend {
     pub async fn clear(&self) -> Result<u64, BackendError> {
         super::purge::clear_all(&*self.handle.backend).await
     }
+
+    /// Makes every stored response tagged `tag` unreachable; as
+    /// [`CacheLayer::invalidate_tag`](super::CacheLayer::invalidate_tag).
+    ///
+    /// # Errors
+    ///
+    /// As [`CacheLayer::invalidate_tag`](super::CacheLayer::invalidate_tag).
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<(), BackendError> {
+        super::tags::invalidate(&*self.handle.backend, tag).await
+    }
 }
 
 impl Deref for CacheBackend {

@@ -912,6 +912,10 @@ where
             }
         }
         response::set_status(&mut res, member);
+        // Tags are for this cache only: a handler's, and an entry's stamp.
+        let headers = res.headers_mut();
+        headers.remove(&self.shared.options.tag_header);
+        headers.remove(super::tags::STORED_TAGS);
         res
     }
 }

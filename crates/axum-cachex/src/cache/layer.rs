@@ -163,6 +163,22 @@ impl CacheLayer {
     pub async fn clear(&self) -> Result<u64, BackendError> {
         super::purge::clear_all(&*self.backend()).await
     }
+
+    /// Makes every stored response tagged `tag` unreachable (see
+    /// [`CacheLayerBuilder::tag_header`]), on every instance sharing the
+    /// backend; misses in flight in the process store nothing they read
+    /// before. One write, whatever the number of responses; they age out by
+    /// their TTL, so none is counted.
+    ///
+    /// # Errors
+    ///
+    /// [`BackendError::InvalidInput`] for a tag that cannot be one (empty,
+    /// longer than [`MAX_TAG_LEN`](crate::MAX_TAG_LEN), not visible ASCII,
+    /// or with `,` or `=`); the backend's error, e.g. when it is
+    /// unreachable.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<(), BackendError> {
+        super::tags::invalidate(&*self.backend(), tag).await
+    }
 }
 
 impl CacheLayerBuilder {

@@ -63,6 +63,10 @@ pub(crate) async fn clear_pattern(
 /// Removes every stored response, and nothing else.
 pub(crate) async fn clear_all(backend: &dyn Backend) -> Result<u64, BackendError> {
     Invalidations::get().path(backend);
+    // Tag tokens are not responses: they go first, uncounted.
+    if let Some(listing) = backend.listing() {
+        listing.clear(super::tags::TOKEN_NAMESPACE).await?;
+    }
     if let Some(fast) = backend.path_invalidation() {
         return fast.clear_cache().await;
     }

@@ -52,7 +52,11 @@ fn is_unstorable(name: &HeaderName) -> bool {
 
 /// The end-to-end headers of a response, as stored.
 pub(crate) fn storable_headers(headers: &HeaderMap) -> HeaderMap {
-    end_to_end_headers(headers, false)
+    let mut stored = end_to_end_headers(headers, false);
+    // Only the layer stamps tags (a handler naming its own stamp could
+    // make an invalidated entry look current).
+    stored.remove(super::tags::STORED_TAGS);
+    stored
 }
 
 /// The end-to-end headers of a response: without hop-by-hop, framing and

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use xxhash_rust::xxh3::xxh3_128;
 
-use super::{decide, response, shared::Shared, stats::bump, vary};
+use super::{decide, response, shared::Shared, stats::bump, tags, vary};
 
 /// How long past its stale windows an entry with a validator from the
 /// handler is kept: while it is kept, a stale entry is revalidated with a
@@ -89,7 +89,15 @@ pub(crate) async fn lookup(
         base: base.to_owned(),
         index,
     };
-    (checked(shared, found, base, request_headers), slot)
+    let mut found = checked(shared, found, base, request_headers);
+    if let Found::Entry(entry) = &found {
+        if let Some(stamp) = entry.headers.get(tags::STORED_TAGS) {
+            if !tags::still_current(shared, backend, stamp).await {
+                found = Found::Missing { vary_miss: false };
+            }
+        }
+    }
+    (found, slot)
 }
 
 /// [`lookup`] without awaiting, for stores that answer from process
@@ -105,7 +113,15 @@ pub(crate) fn lookup_now(
         Step::Done(found) => found,
         Step::Variant { key, selecting } => variant_step(read_now(backend, &key)?, &selecting),
     };
-    Some(checked(shared, found, base, request_headers))
+    let found = checked(shared, found, base, request_headers);
+    if let Found::Entry(entry) = &found {
+        if let Some(stamp) = entry.headers.get(tags::STORED_TAGS) {
+            if !tags::still_current_now(backend, stamp)? {
+                return Some(Found::Missing { vary_miss: false });
+            }
+        }
+    }
+    Some(found)
 }
 
 /// What the record under the base key says.
@@ -246,13 +262,16 @@ pub(crate) async fn write(
     if ttl.is_zero() {
         return false;
     }
+    let Some(entry) = tags::stamped(shared, backend, entry).await else {
+        return false;
+    };
     let names = vary::vary_names(&entry.headers);
     if !entry.is_encodable() || names.len() > MAX_VARY_NAMES {
         // Stored, it would come back different (truncated) or never be
         // selected: not stored.
         return false;
     }
-    let record = CacheRecord::Response(entry.clone()).encode();
+    let record = CacheRecord::Response(entry.into_owned()).encode();
     if names.is_empty() {
         let call = backend.set(&slot.base, record, Some(ttl));
         return with_timeout(shared, &**backend, "set", call)

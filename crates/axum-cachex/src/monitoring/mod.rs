@@ -10,7 +10,7 @@
 //! | `GET {prefix}/stats` | yes | the layers' counters, total and per route, backend, evictions, hit ratio (JSON) |
 //! | `GET {prefix}/metrics` | yes | the same counters in the Prometheus text format 0.0.4 |
 //! | `POST {prefix}/clear-path?path=/x&include_params=true` | yes | clears one path, returns the count (JSON) |
-//! | `POST {prefix}/purge?pattern=/x/*`, `?key=K` or `?all=true` | yes | deletes by glob, by cache key, or every stored response (JSON `removed`) |
+//! | `POST {prefix}/purge?pattern=/x/*`, `?key=K`, `?tag=T` or `?all=true` | yes | deletes by glob, by cache key, by tag (uncounted), or every stored response (JSON `removed`) |
 //! | `GET {prefix}/` | **no** | the dashboard page: static HTML with no data in it |
 //!
 //! ```

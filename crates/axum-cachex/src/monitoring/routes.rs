@@ -1,6 +1,6 @@
 //! The route handlers: guard, parameters, backend call, JSON.
 
-use crate::cache::purge;
+use crate::cache::{purge, tags};
 use std::{sync::Arc, time::Duration};
 
 use axum::{
@@ -225,12 +225,14 @@ pub(crate) enum PurgeRequest {
     Pattern(String),
     /// `?key=<cache key>`.
     Key(String),
+    /// `?tag=product:42`.
+    Tag(String),
     /// `?all=true`.
     All,
 }
 
 /// The purge request of a raw query string: exactly one of `pattern`,
-/// `key` or `all=true`, else `None`.
+/// `key`, `tag` or `all=true`, else `None`.
 pub(crate) fn parse_purge(query: &str) -> Option<PurgeRequest> {
     let mut pairs = query_pairs(query);
     let (name, value) = pairs.next()?;
@@ -240,6 +242,7 @@ pub(crate) fn parse_purge(query: &str) -> Option<PurgeRequest> {
     match name.as_str() {
         "pattern" => Some(PurgeRequest::Pattern(value)),
         "key" => Some(PurgeRequest::Key(value)),
+        "tag" => Some(PurgeRequest::Tag(value)),
         "all" if value == "true" => Some(PurgeRequest::All),
         _ => None,
     }
@@ -387,8 +390,8 @@ fn check_write(inner: &Inner, parts: &Parts, route: &'static str) -> Result<(), 
     Ok(())
 }
 
-/// `POST {prefix}/purge?pattern=/glob/*`, `?key=<cache key>` or
-/// `?all=true`: exactly one of them.
+/// `POST {prefix}/purge?pattern=/glob/*`, `?key=<cache key>`,
+/// `?tag=<tag>` or `?all=true`: exactly one of them.
 pub(crate) async fn purge(inner: Arc<Inner>, request: Request) -> Response {
     let (parts, _) = request.into_parts();
     if let Err(refused) = check_write(&inner, &parts, "purge") {
@@ -396,7 +399,7 @@ pub(crate) async fn purge(inner: Arc<Inner>, request: Request) -> Response {
     }
     let Some(request) = parse_purge(raw_query(&parts)) else {
         return Failure::BadRequest(
-            "give exactly one of ?pattern=/glob/*, ?key=<cache key> or ?all=true",
+            "give exactly one of ?pattern=/glob/*, ?key=<cache key>, ?tag=<tag> or ?all=true",
         )
         .into_response();
     };
@@ -405,6 +408,7 @@ pub(crate) async fn purge(inner: Arc<Inner>, request: Request) -> Response {
     let (operation, arg) = match &request {
         PurgeRequest::Pattern(pattern) => ("clear_pattern", pattern.as_str()),
         PurgeRequest::Key(key) => ("delete", key.as_str()),
+        PurgeRequest::Tag(tag) => ("invalidate_tag", tag.as_str()),
         PurgeRequest::All => ("clear", ""),
     };
     let result = match operation {
@@ -420,6 +424,10 @@ pub(crate) async fn purge(inner: Arc<Inner>, request: Request) -> Response {
         "delete" => timed(&inner, backend, operation, purge::delete_key(backend, arg))
             .await
             .map(u64::from),
+        // Tagged responses become unreachable without being counted.
+        "invalidate_tag" => timed(&inner, backend, operation, tags::invalidate(backend, arg))
+            .await
+            .map(|()| 0),
         _ => timed(&inner, backend, operation, purge::clear_all(backend)).await,
     };
     match result {
@@ -427,7 +435,8 @@ pub(crate) async fn purge(inner: Arc<Inner>, request: Request) -> Response {
             StatusCode::OK,
             &Purged {
                 removed,
-                exact_count: purge::counts_exactly(backend),
+                exact_count: !matches!(request, PurgeRequest::Tag(_))
+                    && purge::counts_exactly(backend),
             },
         ),
         Err(failure) => failure.into_response(),

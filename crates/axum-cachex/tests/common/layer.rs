@@ -603,3 +603,59 @@ pub async fn extractor_and_late_backend(be: B) {
     get_ok(&app, "/r").await;
     assert_eq!(c.get(), 2);
 }
+
+/// Tag invalidation: tags from the handler's `Cache-Tag` and from the
+/// layer; `invalidate_tag` makes every response carrying one unreachable
+/// (on every backend), the others stay; tags never reach the client, and a
+/// handler cannot plant the stored stamp.
+pub async fn tags_invalidate_every_tagged_response(be: B) {
+    let c = Counter::default();
+    let layer = cached(&be).tags(["site"]).build().expect("layer");
+    let counter = c.clone();
+    let app = Router::new()
+        .route(
+            "/p/{n}",
+            route_get(move |axum::extract::Path(n): axum::extract::Path<String>| {
+                let run = counter.hit();
+                async move {
+                    (
+                        [
+                            ("cache-tag", format!("product:{n} all-products")),
+                            ("x-axum-cachex-tags", "site=forged".to_owned()),
+                        ],
+                        format!("product {n} run {run}"),
+                    )
+                }
+            }),
+        )
+        .layer(layer.clone());
+    let first = get_ok(&app, "/p/1").await;
+    assert_eq!(first.header("cache-tag"), "", "tags are for the cache only");
+    assert_eq!(first.header("x-axum-cachex-tags"), "");
+    get_ok(&app, "/p/2").await;
+    let hit = get_ok(&app, "/p/1").await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    assert_eq!(hit.header("cache-tag"), "");
+    assert_eq!(hit.header("x-axum-cachex-tags"), "");
+    assert_eq!(c.get(), 2);
+
+    layer.invalidate_tag("product:1").await.expect("invalidate");
+    assert_eq!(get_ok(&app, "/p/1").await.body, "product 1 run 3");
+    assert!(get_ok(&app, "/p/2").await.cache_status().contains("hit"));
+    assert!(get_ok(&app, "/p/1").await.cache_status().contains("hit"));
+
+    layer.invalidate_tag("site").await.expect("invalidate");
+    assert_eq!(get_ok(&app, "/p/2").await.body, "product 2 run 4");
+    assert_eq!(get_ok(&app, "/p/1").await.body, "product 1 run 5");
+    layer
+        .invalidate_tag("all-products")
+        .await
+        .expect("invalidate");
+    assert_eq!(get_ok(&app, "/p/1").await.body, "product 1 run 6");
+
+    assert!(matches!(
+        layer.invalidate_tag("two words").await,
+        Err(axum_cachex::backend::BackendError::InvalidInput(_))
+    ));
+    reset(&be).await;
+}

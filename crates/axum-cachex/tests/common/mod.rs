@@ -88,6 +88,7 @@ macro_rules! conformance_suite {
             layer::corrupt_entry_is_a_miss,
             layer::invalidation_counts,
             layer::extractor_and_late_backend,
+            layer::tags_invalidate_every_tagged_response,
             stale::stale_while_revalidate_serves_at_once_and_refreshes_once,
             stale::failed_refresh_keeps_stale_entry,
             stale::stale_if_error_serves_old_body_on_500,
