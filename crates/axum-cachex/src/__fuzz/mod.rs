@@ -46,6 +46,38 @@ fn header_map(data: &[u8]) -> HeaderMap {
     map
 }
 
+/// Tag headers (`Cache-Tag` / `Surrogate-Key` lines from a handler or an
+/// upstream) and stored tag stamps: every tag taken is valid and taken
+/// once; a stamp made of the taken tags parses back to them; any stamp
+/// read from a store either parses into valid tags or is refused.
+pub fn tags(data: &[u8]) {
+    use crate::cache::tags;
+    let name = HeaderName::from_static("cache-tag");
+    let mut map = HeaderMap::new();
+    for value in field_lines(data) {
+        map.append(&name, value);
+    }
+    let taken = tags::response_tags(&map, &name, &[]);
+    for (i, tag) in taken.iter().enumerate() {
+        assert!(tags::is_valid(tag), "{tag:?}");
+        assert!(!taken[..i].contains(tag), "{tag:?} taken twice");
+    }
+    let stamp: Vec<String> = taken.iter().map(|t| format!("{t}=00ff")).collect();
+    if let Ok(value) = HeaderValue::try_from(stamp.join(" ")) {
+        if let Some(pairs) = tags::stamp_pairs(&value) {
+            let back: Vec<&str> = pairs.iter().map(|(t, _)| *t).collect();
+            assert_eq!(back, taken.iter().map(String::as_str).collect::<Vec<_>>());
+        } else {
+            assert!(taken.is_empty(), "a stamp of valid tags parses");
+        }
+    }
+    for value in field_lines(data) {
+        if let Some(pairs) = tags::stamp_pairs(&value) {
+            assert!(pairs.iter().all(|(t, _)| tags::is_valid(t)));
+        }
+    }
+}
+
 /// `CacheRecord::decode`: never panics; whatever decodes encodes to bytes
 /// that decode to the same record.
 pub fn entry_decode(data: &[u8]) {

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, RngSeed};
 
@@ -101,6 +101,37 @@ proptest! {
         let mut framed = b"ACXE\x02\x01".to_vec();
         framed.extend_from_slice(&data);
         super::entry_decode(&framed);
+    }
+
+    #[test]
+    fn tag_headers_on_arbitrary_bytes(data in bytes(160)) {
+        super::tags(&data);
+    }
+
+    #[test]
+    fn tag_lists(
+        tags in proptest::collection::vec("[!-+\\--<>-~]{1,12}", 0..6),
+        separators in proptest::collection::vec(prop_oneof![Just(", "), Just(" "), Just(","), Just("\t ,")], 6),
+    ) {
+        let mut line = String::new();
+        for (i, tag) in tags.iter().enumerate() {
+            if i > 0 {
+                line.push_str(separators[i % separators.len()]);
+            }
+            line.push_str(tag);
+        }
+        let name = HeaderName::from_static("cache-tag");
+        let mut map = HeaderMap::new();
+        map.insert(&name, HeaderValue::try_from(line.as_str()).expect("visible ASCII"));
+        let taken = crate::cache::tags::response_tags(&map, &name, &[]);
+        let mut expected: Vec<String> = Vec::new();
+        for tag in tags {
+            if !expected.contains(&tag) {
+                expected.push(tag);
+            }
+        }
+        prop_assert_eq!(taken, expected);
+        super::tags(line.as_bytes());
     }
 
     #[test]

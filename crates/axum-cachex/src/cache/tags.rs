@@ -156,7 +156,7 @@ fn new_token() -> String {
 
 /// The `(tag, token)` pairs of a [`STORED_TAGS`] value; `None` when it is
 /// malformed (a planted or corrupt entry).
-fn pairs(stamp: &HeaderValue) -> Option<Vec<(&str, &str)>> {
+pub(crate) fn stamp_pairs(stamp: &HeaderValue) -> Option<Vec<(&str, &str)>> {
     let text = stamp.to_str().ok()?;
     text.split(' ')
         .map(|pair| pair.rsplit_once('=').filter(|(tag, _)| is_valid(tag)))
@@ -170,7 +170,7 @@ pub(crate) async fn still_current(
     backend: &Arc<dyn Backend>,
     stamp: &HeaderValue,
 ) -> bool {
-    let Some(pairs) = pairs(stamp) else {
+    let Some(pairs) = stamp_pairs(stamp) else {
         return false;
     };
     for (tag, token) in pairs {
@@ -191,7 +191,7 @@ pub(crate) async fn still_current(
 /// [`still_current`] without awaiting: `None` when the store cannot answer
 /// from process memory.
 pub(crate) fn still_current_now(backend: &Arc<dyn Backend>, stamp: &HeaderValue) -> Option<bool> {
-    let Some(pairs) = pairs(stamp) else {
+    let Some(pairs) = stamp_pairs(stamp) else {
         return Some(false);
     };
     for (tag, token) in pairs {
@@ -251,9 +251,9 @@ mod tests {
     #[test]
     fn stored_pairs_parse_or_refuse() {
         let ok = HeaderValue::from_static("a=1f b:2=ff");
-        assert_eq!(pairs(&ok), Some(vec![("a", "1f"), ("b:2", "ff")]));
+        assert_eq!(stamp_pairs(&ok), Some(vec![("a", "1f"), ("b:2", "ff")]));
         for bad in ["a", "=x", "a=1  b=2", "a,b=1"] {
-            assert_eq!(pairs(&HeaderValue::from_static(bad)), None, "{bad}");
+            assert_eq!(stamp_pairs(&HeaderValue::from_static(bad)), None, "{bad}");
         }
     }
 }
