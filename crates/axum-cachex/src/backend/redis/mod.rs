@@ -632,13 +632,34 @@ impl RedisBackend {
                 })
                 .await;
         };
+        let mut script_args: Vec<&[u8]> =
+            vec![note.channel.as_bytes(), &note.message, command.as_bytes()];
+        script_args.extend_from_slice(args);
+        self.run_script(target, &NOTED, &[data_key.as_bytes()], &script_args)
+            .await
+    }
+
+    /// One Lua script, with its keys and arguments, under `target`'s
+    /// breaker and the command timeout (`EVALSHA`, loading it when the
+    /// server lacks it).
+    async fn run_script<T>(
+        &self,
+        target: Target<'_>,
+        script: &Script,
+        keys: &[&[u8]],
+        args: &[&[u8]],
+    ) -> Result<T, BackendError>
+    where
+        T: ::redis::FromRedisValue + Send,
+    {
         self.run(target, |mut c| async move {
-            let mut invocation = NOTED.key(data_key);
-            invocation
-                .arg(&note.channel)
-                .arg(&note.message)
-                .arg(command)
-                .arg(args);
+            let mut invocation = script.prepare_invoke();
+            for key in keys {
+                invocation.key(*key);
+            }
+            for arg in args {
+                invocation.arg(*arg);
+            }
             invocation.invoke_async(&mut c).await
         })
         .await
@@ -710,20 +731,14 @@ impl RedisBackend {
                 // either before (deleted with its member) or after (entry and
                 // member both re-created), never with its member lost.
                 let (channel, message) = note_args(note);
-                let existed: u64 = self
-                    .run(target, |mut c| {
-                        let (index_key, data_keys, members) = (&index_key, &data_keys, &members);
-                        async move {
-                            let mut invocation = CLEAR_PAGE.key(index_key);
-                            invocation
-                                .key(data_keys)
-                                .arg(channel)
-                                .arg(message)
-                                .arg(members);
-                            invocation.invoke_async(&mut c).await
-                        }
-                    })
-                    .await?;
+                let keys: Vec<&[u8]> = std::iter::once(index_key.as_bytes())
+                    .chain(data_keys.iter().map(|k| k.as_bytes()))
+                    .collect();
+                let args: Vec<&[u8]> = [channel, message]
+                    .into_iter()
+                    .chain(members.iter().map(|m| m.as_bytes()))
+                    .collect();
+                let existed: u64 = self.run_script(target, &CLEAR_PAGE, &keys, &args).await?;
                 removed += existed;
             }
             if next == 0 {
@@ -974,25 +989,19 @@ impl RedisBackend {
         if let Some(cache_key) = CacheKey::parse_stored(key) {
             let index_key = self.inner.keys.index_key(&cache_key.decoded_path());
             let ttl_arg = ttl_ms.map(|ms| ms.to_string()).unwrap_or_default();
-            return self
-                .run(Target::Key(data_key), |mut c| {
-                    let (index_key, value, ttl_arg) = (&index_key, &value, &ttl_arg);
-                    async move {
-                        SET_INDEXED
-                            .key(data_key)
-                            .key(index_key)
-                            .arg(value.as_ref())
-                            .arg(ttl_arg)
-                            .arg(mode.arg())
-                            .arg(key)
-                            .arg(channel)
-                            .arg(message)
-                            .invoke_async::<i64>(&mut c)
-                            .await
-                            .map(|written| written == 1)
-                    }
-                })
-                .await;
+            let keys = [data_key.as_bytes(), index_key.as_bytes()];
+            let args = [
+                value.as_ref(),
+                ttl_arg.as_bytes(),
+                mode.arg().as_bytes(),
+                key.as_bytes(),
+                channel,
+                message,
+            ];
+            let written: i64 = self
+                .run_script(Target::Key(data_key), &SET_INDEXED, &keys, &args)
+                .await?;
+            return Ok(written == 1);
         }
         let ms = ttl_ms.map(|ms| ms.to_string());
         let mut args: Vec<&[u8]> = vec![value.as_ref()];
@@ -1335,20 +1344,14 @@ impl CompareAndSwap for RedisBackend {
         let note = self.note(Scope::Key(key.to_owned()));
         let (channel, message) = note_args(note.as_ref());
         let deleted = self
-            .run(Target::Key(&data_key), |mut c| {
-                let data_key = &data_key;
-                async move {
-                    DELETE_IF_EQUALS
-                        .key(data_key)
-                        .arg(expected)
-                        .arg(channel)
-                        .arg(message)
-                        .invoke_async::<i64>(&mut c)
-                        .await
-                        .map(|deleted| deleted == 1)
-                }
-            })
-            .await;
+            .run_script::<i64>(
+                Target::Key(&data_key),
+                &DELETE_IF_EQUALS,
+                &[data_key.as_bytes()],
+                &[expected, channel, message],
+            )
+            .await
+            .map(|deleted| deleted == 1);
         self.settle(note).await;
         deleted
     }
@@ -1368,22 +1371,20 @@ impl CompareAndSwap for RedisBackend {
         let note = self.note(Scope::Key(key.to_owned()));
         let (channel, message) = note_args(note.as_ref());
         let written = self
-            .run(Target::Key(&data_key), |mut c| {
-                let (data_key, value, ttl_arg) = (&data_key, &value, &ttl_arg);
-                async move {
-                    SET_IF_EQUALS
-                        .key(data_key)
-                        .arg(expected)
-                        .arg(value.as_ref())
-                        .arg(ttl_arg)
-                        .arg(channel)
-                        .arg(message)
-                        .invoke_async::<i64>(&mut c)
-                        .await
-                        .map(|written| written == 1)
-                }
-            })
-            .await;
+            .run_script::<i64>(
+                Target::Key(&data_key),
+                &SET_IF_EQUALS,
+                &[data_key.as_bytes()],
+                &[
+                    expected,
+                    value.as_ref(),
+                    ttl_arg.as_bytes(),
+                    channel,
+                    message,
+                ],
+            )
+            .await
+            .map(|written| written == 1);
         self.settle(note).await;
         written
     }
