@@ -396,9 +396,10 @@ impl RedisConfig {
         let Some(settings) = &self.memory_tier else {
             return Ok(None);
         };
-        if settings.max_staleness < Duration::from_millis(4) {
+        let staleness = Duration::from_millis(4)..=Duration::from_secs(3600);
+        if !staleness.contains(&settings.max_staleness) {
             return Err(RedisConfigError::Invalid {
-                source: "the memory tier's max_staleness must be at least 4 ms".into(),
+                source: "the memory tier's max_staleness must be between 4 ms and 1 hour".into(),
             });
         }
         if settings.max_ttl.is_zero() {

@@ -448,6 +448,9 @@ struct Subscription {
     /// Where to subscribe: the server, or each Cluster seed in turn.
     clients: Vec<::redis::Client>,
     heartbeats: AtomicU64,
+    /// The subscriber task runs (one per backend, whatever happens to the
+    /// command connection).
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl Subscription {
@@ -461,6 +464,66 @@ struct Note {
     channel: String,
     message: Vec<u8>,
     scope: Scope,
+}
+
+/// A change in progress through a backend with a memory tier. When it ends
+/// it is applied to our own tier (other instances apply its message), and
+/// a bulk change is announced then. Whatever its outcome: a failed or
+/// timed-out call may still have changed keys. Also when the caller drops
+/// the call half-way (a timeout around it, a client gone): the command may
+/// have run, so that is done on a spawned task.
+struct Change {
+    backend: Option<RedisBackend>,
+    note: Option<Note>,
+    bulk: bool,
+}
+
+impl Change {
+    fn note(&self) -> Option<&Note> {
+        self.note.as_ref()
+    }
+
+    /// Ends the change; the error of a bulk change's announcement.
+    async fn finish(mut self) -> Result<(), BackendError> {
+        match (self.backend.take(), self.note.take()) {
+            (Some(backend), Some(note)) => finish_change(backend, note, self.bulk).await,
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Change {
+    fn drop(&mut self) {
+        let (Some(backend), Some(note)) = (self.backend.take(), self.note.take()) else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let bulk = self.bulk;
+            runtime.spawn(async move {
+                if let Err(e) = finish_change(backend, note, bulk).await {
+                    tracing::warn!(error = %e, "memory tier: an abandoned bulk change was not announced");
+                }
+            });
+        }
+    }
+}
+
+/// Announces a bulk change (once more after a failure), then applies it to
+/// our own tier.
+async fn finish_change(backend: RedisBackend, note: Note, bulk: bool) -> Result<(), BackendError> {
+    let mut sent = Ok(());
+    if bulk {
+        for _ in 0..2 {
+            sent = backend.publish(note.message.clone()).await;
+            if sent.is_ok() {
+                break;
+            }
+        }
+    }
+    if let Some(sub) = &backend.inner.subscription {
+        sub.tier.invalidate(&note.scope).await;
+    }
+    sent
 }
 
 impl fmt::Debug for RedisBackend {
@@ -510,6 +573,7 @@ impl RedisBackend {
             channel: format!("{}__invalidations", config.key_prefix),
             clients,
             heartbeats: AtomicU64::new(0),
+            started: std::sync::atomic::AtomicBool::new(false),
         });
         Self {
             inner: Arc::new(Inner {
@@ -585,8 +649,10 @@ impl RedisBackend {
                 source: Box::new(e),
             })?;
         self.inner.conn.store(Some(Arc::new(conn.clone())));
-        if self.inner.subscription.is_some() {
-            subscriber::spawn(&self.inner);
+        if let Some(sub) = &self.inner.subscription {
+            if !sub.started.swap(true, Ordering::AcqRel) {
+                subscriber::spawn(&self.inner);
+            }
         }
         Ok(conn)
     }
@@ -601,12 +667,14 @@ impl RedisBackend {
         })
     }
 
-    /// Applies an announced change to our own tier (other instances apply
-    /// it when the message arrives). Called whatever the change's outcome:
-    /// a failed or timed-out call may still have changed the key.
-    async fn settle(&self, note: Option<Note>) {
-        if let (Some(sub), Some(note)) = (&self.inner.subscription, note) {
-            sub.tier.invalidate(&note.scope).await;
+    /// A change to `scope` about to be made (see [`Change`]); `bulk` when
+    /// it cannot announce itself inside its own script.
+    fn change(&self, scope: Scope, bulk: bool) -> Change {
+        let note = self.note(scope);
+        Change {
+            backend: note.as_ref().map(|_| self.clone()),
+            note,
+            bulk,
         }
     }
 
@@ -681,15 +749,6 @@ impl RedisBackend {
         .await
     }
 
-    /// Announces and applies a bulk change after it was made.
-    async fn announce_bulk(&self, scope: Scope) -> Result<(), BackendError> {
-        let Some(note) = self.note(scope) else {
-            return Ok(());
-        };
-        let sent = self.publish(note.message.clone()).await;
-        self.settle(Some(note)).await;
-        sent
-    }
 
     /// The per-path index walk of `clear_path`, each page's deletions and
     /// the note's `PUBLISH` in one script.
@@ -968,11 +1027,11 @@ impl RedisBackend {
             return self.write_expired(key, mode).await;
         }
         let ttl_ms = ttl.map(ttl_millis);
-        let note = self.note(Scope::Key(key.to_owned()));
+        let change = self.change(Scope::Key(key.to_owned()), false);
         let written = self
-            .write_noted(key, &data_key, value, ttl_ms, mode, note.as_ref())
+            .write_noted(key, &data_key, value, ttl_ms, mode, change.note())
             .await;
-        self.settle(note).await;
+        let _ = change.finish().await;
         written
     }
 
@@ -1242,21 +1301,21 @@ impl Backend for RedisBackend {
 
     async fn take(&self, key: &str) -> Result<Option<Bytes>, BackendError> {
         let data_key = self.data_key(key)?;
-        let note = self.note(Scope::Key(key.to_owned()));
+        let change = self.change(Scope::Key(key.to_owned()), false);
         let taken = self
-            .run_noted("GETDEL", &data_key, &[], note.as_ref())
+            .run_noted("GETDEL", &data_key, &[], change.note())
             .await;
-        self.settle(note).await;
+        let _ = change.finish().await;
         taken
     }
 
     async fn delete(&self, key: &str) -> Result<bool, BackendError> {
         let data_key = self.data_key(key)?;
-        let note = self.note(Scope::Key(key.to_owned()));
+        let change = self.change(Scope::Key(key.to_owned()), false);
         let removed: Result<u64, _> = self
-            .run_noted("UNLINK", &data_key, &[], note.as_ref())
+            .run_noted("UNLINK", &data_key, &[], change.note())
             .await;
-        self.settle(note).await;
+        let _ = change.finish().await;
         Ok(removed? > 0)
     }
 
@@ -1326,13 +1385,14 @@ impl Listing for RedisBackend {
     }
 
     async fn clear(&self, prefix: &str) -> Result<u64, BackendError> {
+        let change = self.change(Scope::Prefix(prefix.to_owned()), true);
         // Index keys are internal: they go with a clear of everything.
         let removed = self
             .unlink_scanned(&self.inner.keys.scan_pattern(prefix), |raw| {
                 prefix.is_empty() || !self.inner.keys.is_index_key(raw)
             })
             .await;
-        self.announce_bulk(Scope::Prefix(prefix.to_owned())).await?;
+        change.finish().await?;
         removed
     }
 }
@@ -1341,8 +1401,8 @@ impl Listing for RedisBackend {
 impl CompareAndSwap for RedisBackend {
     async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, BackendError> {
         let data_key = self.data_key(key)?;
-        let note = self.note(Scope::Key(key.to_owned()));
-        let (channel, message) = note_args(note.as_ref());
+        let change = self.change(Scope::Key(key.to_owned()), false);
+        let (channel, message) = note_args(change.note());
         let deleted = self
             .run_script::<i64>(
                 Target::Key(&data_key),
@@ -1352,7 +1412,7 @@ impl CompareAndSwap for RedisBackend {
             )
             .await
             .map(|deleted| deleted == 1);
-        self.settle(note).await;
+        let _ = change.finish().await;
         deleted
     }
 
@@ -1368,8 +1428,8 @@ impl CompareAndSwap for RedisBackend {
         }
         let data_key = self.data_key(key)?;
         let ttl_arg = ttl.map(|t| ttl_millis(t).to_string()).unwrap_or_default();
-        let note = self.note(Scope::Key(key.to_owned()));
-        let (channel, message) = note_args(note.as_ref());
+        let change = self.change(Scope::Key(key.to_owned()), false);
+        let (channel, message) = note_args(change.note());
         let written = self
             .run_script::<i64>(
                 Target::Key(&data_key),
@@ -1385,7 +1445,7 @@ impl CompareAndSwap for RedisBackend {
             )
             .await
             .map(|written| written == 1);
-        self.settle(note).await;
+        let _ = change.finish().await;
         written
     }
 }
@@ -1393,18 +1453,20 @@ impl CompareAndSwap for RedisBackend {
 #[async_trait]
 impl PathInvalidation for RedisBackend {
     async fn clear_path(&self, path: &str, include_params: bool) -> Result<u64, BackendError> {
-        let note = self.note(Scope::Path {
+        let scope = Scope::Path {
             path: path.to_owned(),
             include_params,
-        });
+        };
+        let change = self.change(scope, false);
         let removed = self
-            .clear_indexed_path(path, include_params, note.as_ref())
+            .clear_indexed_path(path, include_params, change.note())
             .await;
-        self.settle(note).await;
+        let _ = change.finish().await;
         removed
     }
 
     async fn clear_cache(&self) -> Result<u64, BackendError> {
+        let change = self.change(Scope::Prefix(CACHE_NAMESPACE.to_owned()), true);
         let index = self.inner.keys.index_pattern();
         let removed = match self.unlink_scanned(&index, |_| true).await {
             Ok(_) => {
@@ -1413,8 +1475,7 @@ impl PathInvalidation for RedisBackend {
             }
             Err(e) => Err(e),
         };
-        self.announce_bulk(Scope::Prefix(CACHE_NAMESPACE.to_owned()))
-            .await?;
+        change.finish().await?;
         removed
     }
 }

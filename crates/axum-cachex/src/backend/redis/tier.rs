@@ -83,8 +83,9 @@ impl MemoryTier {
 
     /// How long after a change made through another instance this tier may
     /// still serve the old value, when messages are delayed or the
-    /// subscription is lost. Heartbeats go out every quarter of it. Default:
-    /// 1 s.
+    /// subscription is lost. Heartbeats go out every quarter of it. Between
+    /// 4 ms and 1 hour ([`RedisConfig::build`](super::RedisConfig::build)
+    /// refuses others). Default: 1 s.
     pub fn max_staleness(mut self, bound: Duration) -> Self {
         self.max_staleness = bound;
         self
@@ -275,7 +276,9 @@ impl Tier {
             sent.drain(..=position);
             sent_at
         };
-        let until = nanos_since(self.epoch, sent_at + self.settings.max_staleness);
+        let until = sent_at
+            .checked_add(self.settings.max_staleness)
+            .map_or(u64::MAX, |t| nanos_since(self.epoch, t));
         self.trusted_until.fetch_max(until, Ordering::AcqRel);
     }
 }
