@@ -517,9 +517,13 @@ async fn an_expired_key_is_not_served_from_the_tier() {
     let url = server.url();
     let prefix = common::unique_prefix("rt-expiry");
     let (a, b) = (instance(&url, &prefix), instance(&url, &prefix));
-    a.set("k", Bytes::from_static(b"v"), Some(Duration::from_millis(600)))
-        .await
-        .expect("set");
+    a.set(
+        "k",
+        Bytes::from_static(b"v"),
+        Some(Duration::from_millis(600)),
+    )
+    .await
+    .expect("set");
     wait_in_tier(&b, "k").await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(from_tier(&b, "k"), None);
@@ -677,10 +681,7 @@ mod sessions {
         let url = server.url();
         let prefix = common::unique_prefix("rt-abandoned-logout");
         let backend_a = instance(&url, &prefix);
-        let (a, b) = (
-            manager(backend_a.clone()),
-            manager(instance(&url, &prefix)),
-        );
+        let (a, b) = (manager(backend_a.clone()), manager(instance(&url, &prefix)));
         backend_a.delete("warm-up").await.expect("delete");
         let (session, token) = a
             .create_session(SessionUser::new("u1"), None, None, None)
@@ -693,8 +694,7 @@ mod sessions {
         }
         server.freeze();
         let gave_up =
-            tokio::time::timeout(Duration::from_millis(100), a.delete_session(session.id()))
-                .await;
+            tokio::time::timeout(Duration::from_millis(100), a.delete_session(session.id())).await;
         server.thaw();
         assert!(gave_up.is_err(), "setup: the logout request was abandoned");
         // Bounded wait until the logout reached Redis (B reads it there).
@@ -748,7 +748,11 @@ mod sessions {
             b.load_session(&token, None, None).await.expect("load");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(a.invalidate_session(session.id()).await.expect("invalidate"));
+        assert!(
+            a.invalidate_session(session.id())
+                .await
+                .expect("invalidate")
+        );
         tokio::time::sleep(BOUND).await;
         assert!(b.load_session(&token, None, None).await.is_err());
     }

@@ -733,6 +733,20 @@ impl RedisBackend {
         .await
     }
 
+    /// Publishes a message on the tier's channel through one Cluster node.
+    async fn publish_on(&self, node: &NodeAddr, message: Vec<u8>) -> Result<(), BackendError> {
+        let Some(sub) = &self.inner.subscription else {
+            return Ok(());
+        };
+        let mut cmd = ::redis::cmd("PUBLISH");
+        cmd.arg(&sub.channel).arg(message);
+        self.run(Target::Node(node), |mut c| {
+            let cmd = &cmd;
+            async move { c.query_on::<Value>(Some(node), cmd).await.map(drop) }
+        })
+        .await
+    }
+
     /// Publishes a message on the tier's channel (heartbeats, and the
     /// announcements of bulk changes, which cannot share a script with
     /// what they announce).
@@ -748,7 +762,6 @@ impl RedisBackend {
         })
         .await
     }
-
 
     /// The per-path index walk of `clear_path`, each page's deletions and
     /// the note's `PUBLISH` in one script.

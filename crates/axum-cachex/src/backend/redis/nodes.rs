@@ -58,6 +58,17 @@ impl SlotMap {
         (!parsed.is_empty()).then_some(Self { ranges: parsed })
     }
 
+    /// Every primary, once each.
+    pub(super) fn primaries(&self) -> Vec<NodeAddr> {
+        let mut nodes: Vec<NodeAddr> = Vec::new();
+        for (_, _, node) in &self.ranges {
+            if !nodes.contains(node) {
+                nodes.push(node.clone());
+            }
+        }
+        nodes
+    }
+
     /// The primary serving `slot`.
     pub(super) fn node_of(&self, slot: u16) -> Option<&NodeAddr> {
         let after = self.ranges.partition_point(|r| r.0 <= slot);
@@ -184,6 +195,11 @@ impl Breakers {
             ))
         });
         Arc::clone(breaker)
+    }
+
+    /// The primaries of the last slot map read; `None` before the first.
+    pub(super) fn primaries(&self) -> Option<Vec<NodeAddr>> {
+        self.slots.load().as_ref().map(|map| map.primaries())
     }
 
     /// Whether this caller should read the slot map now (Cluster only; at

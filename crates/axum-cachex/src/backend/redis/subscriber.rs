@@ -154,14 +154,34 @@ async fn apply(inner: &Inner, payload: &[u8]) -> bool {
     }
 }
 
+/// Publishes a heartbeat: on the server, or on every Cluster primary (a
+/// change's message comes from its key's primary over the cluster bus, and
+/// only a heartbeat sent the same way proves it arrived).
 async fn send_heartbeat(backend: RedisBackend) {
     let Some(sub) = &backend.inner.subscription else {
         return;
     };
-    let sequence = sub.next_heartbeat();
-    sub.tier.heartbeat_sent(sequence);
-    let payload = message::heartbeat(&sub.instance, sequence);
-    if let Err(e) = backend.publish(payload).await {
-        debug!(error = %e, "memory tier: heartbeat not sent");
+    if !backend.is_cluster() {
+        let sequence = sub.next_heartbeat();
+        sub.tier.heartbeat_sent(sequence, "");
+        let payload = message::heartbeat(&sub.instance, sequence);
+        if let Err(e) = backend.publish(payload).await {
+            debug!(error = %e, "memory tier: heartbeat not sent");
+        }
+        return;
+    }
+    let Some(primaries) = backend.inner.breakers.primaries() else {
+        backend.refresh_slots_if_due(false);
+        return; // untrusted until the slot map is known
+    };
+    sub.tier
+        .publish_to(primaries.iter().map(ToString::to_string).collect());
+    for node in &primaries {
+        let sequence = sub.next_heartbeat();
+        sub.tier.heartbeat_sent(sequence, &node.to_string());
+        let payload = message::heartbeat(&sub.instance, sequence);
+        if let Err(e) = backend.publish_on(node, payload).await {
+            debug!(error = %e, %node, "memory tier: heartbeat not sent");
+        }
     }
 }

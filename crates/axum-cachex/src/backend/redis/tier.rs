@@ -28,7 +28,10 @@
 //! Each change is published atomically with it (inside the same Lua script;
 //! bulk clears announce after they ran), so the message exists once the
 //! change does. Messages on one
-//! subscription arrive in the order the server handled them. The subscriber
+//! subscription arrive in the order the server handled them (on a
+//! Cluster: in the order each primary handled them, over its cluster-bus
+//! link, so there a heartbeat goes to every primary and trust needs all of
+//! them back). The subscriber
 //! also publishes a heartbeat every quarter of `max_staleness` and, when its
 //! own heartbeat comes back, knows that every message published before it
 //! was sent has been applied. The tier is read only while the last
@@ -45,7 +48,7 @@
 //! write to one key does not keep every other key out of the tier.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     sync::{
         Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
@@ -136,8 +139,12 @@ pub(super) struct Tier {
     /// Nanoseconds after `epoch` until which reads are trusted (0: not).
     trusted_until: AtomicU64,
     epoch: Instant,
-    /// Sent heartbeats not yet seen back: `(sequence, sent at)`.
-    sent: Mutex<VecDeque<(u64, Instant)>>,
+    /// Sent heartbeats not yet seen back: `(sequence, sent at, node)`.
+    sent: Mutex<VecDeque<(u64, Instant, String)>>,
+    /// Per node published on: when the latest heartbeat that came back was
+    /// sent. Trust needs one from every node in `nodes`.
+    returned: Mutex<HashMap<String, Instant>>,
+    nodes: Mutex<Vec<String>>,
 }
 
 impl Tier {
@@ -155,6 +162,8 @@ impl Tier {
             trusted_until: AtomicU64::new(0),
             epoch: Instant::now(),
             sent: Mutex::new(VecDeque::new()),
+            returned: Mutex::new(HashMap::new()),
+            nodes: Mutex::new(vec![String::new()]),
         })
     }
 
@@ -243,44 +252,69 @@ impl Tier {
         }
     }
 
-    /// Forgets everything and stops trusting the tier until a heartbeat
-    /// comes back: messages may have been missed.
+    /// Forgets everything and stops trusting the tier until heartbeats
+    /// come back: messages may have been missed.
     pub(super) async fn distrust(&self) {
         self.trusted_until.store(0, Ordering::Release);
         self.bulk.fetch_add(1, Ordering::AcqRel);
-        self.sent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        locked(&self.sent).clear();
+        locked(&self.returned).clear();
         let _ = self.store.clear("").await;
     }
 
-    /// Records a heartbeat about to be published.
-    pub(super) fn heartbeat_sent(&self, sequence: u64) {
-        let mut sent = self.sent.lock().unwrap_or_else(PoisonError::into_inner);
-        if sent.len() == HEARTBEATS_KEPT {
-            sent.pop_front();
-        }
-        sent.push_back((sequence, Instant::now()));
+    /// The nodes heartbeats go to: one name per node whose messages reach
+    /// the subscription over their own ordered path (`""` for a standalone
+    /// server; each primary on a Cluster, where a change's message comes
+    /// from its key's primary over the cluster bus).
+    pub(super) fn publish_to(&self, nodes: Vec<String>) {
+        *locked(&self.nodes) = nodes;
     }
 
-    /// Our heartbeat `sequence` came back: trust the tier until
-    /// `max_staleness` after it was sent.
+    /// Records a heartbeat about to be published on `node`.
+    pub(super) fn heartbeat_sent(&self, sequence: u64, node: &str) {
+        let kept = HEARTBEATS_KEPT * locked(&self.nodes).len().max(1);
+        let mut sent = locked(&self.sent);
+        if sent.len() >= kept {
+            sent.pop_front();
+        }
+        sent.push_back((sequence, Instant::now(), node.to_owned()));
+    }
+
+    /// Our heartbeat `sequence` came back: every message its node published
+    /// before it has been applied. The tier is trusted until `max_staleness`
+    /// after the oldest of the latest heartbeats of every node.
     pub(super) fn heartbeat_received(&self, sequence: u64) {
-        let sent_at = {
-            let mut sent = self.sent.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(position) = sent.iter().position(|(s, _)| *s == sequence) else {
-                return;
-            };
-            let sent_at = sent[position].1;
-            sent.drain(..=position);
-            sent_at
+        let Some((_, sent_at, node)) = ({
+            let mut sent = locked(&self.sent);
+            sent.iter()
+                .position(|(s, _, _)| *s == sequence)
+                .and_then(|position| sent.remove(position))
+        }) else {
+            return;
         };
-        let until = sent_at
+        let oldest = {
+            let mut returned = locked(&self.returned);
+            let latest = returned.entry(node).or_insert(sent_at);
+            *latest = (*latest).max(sent_at);
+            let nodes = locked(&self.nodes);
+            nodes
+                .iter()
+                .map(|n| returned.get(n).copied())
+                .collect::<Option<Vec<Instant>>>()
+                .and_then(|times| times.into_iter().min())
+        };
+        let Some(oldest) = oldest else {
+            return; // a node has not answered yet
+        };
+        let until = oldest
             .checked_add(self.settings.max_staleness)
             .map_or(u64::MAX, |t| nanos_since(self.epoch, t));
         self.trusted_until.fetch_max(until, Ordering::AcqRel);
     }
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn nanos_since(epoch: Instant, t: Instant) -> u64 {
@@ -380,7 +414,7 @@ mod tests {
     async fn trusted_only_within_the_bound_of_a_returned_heartbeat() {
         let tier = Tier::new(MemoryTier::new(1 << 20).max_staleness(Duration::from_secs(1)))
             .expect("tier");
-        tier.heartbeat_sent(1);
+        tier.heartbeat_sent(1, "");
         tier.fill("k", Bytes::from_static(b"v"), None, tier.generation("k"))
             .await;
         assert_eq!(
@@ -399,9 +433,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn on_a_cluster_every_primary_must_answer() {
+        let tier = Tier::new(MemoryTier::new(1 << 20).max_staleness(Duration::from_secs(1)))
+            .expect("tier");
+        tier.publish_to(vec!["a:1".into(), "b:2".into()]);
+        tier.heartbeat_sent(1, "a:1");
+        tier.heartbeat_sent(2, "b:2");
+        tier.heartbeat_received(1);
+        tier.fill("k", Bytes::from_static(b"v"), None, tier.generation("k"))
+            .await;
+        assert_eq!(tier.get("k"), None, "b:2 has not answered");
+        tokio::time::advance(Duration::from_millis(600)).await;
+        tier.heartbeat_received(2);
+        tier.fill("k", Bytes::from_static(b"v"), None, tier.generation("k"))
+            .await;
+        assert!(tier.get("k").is_some());
+        // Trust runs from the older of the two: a's, sent 600 ms ago.
+        tokio::time::advance(Duration::from_millis(401)).await;
+        assert_eq!(tier.get("k"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_fetch_that_raced_an_invalidation_is_not_kept() {
         let tier = Tier::new(MemoryTier::new(1 << 20)).expect("tier");
-        tier.heartbeat_sent(1);
+        tier.heartbeat_sent(1, "");
         tier.heartbeat_received(1);
         let before = tier.generation("k");
         tier.invalidate(&Scope::Key("k".into())).await;
