@@ -1,5 +1,5 @@
 //! The admin listener: the library's monitoring routes (`/stats`,
-//! `/metrics`, the listings, `clear-path`, `purge` by pattern, key or all,
+//! `/metrics`, the listings, `clear-path`, `purge` by pattern, key, tag or all,
 //! and the dashboard), never on the proxied listener.
 //!
 //! With `--admin-token` they require that bearer token; without one they

@@ -193,7 +193,9 @@ where
         let (forward, cache) = (forward.clone(), cache.clone());
         async move {
             let head = (!req.method().is_safe()).then(|| head_of(&req));
-            let res = forward.oneshot(req).await?;
+            let mut res = forward.oneshot(req).await?;
+            // Cache tags are for the cache, bypassed or not.
+            res.headers_mut().remove(cache.tag_header());
             let Some(head) = head else {
                 return Ok(res);
             };

@@ -35,7 +35,8 @@ Example:
 
 Admin routes (on --admin only): GET /stats, /metrics, /cached-hits,
 /cached-records, / (the dashboard); POST /clear-path?path=/p[&include_params=true],
-POST /purge?pattern=/p/*, POST /purge?key=<cache key>, POST /purge?all=true.";
+POST /purge?pattern=/p/*, POST /purge?key=<cache key>, POST /purge?tag=<tag>,
+POST /purge?all=true.";
 
 /// The axum-cachex HTTP cache as a caching reverse proxy: an RFC 9111
 /// shared cache in front of one upstream.

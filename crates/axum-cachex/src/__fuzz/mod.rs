@@ -62,18 +62,19 @@ pub fn tags(data: &[u8]) {
         assert!(tags::is_valid(tag), "{tag:?}");
         assert!(!taken[..i].contains(tag), "{tag:?} taken twice");
     }
-    let stamp: Vec<String> = taken.iter().map(|t| format!("{t}=00ff")).collect();
-    if let Ok(value) = HeaderValue::try_from(stamp.join(" ")) {
-        if let Some(pairs) = tags::stamp_pairs(&value) {
-            let back: Vec<&str> = pairs.iter().map(|(t, _)| *t).collect();
-            assert_eq!(back, taken.iter().map(String::as_str).collect::<Vec<_>>());
-        } else {
-            assert!(taken.is_empty(), "a stamp of valid tags parses");
+    let stamp = std::iter::once("1700000000000000".to_owned()).chain(taken.iter().cloned());
+    if let Ok(value) = HeaderValue::try_from(stamp.collect::<Vec<_>>().join(" ")) {
+        match tags::stamp_parts(&value) {
+            Some((began, back)) => {
+                assert_eq!(began, 1_700_000_000_000_000);
+                assert_eq!(back, taken.iter().map(String::as_str).collect::<Vec<_>>());
+            }
+            None => assert!(taken.is_empty(), "a stamp of valid tags parses"),
         }
     }
     for value in field_lines(data) {
-        if let Some(pairs) = tags::stamp_pairs(&value) {
-            assert!(pairs.iter().all(|(t, _)| tags::is_valid(t)));
+        if let Some((_, tags_read)) = tags::stamp_parts(&value) {
+            assert!(tags_read.iter().all(|t| tags::is_valid(t)));
         }
     }
 }

@@ -94,6 +94,12 @@ pub enum CacheLayerConfigError {
         "tag {0:?} cannot be used: a tag is 1 to 256 visible ASCII characters without `,` or `=`"
     )]
     InvalidTag(String),
+    /// [`CacheLayerBuilder::tag_header`] names a header the cache reads or
+    /// writes itself.
+    #[error(
+        "`{0}` cannot carry cache tags: the cache reads or writes it itself (use `Cache-Tag` or `Surrogate-Key`)"
+    )]
+    ReservedTagHeader(String),
 }
 
 /// Default largest body the layer buffers and stores: 1 MiB.
@@ -664,6 +670,11 @@ impl CacheLayerBuilder {
                     "stale_ttl",
                 ));
             }
+        }
+        if super::tags::is_reserved_header(&self.tag_header) {
+            return Err(CacheLayerConfigError::ReservedTagHeader(
+                self.tag_header.as_str().to_owned(),
+            ));
         }
         if let Some(tag) = self.tags.iter().find(|t| !super::tags::is_valid(t)) {
             return Err(CacheLayerConfigError::InvalidTag(tag.clone()));

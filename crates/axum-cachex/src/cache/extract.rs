@@ -214,7 +214,12 @@ impl CacheBackend {
     ///
     /// As [`CacheLayer::invalidate_tag`](super::CacheLayer::invalidate_tag).
     pub async fn invalidate_tag(&self, tag: &str) -> Result<(), BackendError> {
-        super::tags::invalidate(&*self.handle.backend, tag).await
+        let now = self
+            .handle
+            .shared
+            .as_ref()
+            .map_or_else(std::time::SystemTime::now, |s| s.options.clock.now());
+        super::tags::invalidate(&*self.handle.backend, tag, now).await
     }
 }
 

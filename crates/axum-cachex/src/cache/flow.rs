@@ -98,6 +98,9 @@ struct Pending {
     /// invalidation of the key since is neither stored nor shared (RFC
     /// 9111 §4.4).
     run: Run,
+    /// When the handler run began: what it made predates an invalidation
+    /// of one of its tags made after this.
+    began: SystemTime,
     /// The cross-instance lock was gone when the response was to be stored.
     lock_lost: AtomicBool,
 }
@@ -379,6 +382,7 @@ where
             lock,
             guard: parts.extensions.get::<ShareGuard>().cloned(),
             run,
+            began: self.shared.options.clock.now(),
             lock_lost: AtomicBool::new(false),
         };
         let result = self.call(Request::from_parts(parts, body)).await;
@@ -786,6 +790,7 @@ where
             lock: None,
             guard: request.extensions().get::<ShareGuard>().cloned(),
             run,
+            began: self.shared.options.clock.now(),
             lock_lost: AtomicBool::new(false),
         };
         match self.call(request).await {
@@ -984,7 +989,16 @@ impl Pending {
         }
         // Checked again after the await: an invalidation may have landed
         // while the lock was read.
-        !self.outdated() && store::write(shared, backend, &self.slot, entry, &self.selecting).await
+        !self.outdated()
+            && store::write(
+                shared,
+                backend,
+                &self.slot,
+                entry,
+                &self.selecting,
+                self.began,
+            )
+            .await
     }
 
     /// Whether an unsafe request invalidated entries since the handler was

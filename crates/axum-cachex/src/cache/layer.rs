@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum_cachex_core::{Backend, BackendError};
-use http::{HeaderValue, Method, Request};
+use http::{HeaderName, HeaderValue, Method, Request};
 use tower_layer::Layer;
 
 use super::{
@@ -57,6 +57,14 @@ impl CacheLayer {
     /// The `Cache-Control` value this layer emits.
     pub fn cache_control(&self) -> &HeaderValue {
         &self.shared.cache_control
+    }
+
+    /// The response header handlers name their tags in (see
+    /// [`CacheLayerBuilder::tag_header`]); the layer removes it from every
+    /// response it sends. For routes that go around the layer but should
+    /// not leak it either.
+    pub fn tag_header(&self) -> &HeaderName {
+        &self.shared.options.tag_header
     }
 
     /// The backend this layer would use for a request arriving now.
@@ -177,7 +185,8 @@ impl CacheLayer {
     /// or with `,` or `=`); the backend's error, e.g. when it is
     /// unreachable.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<(), BackendError> {
-        super::tags::invalidate(&*self.backend(), tag).await
+        let now = self.shared.options.clock.now();
+        super::tags::invalidate(&*self.backend(), tag, now).await
     }
 }
 

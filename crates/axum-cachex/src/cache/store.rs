@@ -248,6 +248,7 @@ pub(crate) async fn write(
     slot: &Slot,
     entry: &CacheEntry,
     request_headers: &HeaderMap,
+    began: std::time::SystemTime,
 ) -> bool {
     let now = shared.options.clock.now();
     let mut ttl = entry.storage_ttl_left(now);
@@ -262,7 +263,7 @@ pub(crate) async fn write(
     if ttl.is_zero() {
         return false;
     }
-    let Some(entry) = tags::stamped(shared, backend, entry).await else {
+    let Some(entry) = tags::stamped(shared, backend, entry, began).await else {
         return false;
     };
     let names = vary::vary_names(&entry.headers);

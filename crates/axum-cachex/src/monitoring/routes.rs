@@ -403,6 +403,14 @@ pub(crate) async fn purge(inner: Arc<Inner>, request: Request) -> Response {
         )
         .into_response();
     };
+    if let PurgeRequest::Tag(tag) = &request {
+        if !tags::is_valid(tag) {
+            return Failure::BadRequest(
+                "a tag is 1 to 256 visible ASCII characters without `,` or `=`",
+            )
+            .into_response();
+        }
+    }
     let backend = inner.backend();
     let backend = backend.as_ref();
     let (operation, arg) = match &request {
@@ -425,9 +433,17 @@ pub(crate) async fn purge(inner: Arc<Inner>, request: Request) -> Response {
             .await
             .map(u64::from),
         // Tagged responses become unreachable without being counted.
-        "invalidate_tag" => timed(&inner, backend, operation, tags::invalidate(backend, arg))
+        "invalidate_tag" => {
+            let now = inner.clock.now();
+            timed(
+                &inner,
+                backend,
+                operation,
+                tags::invalidate(backend, arg, now),
+            )
             .await
-            .map(|()| 0),
+            .map(|()| 0)
+        }
         _ => timed(&inner, backend, operation, purge::clear_all(backend)).await,
     };
     match result {
