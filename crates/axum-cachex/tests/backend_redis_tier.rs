@@ -109,7 +109,7 @@ impl Pair {
             .await
             .expect("set");
         let data_key = format!("{}{key}", self.a.key_prefix());
-        for _ in 0..200 {
+        for _ in 0..500 {
             self.b.get(key).await.expect("get");
             let mut conn = raw(url_or_node).await;
             let _: () = redis::cmd("SET")
@@ -146,7 +146,7 @@ where
     // tier (by design); a later one does.
     let old = Some(Bytes::from_static(b"old"));
     let mut in_tier = false;
-    for _ in 0..100 {
+    for _ in 0..500 {
         assert_eq!(pair.b.get(key).await.expect("get"), old);
         if pair.b.get_now(key).map(|r| r.expect("get_now")) == Some(old.clone()) {
             in_tier = true;
@@ -267,7 +267,7 @@ async fn wait_until_trusted(backend: &RedisBackend) {
         .set("trust-probe", Bytes::from_static(b"p"), TTL)
         .await
         .expect("set");
-    for _ in 0..200 {
+    for _ in 0..500 {
         backend.get("trust-probe").await.expect("get");
         if backend.get_now("trust-probe").is_some() {
             return;
