@@ -41,9 +41,27 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
+# Distinct free loopback ports, all chosen while held open so that no two
+# servers get the same one. A Cluster node also listens on its port + 10000
+# (the cluster bus), so theirs come from below 55536 with that one free too.
+read -r REDIS_PORT MC1_PORT MC2_PORT CLUSTER_PORT1 CLUSTER_PORT2 CLUSTER_PORT3 < <(python3 -c '
+import random, socket
+held = []
+def take(port=0):
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    held.append(s)
+    return s.getsockname()[1]
+ports = [take() for _ in range(3)]
+while len(ports) < 6:
+    p = random.randint(20000, 45000)
+    try:
+        take(p + 10000)
+        ports.append(take(p))
+    except OSError:
+        continue
+print(" ".join(map(str, ports)))
+for s in held: s.close()')
 
 wait_port() {
     local port=$1 name=$2
@@ -55,19 +73,15 @@ wait_port() {
     exit 1
 }
 
-REDIS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
     --dir "$WORKDIR" --logfile "$WORKDIR/redis.log" --daemonize no &
 PIDS+=($!)
-MC1_PORT=$(free_port)
 memcached -l 127.0.0.1 -p "$MC1_PORT" -U 0 -m 128 -u "$(id -un)" &
 PIDS+=($!)
-MC2_PORT=$(free_port)
 memcached -l 127.0.0.1 -p "$MC2_PORT" -U 0 -m 128 -u "$(id -un)" &
 PIDS+=($!)
 CLUSTER_PORTS=()
-for _ in 1 2 3; do
-    port=$(free_port)
+for port in "$CLUSTER_PORT1" "$CLUSTER_PORT2" "$CLUSTER_PORT3"; do
     mkdir -p "$WORKDIR/cluster-$port"
     # No replicas: keep serving the live primaries' slots if one fails.
     redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \

@@ -442,13 +442,7 @@ async fn send(
 
 /// One simulated client: a mix of cached reads, invalidations, logins,
 /// session reads/writes and OAuth states.
-async fn client(
-    id: u64,
-    base: String,
-    app: Arc<App>,
-    stats: Arc<Stats>,
-    stop: Arc<AtomicBool>,
-) {
+async fn client(id: u64, base: String, app: Arc<App>, stats: Arc<Stats>, stop: Arc<AtomicBool>) {
     let http: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let me = format!("c{id}");
     let mut rng = Rng::new(id + 1);

@@ -132,7 +132,7 @@ fn wait_cluster_ok(bin: &str, ports: &[u16]) {
 /// Starts a fresh cluster-enabled server and adds it to the cluster as an
 /// empty primary (no slots), as `redis-cli --cluster add-node` does.
 fn add_empty_primary(bin: &str, cluster: &RedisCluster) -> RedisProcess {
-    let port = common::backend_redis::free_port();
+    let port = common::backend_redis::free_cluster_port();
     let conf = format!("nodes-{port}.conf");
     let node = RedisProcess::start_on(
         bin.to_owned(),

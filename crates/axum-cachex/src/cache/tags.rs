@@ -355,8 +355,17 @@ mod tests {
 
     #[test]
     fn headers_the_cache_uses_cannot_carry_tags() {
-        for reserved in ["vary", "etag", "cache-control", "x-axum-cachex-tags", "cache-status"] {
-            assert!(is_reserved_header(&HeaderName::from_static(reserved)), "{reserved}");
+        for reserved in [
+            "vary",
+            "etag",
+            "cache-control",
+            "x-axum-cachex-tags",
+            "cache-status",
+        ] {
+            assert!(
+                is_reserved_header(&HeaderName::from_static(reserved)),
+                "{reserved}"
+            );
         }
         for ok in ["cache-tag", "surrogate-key", "x-tags"] {
             assert!(!is_reserved_header(&HeaderName::from_static(ok)), "{ok}");

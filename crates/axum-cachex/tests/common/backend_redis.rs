@@ -176,6 +176,24 @@ impl Drop for RedisProcess {
     }
 }
 
+/// A port for a Cluster node: free, and with its cluster-bus port (the
+/// port + 10000, so the port is below 55536) free too.
+#[allow(dead_code)]
+pub fn free_cluster_port() -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    let mut attempt = 0u64;
+    loop {
+        attempt += 1;
+        let random = RandomState::new().hash_one(attempt);
+        let port = 20_000 + u16::try_from(random % 25_000).expect("below 25 000");
+        let both = TcpListener::bind(("127.0.0.1", port))
+            .and_then(|a| TcpListener::bind(("127.0.0.1", port + 10_000)).map(|b| (a, b)));
+        if both.is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A Redis Cluster of the test's own: `primaries` servers on loopback,
 /// slots spread evenly by `redis-cli --cluster create`, no replicas. Killed
 /// when dropped.
@@ -189,7 +207,7 @@ impl RedisCluster {
     pub fn start(bin: String, primaries: usize) -> Self {
         let nodes: Vec<RedisProcess> = (0..primaries)
             .map(|_| {
-                let port = free_port();
+                let port = free_cluster_port();
                 let conf = format!("nodes-{port}.conf");
                 RedisProcess::start_on(
                     bin.clone(),
