@@ -22,10 +22,13 @@
 //! - **Release after an outage**: a release that fails (the server is
 //!   frozen or unreachable) is retried on a spawned task until the lock's
 //!   TTL has run out, and so is an `add` whose answer never came (a frozen
-//!   server may apply it once it wakes). Otherwise one outage would leave a
-//!   lock that blocks every contender for its whole TTL. Both retries are
-//!   compare-and-delete on our own token, so they can never free another
-//!   holder's lock; without [`CompareAndSwap`] the TTL frees it.
+//!   server may apply it once it wakes, with a TTL that starts then, so
+//!   that cleanup lasts until the server answers, at most a minute).
+//!   Otherwise one outage would leave a lock that blocks every contender
+//!   for its whole TTL. Both retries are compare-and-delete on our own
+//!   token, so they can never free another holder's lock; without
+//!   [`CompareAndSwap`] the TTL frees it. At most 64 such tasks run at
+//!   once per backend; beyond that, locks are left to their TTLs.
 //!
 //! [`CompareAndSwap`]: axum_cachex_core::CompareAndSwap
 //! [`CompareAndSwap::delete_if_equals`]: axum_cachex_core::CompareAndSwap::delete_if_equals
@@ -82,7 +85,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timings.max_wait;
+    let deadline = deadline_after(timings.max_wait);
     loop {
         if let Some(guard) = try_acquire(backend, key.clone(), timings).await? {
             // A holder may have made the value and released the lock
@@ -111,19 +114,24 @@ pub(crate) async fn try_acquire(
     timings: LockTimings,
 ) -> Result<Option<LockGuard>, BackendError> {
     let token = crate::random::unique_token();
-    let expires = Instant::now() + timings.ttl;
+    let expires = deadline_after(timings.ttl);
     let call = backend.add(&key, token.clone(), Some(timings.ttl));
     let added = match bounded(&**backend, timings.call_timeout, call).await {
         Ok(added) => added,
         Err(error) => {
-            // The server may still apply the `add`: clear it up once it can.
-            let holder = Holder {
-                backend: Arc::clone(backend),
-                key,
-                token,
-                expires,
-            };
-            holder.retry_in_background(timings.call_timeout);
+            // The server may still apply the `add` (sent, no answer): clear
+            // it up once it answers. Its TTL then starts when it is
+            // applied, which can be long after now, so the cleanup lasts
+            // until the server answers (at most `ADD_CLEANUP_MAX`).
+            if error.is_unavailable() {
+                let holder = Holder {
+                    backend: Arc::clone(backend),
+                    key,
+                    token,
+                    expires: deadline_after(timings.ttl.max(ADD_CLEANUP_MAX)),
+                };
+                holder.retry_in_background(timings.call_timeout);
+            }
             return Err(error);
         }
     };
@@ -184,7 +192,7 @@ impl Drop for LockGuard {
         let (holder, timeout) = (self.take_holder(), self.call_timeout);
         runtime.spawn(async move {
             if let Err(holder) = holder.release(timeout).await {
-                holder.release_until_expired(timeout).await;
+                holder.retry_in_background(timeout);
             }
         });
     }
@@ -202,9 +210,39 @@ struct Holder {
 /// [`RELEASE_RETRY_MAX`].
 const RELEASE_RETRY_FIRST: Duration = Duration::from_millis(50);
 const RELEASE_RETRY_MAX: Duration = Duration::from_secs(1);
+/// How long the cleanup of an unanswered `add` keeps trying at most.
+const ADD_CLEANUP_MAX: Duration = Duration::from_secs(60);
+/// Most retry tasks alive at once per backend: during a long outage of a
+/// busy app the rest are left to their locks' TTLs instead of piling up.
+const RETRIES_IN_FLIGHT: usize = 64;
+
+/// `now + ttl`, or far in the future when that does not fit.
+fn deadline_after(ttl: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(ttl)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+/// The [`RETRIES_IN_FLIGHT`] slots of `backend` (by address: a backend
+/// dropped and another made at the same address share them, harmlessly).
+fn retry_slots(backend: &Arc<dyn Backend>) -> Arc<tokio::sync::Semaphore> {
+    type Slots = std::collections::HashMap<usize, Arc<tokio::sync::Semaphore>>;
+    static SLOTS: std::sync::OnceLock<std::sync::Mutex<Slots>> = std::sync::OnceLock::new();
+    let address = Arc::as_ptr(backend).cast::<()>() as usize;
+    let mut slots = SLOTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Arc::clone(
+        slots
+            .entry(address)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(RETRIES_IN_FLIGHT))),
+    )
+}
 
 impl Holder {
-    /// One release attempt; the holder back when the backend failed.
+    /// One release attempt; the holder back when the backend did not
+    /// answer.
     async fn release(self, timeout: Duration) -> Result<(), Self> {
         let backend = &*self.backend;
         let result = match backend.compare_and_swap() {
@@ -220,29 +258,38 @@ impl Holder {
                 .map(drop),
         };
         match result {
-            Ok(()) => Ok(()),
-            Err(error) => {
+            Err(error) if error.is_unavailable() => {
                 tracing::debug!(key = self.key, %error, "could not release a lock; retrying");
                 Err(self)
             }
+            // Answered (or refused for good): nothing more to do.
+            _ => Ok(()),
         }
     }
 
     /// [`release_until_expired`](Self::release_until_expired) on a spawned
     /// task; outside a runtime the TTL frees the lock.
+    /// At most [`RETRIES_IN_FLIGHT`] at once.
     fn retry_in_background(self, timeout: Duration) {
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(self.release_until_expired(timeout));
+        if self.backend.compare_and_swap().is_none() {
+            return;
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Ok(slot) = retry_slots(&self.backend).try_acquire_owned() else {
+            return; // the TTL frees this one
+        };
+        runtime.spawn(async move {
+            self.release_until_expired(timeout).await;
+            drop(slot);
+        });
     }
 
     /// Retries with growing pauses until a release lands or the TTL has
     /// freed the lock. Only with compare-and-delete: a plain delete this
     /// late could free the next holder's lock.
     async fn release_until_expired(mut self, timeout: Duration) {
-        if self.backend.compare_and_swap().is_none() {
-            return;
-        }
         let mut pause = RELEASE_RETRY_FIRST;
         while Instant::now() + pause < self.expires {
             tokio::time::sleep(pause).await;
