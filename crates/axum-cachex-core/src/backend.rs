@@ -1,7 +1,9 @@
-use std::{error::Error as StdError, fmt, time::Duration};
+use std::{error::Error as StdError, fmt, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+
+use crate::CacheRecord;
 
 /// A boxed error from a backend's client library, kept as the source.
 type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -88,6 +90,7 @@ pub struct StoredValue {
 /// optional:
 ///
 /// - **hints** with defaults ([`get_now`](Backend::get_now),
+///   [`get_record_now`](Backend::get_record_now),
 ///   [`max_value_size`](Backend::max_value_size),
 ///   [`eviction_count`](Backend::eviction_count)), overridden only by
 ///   stores that have something to say;
@@ -154,6 +157,25 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     fn get_now(&self, key: &str) -> Option<Result<Option<Bytes>, BackendError>> {
         let _ = key;
         None
+    }
+
+    /// [`get_now`](Backend::get_now) for a value the HTTP layer stored,
+    /// decoded: stores that answer from process memory may keep the
+    /// decoded [`CacheRecord`] beside the bytes, so that a cache hit does
+    /// not decode the same bytes again. `None` means "ask `get`", as for
+    /// `get_now`, and so does a value that is not a record (the layer then
+    /// reads it the slow way and deletes it).
+    ///
+    /// The default decodes what `get_now` returns. A store overriding it
+    /// must return exactly the record its bytes decode to.
+    fn get_record_now(&self, key: &str) -> Option<Result<Option<Arc<CacheRecord>>, BackendError>> {
+        match self.get_now(key)? {
+            Ok(Some(bytes)) => CacheRecord::decode(bytes)
+                .ok()
+                .map(|record| Ok(Some(Arc::new(record)))),
+            Ok(None) => Some(Ok(None)),
+            Err(e) => Some(Err(e)),
+        }
     }
 
     /// The largest value the store accepts, when it has such a limit

@@ -28,7 +28,8 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 
 use crate::{
-    Backend, BackendError, CACHE_NAMESPACE, CacheKey, CompareAndSwap, Listing, PathInvalidation,
+    Backend, BackendError, CACHE_NAMESPACE, CacheEntry, CacheKey, CacheRecord, CompareAndSwap,
+    Listing, PathInvalidation,
 };
 
 /// A future that completes after a delay, from the caller's runtime.
@@ -167,6 +168,7 @@ impl<'a> Suite<'a> {
         check!(expired_values_are_absent(b));
         check!(concurrent_writers_never_tear(b));
         check!(get_now_agrees_with_get(b));
+        check!(get_record_now_follows_every_write(b));
         match &self.sleep {
             Some(sleep) => check!(ttl_expiry(b, sleep)),
             None => report.skipped.push(("ttl_expiry", "no Suite::sleep given")),
@@ -477,6 +479,65 @@ async fn get_now_agrees_with_get(b: &dyn Backend) -> Outcome {
         }
     }
     fresh(b, &["conf/now"]).await
+}
+
+/// A record with `body`, as the HTTP layer stores it.
+fn record(body: &str) -> CacheRecord {
+    CacheRecord::Response(CacheEntry {
+        status: http::StatusCode::OK,
+        headers: http::HeaderMap::new(),
+        body: bytes(body),
+        etag: http::HeaderValue::from_static("\"conf\""),
+        stored_at: std::time::UNIX_EPOCH,
+        fresh_for: Duration::from_secs(60),
+        stale_while_revalidate: Duration::ZERO,
+        stale_if_error: Duration::ZERO,
+        vary_key: Bytes::new(),
+    })
+}
+
+/// A store that keeps decoded records must drop them with every write:
+/// a record read after a write is the written one, never the one before.
+async fn get_record_now_follows_every_write(b: &dyn Backend) -> Outcome {
+    let key = "conf/record";
+    let read = |want: Option<&CacheRecord>| -> Outcome {
+        if let Some(now) = b.get_record_now(key) {
+            let got = now?;
+            ensure!(
+                got.as_deref() == want,
+                "get_record_now returned {got:?}, expected {want:?}"
+            );
+        }
+        Ok(())
+    };
+    let (first, second) = (record("first"), record("second"));
+    b.set(key, first.encode(), TTL).await?;
+    read(Some(&first))?;
+    read(Some(&first))?;
+    b.set(key, second.encode(), TTL).await?;
+    read(Some(&second))?;
+    b.delete(key).await?;
+    read(None)?;
+    ensure!(
+        b.add(key, first.encode(), TTL).await?,
+        "add to an empty key failed"
+    );
+    read(Some(&first))?;
+    ensure!(
+        b.replace(key, second.encode(), TTL).await?,
+        "replace failed"
+    );
+    read(Some(&second))?;
+    b.take(key).await?;
+    read(None)?;
+    // Bytes that are not a record are never handed out as one.
+    b.set(key, bytes("not a record"), TTL).await?;
+    if let Some(Ok(Some(got))) = b.get_record_now(key) {
+        return Err(Problem::Contract(format!(
+            "get_record_now decoded plain bytes as {got:?}"
+        )));
+    }
+    fresh(b, &[key]).await
 }
 
 async fn listing_by_prefix(l: &dyn Listing) -> Outcome {

@@ -159,7 +159,9 @@ fn encode_after(head: &str, method: &str, host: &str, path: &str, query: &str) -
 }
 
 fn escape(part: &str) -> Cow<'_, str> {
-    if !part.contains(['%', '|']) {
+    // A byte scan: both characters are ASCII, and keys are built on every
+    // request.
+    if !part.bytes().any(|b| b == b'%' || b == b'|') {
         return Cow::Borrowed(part);
     }
     let mut out = String::with_capacity(part.len() + 8);

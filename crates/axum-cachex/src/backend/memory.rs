@@ -10,7 +10,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use axum_cachex_core::{Backend, BackendError, CompareAndSwap, Listing, StoredValue};
+use axum_cachex_core::{Backend, BackendError, CacheRecord, CompareAndSwap, Listing, StoredValue};
 use bytes::Bytes;
 use moka::{
     Expiry,
@@ -29,9 +29,19 @@ pub const DEFAULT_MAX_CAPACITY: u64 = 64 * 1024 * 1024;
 /// bookkeeping, so that a flood of tiny entries is bounded too.
 const ENTRY_OVERHEAD: usize = 96;
 
+/// Bytes charged per header slot of a decoded record (a `HeaderMap`
+/// bucket, its index and a custom name's allocation), on top of the
+/// encoded bytes, which the decoded record shares.
+const DECODED_HEADER_OVERHEAD: usize = 128;
+
 #[derive(Clone)]
 struct Stored {
     value: Bytes,
+    /// The value decoded as an HTTP record, when it is one: decoded once
+    /// when written, so that a cache hit clones it instead of decoding the
+    /// bytes again (see [`Backend::get_record_now`]). It shares the
+    /// value's buffer, so it costs only its own structure.
+    record: Option<Arc<CacheRecord>>,
     /// When the value stops being readable, by the backend's [`Clock`].
     expires_at: Option<SystemTime>,
     /// When moka may drop the entry (by its own clock), which only frees
@@ -44,6 +54,22 @@ struct Stored {
 impl Stored {
     fn is_live(&self, now: SystemTime) -> bool {
         self.expires_at.is_none_or(|at| at > now)
+    }
+
+    /// What the entry costs against the byte bound, `key` included.
+    fn weight(&self, key: &str) -> u32 {
+        let decoded = match self.record.as_deref() {
+            None => 0,
+            Some(CacheRecord::Response(entry)) => {
+                std::mem::size_of::<CacheRecord>()
+                    + entry.headers.capacity() * DECODED_HEADER_OVERHEAD
+            }
+            Some(CacheRecord::Variants(index)) => {
+                std::mem::size_of::<CacheRecord>()
+                    + index.names.iter().map(|n| n.len() + 24).sum::<usize>()
+            }
+        };
+        u32::try_from(key.len() + self.value.len() + ENTRY_OVERHEAD + decoded).unwrap_or(u32::MAX)
     }
 }
 
@@ -165,9 +191,7 @@ impl MemoryBackendBuilder {
         let counter = Arc::clone(&evictions);
         let cache = Cache::builder()
             .max_capacity(self.max_capacity)
-            .weigher(|k: &String, v: &Stored| {
-                u32::try_from(k.len() + v.value.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
-            })
+            .weigher(|k: &String, v: &Stored| v.weight(k))
             .eviction_policy(EvictionPolicy::lru())
             .expire_after(PerEntryTtl)
             .eviction_listener(move |_k, _v, cause| {
@@ -240,6 +264,9 @@ impl MemoryBackend {
 
     fn stored(&self, value: Bytes, ttl: Option<Duration>) -> Stored {
         Stored {
+            // Only values that start as records are decoded: the check of
+            // the magic bytes is all other values pay.
+            record: CacheRecord::decode(value.clone()).ok().map(Arc::new),
             value,
             expires_at: ttl.and_then(|t| self.clock.now().checked_add(t)),
             ttl: ttl.filter(|_| self.clock.is_system()),
@@ -318,6 +345,15 @@ impl Backend for MemoryBackend {
 
     fn get_now(&self, key: &str) -> Option<Result<Option<Bytes>, BackendError>> {
         Some(Ok(self.read(key)))
+    }
+
+    fn get_record_now(&self, key: &str) -> Option<Result<Option<Arc<CacheRecord>>, BackendError>> {
+        let now = self.clock.now();
+        match self.cache.get(&*self.full(key)).filter(|s| s.is_live(now)) {
+            None => Some(Ok(None)),
+            // Not a record: the caller reads it the slow way.
+            Some(stored) => Some(Ok(Some(stored.record?))),
+        }
     }
 
     async fn set(

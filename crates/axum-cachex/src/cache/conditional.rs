@@ -92,6 +92,9 @@ impl Conditions {
     /// without `Last-Modified` counts as modified at its `Date` (RFC 9111
     /// §4.3.2).
     pub(crate) fn stored_not_modified(&self, entry: &CacheEntry) -> bool {
+        if self.if_none_match.is_empty() && self.if_modified_since.is_none() {
+            return false;
+        }
         let modified = entry
             .headers
             .get(LAST_MODIFIED)

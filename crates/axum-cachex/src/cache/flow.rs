@@ -29,7 +29,7 @@ use std::{
 };
 
 use axum::body::Body;
-use axum_cachex_core::{Backend, CacheEntry};
+use axum_cachex_core::{Backend, CacheEntry, CacheRecord};
 use bytes::Bytes;
 use http::{
     HeaderMap, HeaderValue, Method, Request, Response, StatusCode,
@@ -134,8 +134,8 @@ where
         head,
         _request: PhantomData,
     };
-    // Paths other than the lookup are boxed: the hit path's future stays
-    // small, so it is cheap to create and move.
+    // Paths other than a hit from process memory are boxed: the hit
+    // path's future stays small, so it is cheap to create and move.
     let (res, status) = match plan::plan(&flow.shared, &parts) {
         Plan::Unsafe => Box::pin(flow.unsafe_method(parts, body)).await?,
         Plan::NoStore => Box::pin(flow.no_store(parts, body)).await?,
@@ -147,10 +147,7 @@ where
             only_if_cached,
         } => match flow.fresh_hit_now(&parts, &key) {
             Some(hit) => hit,
-            None => {
-                flow.cached(parts, body, key, may_store, only_if_cached)
-                    .await?
-            }
+            None => Box::pin(flow.cached(parts, body, key, may_store, only_if_cached)).await?,
         },
     };
     Ok(flow.record(res, status))
@@ -270,16 +267,15 @@ where
     /// answers from process memory. `None` sends the request down the
     /// full path.
     fn fresh_hit_now(&self, parts: &Parts, key: &str) -> Option<(Response<Body>, CacheStatus)> {
-        let Found::Entry(entry) =
-            store::lookup_now(&self.shared, &self.backend, key, &parts.headers)?
-        else {
+        let record = store::entry_now(&self.shared, &self.backend, key, &parts.headers)?;
+        let CacheRecord::Response(entry) = &*record else {
             return None;
         };
         let now = self.shared.options.clock.now();
-        if decide::decide(&entry, now) != Use::Fresh {
+        if decide::decide(entry, now) != Use::Fresh {
             return None;
         }
-        let status = CacheStatus::hit(response::ttl_left(&entry, now));
+        let status = CacheStatus::hit(response::ttl_left(entry, now));
         Some((self.answer_entry(entry, now), status))
     }
 
@@ -306,7 +302,7 @@ where
             match decide::decide(&entry, now) {
                 Use::Fresh => {
                     let status = CacheStatus::hit(response::ttl_left(&entry, now));
-                    return Ok((self.answer_entry(entry, now), status));
+                    return Ok((self.answer_entry(&entry, now), status));
                 }
                 Use::StaleWhileRevalidate => {
                     // A `no-store` request must not cause a store, even in
@@ -316,7 +312,7 @@ where
                     }
                     let status = CacheStatus::hit(response::ttl_left(&entry, now))
                         .with_detail("stale-while-revalidate");
-                    return Ok((self.answer_entry(entry, now), status));
+                    return Ok((self.answer_entry(&entry, now), status));
                 }
                 Use::Revalidate {
                     conditional,
@@ -352,7 +348,7 @@ where
             Err((shared_entry, stale)) => {
                 let now = self.shared.options.clock.now();
                 let status = collapsed_status(&shared_entry, now, fwd, stale);
-                return Ok((self.answer_entry(shared_entry, now), status));
+                return Ok((self.answer_entry(&shared_entry, now), status));
             }
         };
         let lock = match self.take_lock(&slot, &selecting, &leader, write).await {
@@ -360,7 +356,7 @@ where
             Err(computed) => {
                 let now = self.shared.options.clock.now();
                 let status = collapsed_status(&computed, now, fwd, false);
-                return Ok((self.answer_entry(computed, now), status));
+                return Ok((self.answer_entry(&computed, now), status));
             }
         };
         headers::strip_conditionals(&mut parts.headers);
@@ -519,7 +515,7 @@ where
             pending.finish(None);
             let headers =
                 headers::merged(&old.headers, &response::end_to_end_headers(update, true));
-            let mut res = self.answer_entry(CacheEntry { headers, ..old }, now);
+            let mut res = self.answer_entry(&CacheEntry { headers, ..old }, now);
             headers::keep_private(res.headers_mut(), &self.shared.private_cache_control);
             return (res, status.with_detail("credentials"));
         }
@@ -540,7 +536,7 @@ where
             headers,
             ..stored.unwrap_or(old)
         };
-        (self.answer_entry(entry, now), status)
+        (self.answer_entry(&entry, now), status)
     }
 
     fn serve_stale_on_error(
@@ -554,14 +550,14 @@ where
         let now = self.shared.options.clock.now();
         // Waiters share the stale answer instead of each re-running a
         // failing handler.
-        let shared_stale = Outcome::StaleOnError(Arc::new(entry.clone()));
-        pending.finish_with(shared_stale);
+        let entry = Arc::new(entry);
+        pending.finish_with(Outcome::StaleOnError(Arc::clone(&entry)));
         let status = CacheStatus {
             fwd_status,
             ttl: Some(response::ttl_left(&entry, now)),
             ..CacheStatus::forward("stale").with_detail(detail)
         };
-        (self.answer_entry(entry, now), status)
+        (self.answer_entry(&entry, now), status)
     }
 
     /// Admits, stores and answers a new response from the handler.
@@ -808,9 +804,9 @@ where
 
     /// A stored entry as the answer: 304 when the client's validators
     /// match, else the full response (bodiless for HEAD).
-    fn answer_entry(&self, entry: CacheEntry, now: SystemTime) -> Response<Body> {
-        let mut res = if self.cond.stored_not_modified(&entry) {
-            response::not_modified_from_entry(&entry, now)
+    fn answer_entry(&self, entry: &CacheEntry, now: SystemTime) -> Response<Body> {
+        let mut res = if self.cond.stored_not_modified(entry) {
+            response::not_modified_from_entry(entry, now)
         } else {
             response::from_entry(entry, now, self.head)
         };

@@ -89,8 +89,7 @@ pub(crate) fn sanitize(
     entry: &mut CacheEntry,
     is_credential: impl Fn(&HeaderName) -> bool,
 ) -> bool {
-    let status = entry.status.as_u16();
-    if !(200..=599).contains(&status) || status == 206 || status == 304 {
+    if !servable_status(entry.status) {
         return false;
     }
     let bad = |name: &HeaderName| is_unstorable(name) || is_credential(name);
@@ -104,6 +103,23 @@ pub(crate) fn sanitize(
         entry.headers = clean;
     }
     true
+}
+
+/// Whether [`sanitize`] would leave an entry as it is: a status a cache
+/// may serve, and nothing to drop.
+pub(crate) fn is_clean(entry: &CacheEntry, is_credential: impl Fn(&HeaderName) -> bool) -> bool {
+    servable_status(entry.status)
+        && !entry
+            .headers
+            .keys()
+            .any(|name| is_unstorable(name) || is_credential(name))
+}
+
+/// A status a cache may serve from a store: not partial content, not a 304
+/// (those only update stored responses), nothing outside 200..=599.
+fn servable_status(status: StatusCode) -> bool {
+    let status = status.as_u16();
+    (200..=599).contains(&status) && status != 206 && status != 304
 }
 
 /// Whole seconds since `stored_at`, for `Age`.
@@ -143,18 +159,21 @@ fn secs_i64(d: Duration) -> i64 {
 
 /// A full answer from a stored entry (an empty body for HEAD). The entry's
 /// headers carry the `Cache-Control` it was stored with.
-pub(crate) fn from_entry(entry: CacheEntry, now: SystemTime, head: bool) -> Response<Body> {
-    let age = age_value(&entry, now);
-    let body_len = entry.body.len();
-    let mut headers = entry.headers;
-    headers.insert(ETAG, entry.etag);
-    headers.insert(AGE, age);
+pub(crate) fn from_entry(entry: &CacheEntry, now: SystemTime, head: bool) -> Response<Body> {
+    // Built with room for what the layer adds (ETag, Age, Cache-Control,
+    // Cache-Status, Content-Length): a clone would have none and grow.
+    let mut headers = HeaderMap::with_capacity(entry.headers.len() + 5);
+    for (name, value) in &entry.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert(ETAG, entry.etag.clone());
+    headers.insert(AGE, age_value(entry, now));
     let body = if head {
         // HEAD carries the GET response's length, not its bytes (a 204
         // has none, RFC 9110 §8.6).
-        head_body(&mut headers, entry.status, body_len)
+        head_body(&mut headers, entry.status, entry.body.len())
     } else {
-        Body::from(entry.body)
+        Body::from(entry.body.clone())
     };
     let mut res = Response::new(body);
     *res.status_mut() = entry.status;

@@ -100,28 +100,42 @@ pub(crate) async fn lookup(
     (found, slot)
 }
 
-/// [`lookup`] without awaiting, for stores that answer from process
-/// memory (see [`Backend::get_now`]); `None` when the store cannot, or
-/// when something needs an await (a corrupt record to delete).
-pub(crate) fn lookup_now(
+/// The fresh-hit candidate of a request, without awaiting: the entry the
+/// store keeps decoded in process memory (see
+/// [`Backend::get_record_now`]), shared, not copied. `None` sends the
+/// request down the full [`lookup`]: when the store cannot answer so, when
+/// nothing is stored, and when the entry needs more than a read (headers
+/// to drop, a `Vary` mismatch, tags the store cannot check at once).
+pub(crate) fn entry_now(
     shared: &Shared,
     backend: &Arc<dyn Backend>,
     base: &str,
     request_headers: &HeaderMap,
-) -> Option<Found> {
-    let found = match base_step(read_now(backend, base)?, base, request_headers).0 {
-        Step::Done(found) => found,
-        Step::Variant { key, selecting } => variant_step(read_now(backend, &key)?, &selecting),
+) -> Option<Arc<CacheRecord>> {
+    let mut record = backend.get_record_now(base)?.ok()??;
+    let selecting = match &*record {
+        CacheRecord::Response(_) => Bytes::new(),
+        CacheRecord::Variants(index) => {
+            let (key, selecting) = variant_key(base, index, request_headers);
+            record = backend.get_record_now(&key)?.ok()??;
+            selecting
+        }
     };
-    let found = checked(shared, found, base, request_headers);
-    if let Found::Entry(entry) = &found {
-        if let Some(stamp) = entry.headers.get(tags::STORED_TAGS) {
-            if !tags::still_current_now(backend, stamp)? {
-                return Some(Found::Missing { vary_miss: false });
-            }
+    let CacheRecord::Response(entry) = &*record else {
+        return None;
+    };
+    let usable = entry.vary_key == selecting
+        && response::is_clean(entry, shared.credentials.credential_header_test())
+        && vary::selects(entry, request_headers);
+    if !usable {
+        return None;
+    }
+    if let Some(stamp) = entry.headers.get(tags::STORED_TAGS) {
+        if !tags::still_current_now(backend, stamp)? {
+            return None;
         }
     }
-    Some(found)
+    Some(record)
 }
 
 /// What the record under the base key says.
@@ -182,16 +196,6 @@ fn checked(shared: &Shared, mut found: Found, base: &str, request_headers: &Head
         }
     }
     found
-}
-
-/// [`read`] through [`Backend::get_now`]: `None` when the store cannot
-/// answer without awaiting, or the record does not decode.
-fn read_now(backend: &Arc<dyn Backend>, key: &str) -> Option<Result<Option<CacheRecord>, ()>> {
-    match backend.get_now(key)? {
-        Ok(None) => Some(Ok(None)),
-        Ok(Some(bytes)) => CacheRecord::decode(bytes).ok().map(|r| Ok(Some(r))),
-        Err(_) => None,
-    }
 }
 
 /// Reads and decodes one record. `Err` when the backend failed; an

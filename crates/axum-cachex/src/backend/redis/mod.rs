@@ -22,8 +22,8 @@ use ::redis::{ErrorKind, RedisError, RedisResult, Script, ServerErrorKind, Value
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use axum_cachex_core::{
-    Backend, BackendError, CACHE_NAMESPACE, CacheKey, CompareAndSwap, Listing, PathInvalidation,
-    StoredValue,
+    Backend, BackendError, CACHE_NAMESPACE, CacheKey, CacheRecord, CompareAndSwap, Listing,
+    PathInvalidation, StoredValue,
 };
 use bytes::Bytes;
 
@@ -1283,6 +1283,11 @@ impl Backend for RedisBackend {
     fn get_now(&self, key: &str) -> Option<Result<Option<Bytes>, BackendError>> {
         let value = self.inner.subscription.as_ref()?.tier.get(key)?;
         Some(Ok(Some(value)))
+    }
+
+    fn get_record_now(&self, key: &str) -> Option<Result<Option<Arc<CacheRecord>>, BackendError>> {
+        let record = self.inner.subscription.as_ref()?.tier.get_record(key)?;
+        Some(Ok(Some(record)))
     }
 
     async fn set(

@@ -50,13 +50,13 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
-        Mutex, PoisonError,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use axum_cachex_core::{Backend, CacheKey, Listing};
+use axum_cachex_core::{Backend, CacheKey, CacheRecord, Listing};
 use bytes::Bytes;
 use tokio::time::Instant;
 
@@ -182,6 +182,18 @@ impl Tier {
             return None;
         }
         self.store.get_now(key).and_then(Result::ok).flatten()
+    }
+
+    /// [`get`](Self::get), decoded as an HTTP record (see
+    /// [`Backend::get_record_now`]).
+    pub(super) fn get_record(&self, key: &str) -> Option<Arc<CacheRecord>> {
+        if !self.trusted() {
+            return None;
+        }
+        self.store
+            .get_record_now(key)
+            .and_then(Result::ok)
+            .flatten()
     }
 
     fn stripe(&self, key: &str) -> &AtomicU64 {
