@@ -609,3 +609,91 @@ async fn a_frozen_server_opens_its_breaker_and_a_probe_closes_it() {
     be.set(probe, b("after"), TTL).await.expect("set");
     assert_eq!(be.get(probe).await.expect("get"), Some(b("after")));
 }
+
+/// A TCP relay to `upstream` that counts the commands clients send (lines
+/// starting with a command word; data blocks of `set` are skipped by
+/// counting only lines that start with `get `, which is all that matters
+/// here). Returns its address and the counter.
+async fn counting_relay(
+    upstream: String,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::{Arc, atomic::AtomicUsize};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let gets = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&gets);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = TcpStream::connect(&upstream).await.expect("upstream");
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match client_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    // Every request line of a round trip starts a read;
+                    // the backend writes each command in one piece.
+                    if buf[..n].starts_with(b"get ") {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    if server_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, gets)
+}
+
+/// A hit reads the counters and the entry in one multi-get, as long as the
+/// counters are what this instance saw last; a clear costs the next read
+/// one more round trip, and never serves what it cleared.
+#[tokio::test]
+async fn a_cache_hit_is_one_round_trip_while_the_counters_stand_still() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let Some(servers) = common::memcached_servers() else {
+        return;
+    };
+    let (relay, gets) = counting_relay(servers[0].clone()).await;
+    let prefix = common::unique_prefix("onetrip");
+    let be = MemcachedBackend::builder()
+        .server(relay)
+        .key_prefix(&prefix)
+        .build()
+        .expect("config");
+    let other = backend_with_prefix(&prefix).expect("servers");
+    let key = "http:GET|||h|||/one|||";
+    be.set(key, b("v1"), TTL).await.expect("set");
+    let before = gets.load(SeqCst);
+    for _ in 0..5 {
+        assert_eq!(be.get(key).await.expect("get"), Some(b("v1")));
+    }
+    assert_eq!(gets.load(SeqCst) - before, 5, "one get per hit");
+    // Another instance clears the path and writes a new value.
+    other.clear_path("/one", true).await.expect("clear");
+    assert_eq!(
+        be.get(key).await.expect("get"),
+        None,
+        "cleared entry served"
+    );
+    other.set(key, b("v2"), TTL).await.expect("set");
+    assert_eq!(be.get(key).await.expect("get"), Some(b("v2")));
+    let before = gets.load(SeqCst);
+    assert_eq!(be.get(key).await.expect("get"), Some(b("v2")));
+    assert_eq!(gets.load(SeqCst) - before, 1, "back to one get per hit");
+    // A clear of the whole cache is seen at once too.
+    other.clear_cache().await.expect("clear");
+    assert_eq!(
+        be.get(key).await.expect("get"),
+        None,
+        "cleared cache served"
+    );
+}

@@ -8,6 +8,7 @@
 //! dropped instead of being reused, so a half-read answer can never be taken
 //! for the next command's.
 
+use super::hints::CounterHints;
 use std::{
     io,
     sync::{Arc, Mutex},
@@ -498,6 +499,8 @@ pub(super) struct Server {
     /// An invalidation (a counter bump) did not reach this server: its
     /// HTTP cache entries are dropped wholesale before it is used again.
     pub(super) missed_invalidation: std::sync::atomic::AtomicBool,
+    /// The counter values last seen on this server (see [`CounterHints`]).
+    pub(super) hints: CounterHints,
 }
 
 /// A connection checked out of a [`Server`]'s pool. Dropping it closes the
@@ -558,6 +561,7 @@ impl Server {
             permits: Semaphore::new(pool_size.max(1)),
             breaker: Arc::new(breaker),
             missed_invalidation: std::sync::atomic::AtomicBool::new(false),
+            hints: CounterHints::default(),
         }
     }
 

@@ -4,6 +4,7 @@
 //! are re-exported.
 
 pub(crate) mod client;
+mod hints;
 mod keys;
 mod ring;
 
@@ -20,7 +21,8 @@ use tokio::time::{Instant, timeout_at};
 use crate::backend::breaker::{Breaker, ProbeTicket};
 
 use self::{
-    client::{ClientError, Conn, Lease, LeaseError, Server, StoreMode},
+    client::{ClientError, Conn, Item, Lease, LeaseError, Server, StoreMode},
+    hints::CounterHints,
     keys::{
         ENVELOPE_FLAGS, KeyNames, PATH_ALL_STEP, decode_envelope, envelope_head, exptime,
         fresh_counter, generation_key, parse_counter, path_counter_key, validate_prefix,
@@ -353,10 +355,22 @@ impl MemcachedBackendBuilder {
 ///   random value, so entries written under an evicted counter never come
 ///   back.
 ///
-/// **Cost:** every call on an HTTP cache key first reads the two counters
-/// (one `get` on the key's server), then acts on the entry: two round trips
-/// instead of one, on the same connection. The counters are not cached
-/// locally, so a clear is seen at once by every instance.
+/// **Cost:** a read of an HTTP cache key is one round trip: one multi-get
+/// asks for the two counters and for the entry their values name, taking
+/// those values from the last ones this instance saw on that server. The
+/// entry counts only when the counters come back with exactly those
+/// values, so it is what the two-step read (counters, then entry) would
+/// find. When they differ (a clear since, or a first read), the read takes
+/// the second round trip with the current values. Writes and the other
+/// calls read the counters first, then act on the entry: two round trips
+/// on the same connection. The remembered values are only guesses: they are
+/// never used without the server confirming them, so a clear is seen at
+/// once by every instance.
+///
+/// (Moving the counter values from the key into the stored value would
+/// also make a hit one round trip, but then `add`, `replace`, `take` and
+/// the compare-and-swap calls must each treat an outdated value as absent,
+/// with a `gets`/`cas` loop each; the guess needs none of that.)
 ///
 /// **Counts:** the clears cannot tell how many entries they reached and
 /// return 0 ([`counts_exactly`](PathInvalidation::counts_exactly) is false).
@@ -638,7 +652,7 @@ impl MemcachedBackend {
         let (mut lease, deadline) = self.lease(self.server(key)).await?;
         let result = timeout_at(deadline, async {
             let conn = lease.conn();
-            let real = resolve(conn, &names).await?;
+            let real = resolve(conn, &names, &self.server(key).hints).await?;
             conn.store(mode, &real, ENVELOPE_FLAGS, exptime(ttl), &[&head, value])
                 .await
         })
@@ -674,8 +688,12 @@ impl MemcachedBackend {
 }
 
 /// Reads (creating when missing) the counters of `names` and returns the
-/// entry's server-side key.
-async fn resolve(conn: &mut Conn, names: &KeyNames<'_>) -> Result<String, ClientError> {
+/// entry's server-side key; remembers the values in `hints`.
+async fn resolve(
+    conn: &mut Conn,
+    names: &KeyNames<'_>,
+    hints: &CounterHints,
+) -> Result<String, ClientError> {
     let counters = names.counters();
     if counters.is_empty() {
         return Ok(names.entry_key(&[]));
@@ -684,16 +702,49 @@ async fn resolve(conn: &mut Conn, names: &KeyNames<'_>) -> Result<String, Client
     let items = conn.get_multi(&refs).await?;
     let mut values = Vec::with_capacity(counters.len());
     for counter in &counters {
-        let found = items
-            .iter()
-            .find(|item| &item.key == counter)
-            .and_then(|item| parse_counter(&item.data));
-        values.push(match found {
+        values.push(match counter_value(&items, counter) {
             Some(value) => value,
             None => create_counter(conn, counter).await?,
         });
     }
+    hints.put(&counters, &values);
     Ok(names.entry_key(&values))
+}
+
+/// The value of `counter` among `items`, when it is there and a number.
+fn counter_value(items: &[Item], counter: &str) -> Option<u64> {
+    items
+        .iter()
+        .find(|item| item.key == counter)
+        .and_then(|item| parse_counter(&item.data))
+}
+
+/// Reads the item of `names`: in one round trip when the counters still
+/// have the values `hints` remembers (the counters and the entry those
+/// values name go in one multi-get, and the entry counts only if the
+/// counters come back unchanged), else counters first, then the entry.
+async fn read_item(
+    conn: &mut Conn,
+    names: &KeyNames<'_>,
+    hints: &CounterHints,
+) -> Result<Option<Item>, ClientError> {
+    let counters = names.counters();
+    if let Some(expected) = hints.get(&counters).filter(|_| !counters.is_empty()) {
+        let guess = names.entry_key(&expected);
+        let mut keys: Vec<&str> = counters.iter().map(String::as_str).collect();
+        keys.push(&guess);
+        let items = conn.get_multi(&keys).await?;
+        let unchanged = counters
+            .iter()
+            .zip(&expected)
+            .all(|(counter, value)| counter_value(&items, counter) == Some(*value));
+        if unchanged {
+            return Ok(items.into_iter().find(|item| item.key == guess));
+        }
+    }
+    let real = resolve(conn, names, hints).await?;
+    let items = conn.get_multi(&[&real]).await?;
+    Ok(items.into_iter().find(|item| item.key == real))
 }
 
 /// Creates a missing counter with a fresh value, or reads the one a
@@ -732,13 +783,9 @@ impl Backend for MemcachedBackend {
         let names = KeyNames::new(&self.inner.prefix, key);
         let (mut lease, deadline) = self.lease(self.server(key)).await?;
         let result = timeout_at(deadline, async {
-            let conn = lease.conn();
-            let real = resolve(conn, &names).await?;
-            let items = conn.get_multi(&[&real]).await?;
-            Ok(items
-                .into_iter()
-                .find(|item| item.key == real)
-                .and_then(|item| decode_envelope(key, item.flags, &item.data)))
+            let hints = &self.server(key).hints;
+            let item = read_item(lease.conn(), &names, hints).await?;
+            Ok(item.and_then(|item| decode_envelope(key, item.flags, &item.data)))
         })
         .await;
         self.finish(lease, result)
@@ -785,7 +832,7 @@ impl Backend for MemcachedBackend {
         let (mut lease, deadline) = self.lease(self.server(key)).await?;
         let result = timeout_at(deadline, async {
             let conn = lease.conn();
-            let real = resolve(conn, &names).await?;
+            let real = resolve(conn, &names, &self.server(key).hints).await?;
             let items = conn.get_multi(&[&real]).await?;
             let Some(value) = items
                 .into_iter()
@@ -809,7 +856,7 @@ impl Backend for MemcachedBackend {
             let (mut lease, deadline) = self.lease(server).await?;
             let result = timeout_at(deadline, async {
                 let conn = lease.conn();
-                let real = resolve(conn, &names).await?;
+                let real = resolve(conn, &names, &self.server(key).hints).await?;
                 conn.delete(&real).await
             })
             .await;
@@ -880,7 +927,7 @@ impl MemcachedBackend {
         let (mut lease, deadline) = self.lease(self.server(key)).await?;
         let result = timeout_at(deadline, async {
             let conn = lease.conn();
-            let real = resolve(conn, &names).await?;
+            let real = resolve(conn, &names, &self.server(key).hints).await?;
             let Some((item, cas)) = conn.gets(&real).await? else {
                 return Ok(false);
             };
