@@ -136,6 +136,9 @@ where
     };
     // Paths other than a hit from process memory are boxed: the hit
     // path's future stays small, so it is cheap to create and move.
+    // A fresh hit from process memory comes from `from_entry` or
+    // `not_modified`, which never copy tag fields: `record` need not look.
+    let mut tagless = false;
     let (res, status) = match plan::plan(&flow.shared, &parts) {
         Plan::Unsafe => Box::pin(flow.unsafe_method(parts, body)).await?,
         Plan::NoStore => Box::pin(flow.no_store(parts, body)).await?,
@@ -146,11 +149,14 @@ where
             may_store,
             only_if_cached,
         } => match flow.fresh_hit_now(&parts, &key) {
-            Some(hit) => hit,
+            Some(hit) => {
+                tagless = true;
+                hit
+            }
             None => Box::pin(flow.cached(parts, body, key, may_store, only_if_cached)).await?,
         },
     };
-    Ok(flow.record(res, status))
+    Ok(flow.record(res, status, tagless))
 }
 
 impl<S, ReqBody, ResBody> Flow<S, ReqBody>
@@ -805,11 +811,10 @@ where
     /// A stored entry as the answer: 304 when the client's validators
     /// match, else the full response (bodiless for HEAD).
     fn answer_entry(&self, entry: &CacheEntry, now: SystemTime) -> Response<Body> {
-        let mut res = if self.cond.stored_not_modified(entry) {
-            response::not_modified_from_entry(entry, now)
-        } else {
-            response::from_entry(entry, now, self.head)
-        };
+        if !self.cond.stored_not_modified(entry) {
+            return response::from_entry(entry, now, self.head, &self.shared);
+        }
+        let mut res = response::not_modified_from_entry(entry, now);
         headers::add_default_cache_control(res.headers_mut(), &self.shared.cache_control);
         res
     }
@@ -897,7 +902,12 @@ where
 
     /// Writes `Cache-Status`, the counters and the span field from one
     /// status value.
-    fn record(&self, mut res: Response<Body>, status: CacheStatus) -> Response<Body> {
+    fn record(
+        &self,
+        mut res: Response<Body>,
+        status: CacheStatus,
+        tagless: bool,
+    ) -> Response<Body> {
         if self.shared.options.private {
             // `private` routes say so whatever the handler's own
             // `Cache-Control` says: only the client may keep them.
@@ -914,9 +924,11 @@ where
         }
         response::set_status(&mut res, member);
         // Tags are for this cache only: a handler's, and an entry's stamp.
-        let headers = res.headers_mut();
-        headers.remove(&self.shared.options.tag_header);
-        headers.remove(super::tags::STORED_TAGS);
+        if !tagless {
+            let headers = res.headers_mut();
+            headers.remove(&self.shared.options.tag_header);
+            headers.remove(super::tags::STORED_TAGS);
+        }
         res
     }
 }

@@ -225,6 +225,10 @@ pub(crate) fn request_host(parts: &Parts) -> Option<Cow<'_, str>> {
         (None, Some(value)) => value.as_bytes(),
         (None, None) => return Some(Cow::Borrowed("")),
     };
+    if is_plain_host(raw) {
+        // Valid and lowercase already: the common case, in one pass.
+        return std::str::from_utf8(raw).ok().map(Cow::Borrowed);
+    }
     let host = std::str::from_utf8(raw).ok()?;
     if !is_valid_host(host) {
         return None;
@@ -234,6 +238,23 @@ pub(crate) fn request_host(parts: &Parts) -> Option<Cow<'_, str>> {
     } else {
         Some(Cow::Borrowed(host))
     }
+}
+
+/// A lowercase name of letters, digits, `-`, `.`, `_` and `~`, with an
+/// optional port of one to four digits: a subset of what
+/// [`is_valid_host`] accepts, checked in one pass.
+fn is_plain_host(raw: &[u8]) -> bool {
+    let (name, port) = match raw.iter().position(|&b| b == b':') {
+        Some(i) => (&raw[..i], &raw[i + 1..]),
+        None => (raw, &[][..]),
+    };
+    let port_ok = raw.len() == name.len()
+        || ((1..=4).contains(&port.len()) && port.iter().all(u8::is_ascii_digit));
+    port_ok
+        && !name.is_empty()
+        && name.iter().all(|&b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_' | b'~')
+        })
 }
 
 /// `host[:port]` where host is a bracketed IP literal or a name of
@@ -327,5 +348,36 @@ mod tests {
         );
         // Target and Host disagree: no host to trust.
         assert!(request_host(&parts("http://a.example/p", Some("b.example"))).is_none());
+    }
+
+    #[test]
+    fn the_one_pass_check_accepts_only_valid_lowercase_hosts() {
+        let samples = [
+            "a.example",
+            "a.example:80",
+            "a.example:8080",
+            "a.example:65535",
+            "a.example:65536",
+            "A.example",
+            "a:",
+            ":80",
+            "a::80",
+            "a:8a",
+            "[::1]:80",
+            "x_y~z",
+            "",
+            "a b",
+            "a:0",
+            "a.example:00080",
+            "é.example",
+        ];
+        for host in samples {
+            if is_plain_host(host.as_bytes()) {
+                assert!(is_valid_host(host), "{host}");
+                assert_eq!(host, host.to_ascii_lowercase(), "{host}");
+            }
+        }
+        assert!(is_plain_host(b"a.example:8080"));
+        assert!(is_plain_host(b"localhost"));
     }
 }

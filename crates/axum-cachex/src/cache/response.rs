@@ -14,7 +14,7 @@ use http::{
     },
 };
 
-use super::status::CACHE_STATUS;
+use super::{shared::Shared, status::CACHE_STATUS, tags::STORED_TAGS};
 
 /// Headers a 304 repeats from the full response (RFC 9110 §15.4.5), plus
 /// `Last-Modified`, which guides cache updates, and `Set-Cookie`, which
@@ -159,12 +159,32 @@ fn secs_i64(d: Duration) -> i64 {
 
 /// A full answer from a stored entry (an empty body for HEAD). The entry's
 /// headers carry the `Cache-Control` it was stored with.
-pub(crate) fn from_entry(entry: &CacheEntry, now: SystemTime, head: bool) -> Response<Body> {
+///
+/// Tag fields (the handler's, named by `shared`, and the stored stamp) stay
+/// out, and the layer's default `Cache-Control` goes in when the entry has
+/// neither `Cache-Control` nor `Expires` (see
+/// [`add_default_cache_control`](super::headers::add_default_cache_control)):
+/// both decided in the one pass that copies the headers.
+pub(crate) fn from_entry(
+    entry: &CacheEntry,
+    now: SystemTime,
+    head: bool,
+    shared: &Shared,
+) -> Response<Body> {
     // Built with room for what the layer adds (ETag, Age, Cache-Control,
     // Cache-Status, Content-Length): a clone would have none and grow.
     let mut headers = HeaderMap::with_capacity(entry.headers.len() + 5);
+    let mut has_freshness = false;
     for (name, value) in &entry.headers {
+        if name == STORED_TAGS || *name == shared.options.tag_header {
+            continue;
+        }
+        has_freshness |= name == CACHE_CONTROL || name == EXPIRES;
         headers.append(name.clone(), value.clone());
+    }
+    let default = &shared.cache_control;
+    if !has_freshness && !default.is_empty() {
+        headers.insert(CACHE_CONTROL, default.clone());
     }
     headers.insert(ETAG, entry.etag.clone());
     headers.insert(AGE, age_value(entry, now));
