@@ -63,7 +63,8 @@ fn main() {
         .filter(|a| a.starts_with('/'))
         .collect();
     rt.block_on(async {
-        let app = app();
+        // As `axum::serve` does: every route built once, not per request.
+        let app = app().with_state(());
         if !args.is_empty() {
             for path in &args {
                 println!("{path}: {:?} per request", per_request(&app, path, n).await);

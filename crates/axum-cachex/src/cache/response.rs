@@ -176,18 +176,21 @@ pub(crate) fn from_entry(
     let mut headers = HeaderMap::with_capacity(entry.headers.len() + 5);
     let mut has_freshness = false;
     for (name, value) in &entry.headers {
-        if name == STORED_TAGS || *name == shared.options.tag_header {
+        // The entry's own validator and age are the layer's to send.
+        if name == STORED_TAGS || *name == shared.options.tag_header || name == ETAG || name == AGE
+        {
             continue;
         }
         has_freshness |= name == CACHE_CONTROL || name == EXPIRES;
         headers.append(name.clone(), value.clone());
     }
     let default = &shared.cache_control;
+    // Appends: none of these is in the map (nothing to replace).
     if !has_freshness && !default.is_empty() {
-        headers.insert(CACHE_CONTROL, default.clone());
+        headers.append(CACHE_CONTROL, default.clone());
     }
-    headers.insert(ETAG, entry.etag.clone());
-    headers.insert(AGE, age_value(entry, now));
+    headers.append(ETAG, entry.etag.clone());
+    headers.append(AGE, age_value(entry, now));
     let body = if head {
         // HEAD carries the GET response's length, not its bytes (a 204
         // has none, RFC 9110 §8.6).
