@@ -55,8 +55,9 @@ fn network_backends() -> Vec<(&'static str, Arc<dyn Backend>)> {
             .key_prefix("pinned-tier:")
             .memory_tier(MemoryTier::new(64 << 20))
             .build();
-        if let Ok(b) = tiered {
-            out.push(("tier", Arc::new(b)));
+        match tiered {
+            Ok(b) => out.push(("tier", Arc::new(b))),
+            Err(e) => eprintln!("tiered Redis backend not built: {e}"),
         }
     }
     if let Ok(nodes) = std::env::var("AXUM_CACHEX_REDIS_CLUSTER_NODES") {
@@ -64,8 +65,9 @@ fn network_backends() -> Vec<(&'static str, Arc<dyn Backend>)> {
             .cluster_nodes(nodes.split(','))
             .key_prefix("pinned-cluster:")
             .build();
-        if let Ok(b) = cluster {
-            out.push(("cluster", Arc::new(b)));
+        match cluster {
+            Ok(b) => out.push(("cluster", Arc::new(b))),
+            Err(e) => eprintln!("Redis Cluster backend not built: {e}"),
         }
     }
     if let Ok(servers) = std::env::var("AXUM_CACHEX_MEMCACHED_SERVERS") {
@@ -143,7 +145,14 @@ async fn drive(addr: SocketAddr, path: &str, deadline: Instant) -> u64 {
     let mut buf = vec![0u8; 16 * 1024];
     let mut done = 0;
     while Instant::now() < deadline {
-        if stream.write_all(&request).await.is_err() || !read_response(&mut stream, &mut buf).await
+        // A response that never comes ends the connection, not the run.
+        if stream.write_all(&request).await.is_err() {
+            break;
+        }
+        let answer = read_response(&mut stream, &mut buf);
+        if !tokio::time::timeout(Duration::from_secs(2), answer)
+            .await
+            .unwrap_or(false)
         {
             break;
         }

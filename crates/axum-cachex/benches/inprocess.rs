@@ -27,13 +27,40 @@ fn app() -> Router {
         .backend(Arc::new(MemoryBackend::new()))
         .build()
         .expect("valid layer");
-    let (b1, b2) = (body.clone(), body);
-    Router::new()
+    let (b1, b2) = (body.clone(), body.clone());
+    let router = Router::new()
         .route("/static", get(move || std::future::ready(b1.clone())))
         .route(
             "/cached",
             get(move || std::future::ready(b2.clone())).layer(layer),
-        )
+        );
+    with_redis(router, body)
+}
+
+/// With `AXUM_CACHEX_REDIS_URL` and the `redis` feature, `/redis`: the same
+/// bytes cached in Redis (its server runs outside the measured process).
+#[cfg(feature = "redis")]
+fn with_redis(router: Router, body: Bytes) -> Router {
+    let Some(backend) = std::env::var("AXUM_CACHEX_REDIS_URL")
+        .ok()
+        .and_then(|url| axum_cachex::backend::RedisBackend::from_url(&url).ok())
+    else {
+        return router;
+    };
+    let layer = CacheLayer::builder()
+        .ttl(Duration::from_secs(3600))
+        .backend(Arc::new(backend))
+        .build()
+        .expect("valid layer");
+    router.route(
+        "/redis",
+        get(move || std::future::ready(body.clone())).layer(layer),
+    )
+}
+
+#[cfg(not(feature = "redis"))]
+fn with_redis(router: Router, _body: Bytes) -> Router {
+    router
 }
 
 async fn per_request(app: &Router, path: &str, n: u32) -> Duration {

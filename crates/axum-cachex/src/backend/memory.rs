@@ -30,9 +30,14 @@ pub const DEFAULT_MAX_CAPACITY: u64 = 64 * 1024 * 1024;
 const ENTRY_OVERHEAD: usize = 96;
 
 /// Bytes charged per header slot of a decoded record (a `HeaderMap`
-/// bucket, its index and a custom name's allocation), on top of the
-/// encoded bytes, which the decoded record shares.
-const DECODED_HEADER_OVERHEAD: usize = 128;
+/// bucket and its index), on top of the encoded bytes, which the decoded
+/// record's values share.
+const DECODED_SLOT_OVERHEAD: usize = 128;
+
+/// Bytes charged per header value of a decoded record: a repeated name's
+/// values live outside the slots (an entry of about 72 bytes, in a vector
+/// that may have twice the room it uses).
+const DECODED_VALUE_OVERHEAD: usize = 144;
 
 #[derive(Clone)]
 struct Stored {
@@ -61,8 +66,12 @@ impl Stored {
         let decoded = match self.record.as_deref() {
             None => 0,
             Some(CacheRecord::Response(entry)) => {
+                // Custom names are copied out of the buffer when decoded.
+                let names: usize = entry.headers.keys().map(|n| n.as_str().len()).sum();
                 std::mem::size_of::<CacheRecord>()
-                    + entry.headers.capacity() * DECODED_HEADER_OVERHEAD
+                    + entry.headers.capacity() * DECODED_SLOT_OVERHEAD
+                    + entry.headers.len() * DECODED_VALUE_OVERHEAD
+                    + names
             }
             Some(CacheRecord::Variants(index)) => {
                 std::mem::size_of::<CacheRecord>()

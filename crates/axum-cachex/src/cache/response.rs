@@ -59,6 +59,17 @@ pub(crate) fn storable_headers(headers: &HeaderMap) -> HeaderMap {
     stored
 }
 
+/// Most header slots reserved up front for a copy of a header map.
+const MAX_PRESIZE: usize = 1024;
+
+/// An empty map with room for `values` header values, within what
+/// `HeaderMap` can reserve: its length counts every value, and a stored
+/// record may repeat a name tens of thousands of times (`with_capacity`
+/// would panic); repeated values do not need slots of their own.
+fn presized(values: usize) -> HeaderMap {
+    HeaderMap::try_with_capacity(values.min(MAX_PRESIZE)).unwrap_or_default()
+}
+
 /// The end-to-end headers of a response: without hop-by-hop, framing and
 /// cache-written fields, and without `Set-Cookie` unless `cookies`.
 pub(crate) fn end_to_end_headers(headers: &HeaderMap, cookies: bool) -> HeaderMap {
@@ -71,7 +82,7 @@ pub(crate) fn end_to_end_headers(headers: &HeaderMap, cookies: bool) -> HeaderMa
         .filter_map(|name| std::str::from_utf8(name.trim_ascii()).ok())
         .map(str::to_ascii_lowercase)
         .collect();
-    let mut out = HeaderMap::with_capacity(headers.len());
+    let mut out = presized(headers.len());
     for (name, value) in headers {
         let kept = !is_unstorable(name) || (cookies && name == SET_COOKIE);
         if kept && !listed.iter().any(|l| l == name.as_str()) {
@@ -94,7 +105,7 @@ pub(crate) fn sanitize(
     }
     let bad = |name: &HeaderName| is_unstorable(name) || is_credential(name);
     if entry.headers.keys().any(bad) {
-        let mut clean = HeaderMap::with_capacity(entry.headers.len());
+        let mut clean = presized(entry.headers.len());
         for (name, value) in &entry.headers {
             if !bad(name) {
                 clean.append(name.clone(), value.clone());
@@ -173,7 +184,7 @@ pub(crate) fn from_entry(
 ) -> Response<Body> {
     // Built with room for what the layer adds (ETag, Age, Cache-Control,
     // Cache-Status, Content-Length): a clone would have none and grow.
-    let mut headers = HeaderMap::with_capacity(entry.headers.len() + 5);
+    let mut headers = presized(entry.headers.len() + 5);
     let mut has_freshness = false;
     for (name, value) in &entry.headers {
         // The entry's own validator and age are the layer's to send.

@@ -69,13 +69,13 @@ impl KeyLayout {
             )));
         }
         if !self.tagged {
-            return Ok(format!("{}{key}", self.prefix));
+            return Ok(concat(&[&self.prefix, key]));
         }
         let tag = match CacheKey::parse_stored(key) {
             Some(http) => tag(http.decoded_path().as_bytes()),
             None => tag(key.as_bytes()),
         };
-        Ok(format!("{}{tag}{key}", self.prefix))
+        Ok(concat(&[&self.prefix, &tag, key]))
     }
 
     /// The Redis key of a path's index.
@@ -129,7 +129,25 @@ impl KeyLayout {
 /// `{xxxx}`: the hash tag of `s`, four hex digits of its CRC16 (the same
 /// function Redis slots keys with; any stable hash would do).
 fn tag(s: &[u8]) -> String {
-    format!("{{{:04x}}}", slot_hash(s))
+    let hash = slot_hash(s);
+    let mut tag = String::with_capacity(6);
+    tag.push('{');
+    for shift in [12, 8, 4, 0] {
+        let digit = u32::from((hash >> shift) & 0xf);
+        tag.push(char::from_digit(digit, 16).unwrap_or('0'));
+    }
+    tag.push('}');
+    tag
+}
+
+/// `parts` end to end, in one allocation of the exact size: keys are built
+/// on every call, where `format!` costs more than the copy.
+fn concat(parts: &[&str]) -> String {
+    let mut joined = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        joined.push_str(part);
+    }
+    joined
 }
 
 /// CRC16/XMODEM, Redis Cluster's key hash.
@@ -173,6 +191,13 @@ mod tests {
     fn escapes_match_patterns() {
         assert_eq!(escape_glob("a*b?c[d]e\\"), "a\\*b\\?c\\[d\\]e\\\\");
         assert_eq!(escape_glob("plain:"), "plain:");
+    }
+
+    #[test]
+    fn tags_are_four_lowercase_hex_digits_in_braces() {
+        for s in [&b""[..], b"/", b"/a b", b"123456789", b"\xff"] {
+            assert_eq!(tag(s), format!("{{{:04x}}}", slot_hash(s)));
+        }
     }
 
     #[test]
