@@ -8,7 +8,7 @@
 //! dropped instead of being reused, so a half-read answer can never be taken
 //! for the next command's.
 
-use super::hints::CounterHints;
+use super::{hints::CounterHints, keys::parse_decimal};
 use std::{
     io,
     sync::{Arc, Mutex},
@@ -200,7 +200,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         // for one big allocation.
         let mut data = BytesMut::with_capacity(len.min(1024 * 1024) + 2);
         let mut limited = (&mut self.reader).take(len as u64 + 2);
-        loop {
+        // Stops once the block is in: one more `read_buf` on a full buffer
+        // would grow (and copy) it just to learn that nothing is left.
+        while data.len() < len + 2 {
             match limited.read_buf(&mut data).await {
                 Ok(0) => break,
                 Ok(_) => {}
@@ -364,15 +366,15 @@ impl Conn<TcpStream> {
 
 /// Parses `VALUE <key> <flags> <bytes> [<cas>]`.
 fn parse_value_line(line: &[u8]) -> Option<(String, u32, usize)> {
-    let line = std::str::from_utf8(line).ok()?;
-    let mut parts = line.split(' ');
-    if parts.next()? != "VALUE" {
+    // Split as bytes: a reply is read on every call.
+    let mut parts = line.split(|&b| b == b' ');
+    if parts.next()? != b"VALUE" {
         return None;
     }
-    let key = parts.next()?.to_owned();
-    let flags = parts.next()?.parse().ok()?;
-    let len = parts.next()?.parse().ok().filter(|&len| len <= MAX_VALUE)?;
-    Some((key, flags, len))
+    let key = std::str::from_utf8(parts.next()?).ok()?.to_owned();
+    let flags = parse_decimal(parts.next()?)?;
+    let len = parse_decimal(parts.next()?).filter(|&len| len <= MAX_VALUE as u64)?;
+    Some((key, u32::try_from(flags).ok()?, usize::try_from(len).ok()?))
 }
 
 /// `VALUE <key> <flags> <bytes> <cas>`, the reply line of `gets`.

@@ -109,14 +109,22 @@ impl<'a> KeyNames<'a> {
     /// `h:{xxh3-128 of the logical key}` (the envelope keeps the real key, so
     /// reads detect a collision).
     pub(super) fn entry_key(&self, counters: &[u64]) -> String {
-        let mut key = match (&self.path, counters) {
+        // Built by hand, in one allocation: this runs on every read.
+        let mut key = String::with_capacity(self.prefix.len() + 36 + self.logical.len());
+        key.push_str(self.prefix);
+        match (&self.path, counters) {
             (Some((_, exact)), &[generation, path, ..]) => {
-                let path_gen = if *exact { path } else { path >> 32 };
-                format!("{}{generation:x}.{path_gen:x}:", self.prefix)
+                push_hex(&mut key, generation);
+                key.push('.');
+                push_hex(&mut key, if *exact { path } else { path >> 32 });
+                key.push(':');
             }
-            (None, &[generation, ..]) => format!("{}{generation:x}:", self.prefix),
-            _ => self.prefix.to_owned(),
-        };
+            (None, &[generation, ..]) => {
+                push_hex(&mut key, generation);
+                key.push(':');
+            }
+            _ => {}
+        }
         if is_key_safe(self.logical) && key.len() + 2 + self.logical.len() <= MAX_KEY_LEN {
             key.push_str("k:");
             key.push_str(self.logical);
@@ -127,15 +135,31 @@ impl<'a> KeyNames<'a> {
     }
 }
 
+/// Appends `n` in lowercase hex without leading zeros (`{:x}`).
+fn push_hex(out: &mut String, n: u64) {
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        let nibble = ((n >> (i * 4)) & 0xf) as u32;
+        out.push(char::from_digit(nibble, 16).unwrap_or('0'));
+    }
+}
+
 /// The generation counter of the HTTP cache (one on each server).
 pub(super) fn generation_key(prefix: &str) -> String {
-    format!("{prefix}@g")
+    let mut key = String::with_capacity(prefix.len() + 2);
+    key.push_str(prefix);
+    key.push_str("@g");
+    key
 }
 
 /// The counter of one request path (one on each server holding its keys).
 pub(super) fn path_counter_key(prefix: &str, path: &str) -> String {
     if is_key_safe(path) && prefix.len() + 3 + path.len() <= MAX_KEY_LEN {
-        format!("{prefix}@p:{path}")
+        let mut key = String::with_capacity(prefix.len() + 3 + path.len());
+        key.push_str(prefix);
+        key.push_str("@p:");
+        key.push_str(path);
+        key
     } else {
         format!("{prefix}@q:{:032x}", xxh3_128(path.as_bytes()))
     }
@@ -155,7 +179,20 @@ pub(super) fn fresh_counter() -> u64 {
 /// Parses a counter as Memcached stores it (decimal, possibly padded with
 /// spaces after a decrement).
 pub(super) fn parse_counter(data: &[u8]) -> Option<u64> {
-    std::str::from_utf8(data).ok()?.trim().parse().ok()
+    parse_decimal(data.trim_ascii())
+}
+
+/// A decimal number of 1 to 20 ASCII digits that fits in a `u64` (what
+/// Memcached writes for counters, flags and lengths).
+pub(super) fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 20 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+            .flatten()
+    })
 }
 
 /// The Memcached `exptime` for a TTL: whole seconds rounded up (so a TTL is
@@ -208,6 +245,24 @@ pub(super) fn decode_envelope(logical: &str, flags: u32, data: &Bytes) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_written_as_format_writes_it() {
+        for n in [
+            0,
+            1,
+            0xf,
+            0x10,
+            0xabc,
+            1 << 32,
+            (0x7FFF_FFFF << 32) | 5,
+            u64::MAX,
+        ] {
+            let mut out = String::new();
+            push_hex(&mut out, n);
+            assert_eq!(out, format!("{n:x}"));
+        }
+    }
 
     #[test]
     fn ttl_rounds_up_and_clamps() {
