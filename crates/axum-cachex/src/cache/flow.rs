@@ -70,15 +70,42 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// when a backend limits the size of a value.
 const STORED_HEAD_ROOM: usize = 64 * 1024;
 
-/// One request's view of the layer.
-pub(crate) struct Flow<S, ReqBody> {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) backend: Arc<dyn Backend>,
-    inner: S,
+/// What a request needs to be answered from the store: the layer, its
+/// backend, and what the client asked for. A fresh hit needs nothing more
+/// (no handler, no await).
+pub(crate) struct Prelude {
+    shared: Arc<Shared>,
+    backend: Arc<dyn Backend>,
     /// The client asked with HEAD (forwarded as GET, answered bodiless).
     head: bool,
     cond: Conditions,
+}
+
+/// One request's view of the layer, handler included.
+struct Flow<S, ReqBody> {
+    pre: Prelude,
+    inner: S,
     _request: PhantomData<fn(ReqBody)>,
+}
+
+/// A request [`start`] could not answer, and what it learnt about it.
+pub(crate) struct Continuation<ReqBody> {
+    pre: Prelude,
+    parts: Parts,
+    body: ReqBody,
+    plan: Plan,
+}
+
+/// What [`start`] did with a request.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per request and moved straight into the boxed future"
+)]
+pub(crate) enum Started<ReqBody> {
+    /// A fresh hit from process memory, answered at once.
+    Answered(Response<Body>),
+    /// Everything else: for [`serve`].
+    Continue(Continuation<ReqBody>),
 }
 
 /// What the handler's response will be stored as, once its body is read.
@@ -105,11 +132,44 @@ struct Pending {
     lock_lost: AtomicBool,
 }
 
-/// Entry point: one request through the layer.
+/// Entry point: one request's first step, without awaiting. A fresh hit
+/// from a store that answers from process memory is answered here, with
+/// no future, no handler and no copy of the inner service.
+pub(crate) fn start<ReqBody>(shared: Arc<Shared>, req: Request<ReqBody>) -> Started<ReqBody> {
+    let (mut parts, body) = req.into_parts();
+    shared.name_route(&parts);
+    let backend = shared.options.backend.resolve();
+    let head = parts.method == Method::HEAD;
+    if head && !shared.options.no_store {
+        parts.method = Method::GET;
+    }
+    let pre = Prelude {
+        cond: Conditions::from_request(&parts.headers),
+        shared,
+        backend,
+        head,
+    };
+    let plan = plan::plan(&pre.shared, &parts);
+    if let Plan::Cached { key, .. } = &plan {
+        if let Some((res, status)) = pre.fresh_hit_now(&parts, key) {
+            // `from_entry` and `not_modified` never copy tag fields:
+            // `record` need not look for them.
+            return Started::Answered(pre.record(res, status, true));
+        }
+    }
+    Started::Continue(Continuation {
+        pre,
+        parts,
+        body,
+        plan,
+    })
+}
+
+/// The rest of a request [`start`] could not answer: the store, the
+/// handler, or both.
 pub(crate) async fn serve<S, ReqBody, ResBody>(
-    shared: Arc<Shared>,
+    cont: Continuation<ReqBody>,
     inner: S,
-    req: Request<ReqBody>,
 ) -> Result<Response<Body>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -119,44 +179,32 @@ where
     ResBody: HttpBody<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    let (mut parts, body) = req.into_parts();
-    shared.name_route(&parts);
-    let backend = shared.options.backend.resolve();
-    let head = parts.method == Method::HEAD;
-    if head && !shared.options.no_store {
-        parts.method = Method::GET;
-    }
+    let Continuation {
+        pre,
+        parts,
+        body,
+        plan,
+    } = cont;
     let mut flow = Flow {
-        cond: Conditions::from_request(&parts.headers),
-        shared,
-        backend,
+        pre,
         inner,
-        head,
         _request: PhantomData,
     };
-    // Paths other than a hit from process memory are boxed: the hit
-    // path's future stays small, so it is cheap to create and move.
-    // A fresh hit from process memory comes from `from_entry` or
-    // `not_modified`, which never copy tag fields: `record` need not look.
-    let mut tagless = false;
-    let (res, status) = match plan::plan(&flow.shared, &parts) {
-        Plan::Unsafe => Box::pin(flow.unsafe_method(parts, body)).await?,
-        Plan::NoStore => Box::pin(flow.no_store(parts, body)).await?,
-        Plan::Uncached(status) => Box::pin(flow.uncached(parts, body, status)).await?,
+    let (res, status) = match plan {
+        Plan::Unsafe => flow.unsafe_method(parts, body).await?,
+        Plan::NoStore => flow.no_store(parts, body).await?,
+        Plan::Uncached(status) => flow.uncached(parts, body, status).await?,
         Plan::OnlyIfCachedMiss => only_if_cached_miss(),
         Plan::Cached {
             key,
             may_store,
             only_if_cached,
-        } => match flow.fresh_hit_now(&parts, &key) {
-            Some(hit) => {
-                tagless = true;
-                hit
-            }
-            None => Box::pin(flow.cached(parts, body, key, may_store, only_if_cached)).await?,
-        },
+        } => {
+            flow.cached(parts, body, key, may_store, only_if_cached)
+                .await?
+        }
     };
-    Ok(flow.record(res, status, tagless))
+    Ok(flow.pre.record(res, status, false))
 }
 
 impl<S, ReqBody, ResBody> Flow<S, ReqBody>
@@ -171,7 +219,7 @@ where
     /// Runs the handler, with the [`CacheHandle`] its extractor reads.
     async fn call(&mut self, mut req: Request<ReqBody>) -> Result<Response<ResBody>, S::Error> {
         req.extensions_mut()
-            .insert(CacheHandle::new(&self.shared, &self.backend));
+            .insert(CacheHandle::new(&self.pre.shared, &self.pre.backend));
         std::future::poll_fn(|cx| self.inner.poll_ready(cx)).await?;
         self.inner.call(req).await
     }
@@ -189,9 +237,9 @@ where
         let status = res.status();
         let invalidates = !Method::is_safe(&request.method)
             && (status.is_success() || status.is_redirection())
-            && self.shared.stores();
+            && self.pre.shared.stores();
         if invalidates {
-            invalidate::apply(&self.shared, &self.backend, &request, res.headers()).await;
+            invalidate::apply(&self.pre.shared, &self.pre.backend, &request, res.headers()).await;
         }
         Ok((res.map(Body::new), CacheStatus::forward("method")))
     }
@@ -208,7 +256,7 @@ where
             .await?
             .map(Body::new);
         res.headers_mut()
-            .insert(CACHE_CONTROL, self.shared.cache_control.clone());
+            .insert(CACHE_CONTROL, self.pre.shared.cache_control.clone());
         Ok((res, CacheStatus::bypass("no-store")))
     }
 
@@ -230,33 +278,39 @@ where
         // what it says, only the layer's default is made private. Other
         // credentials they cannot see: the response says `private`.
         if status.detail == Some("credentials")
-            || plan::response_is_credentialed(&self.shared, &res_parts.extensions)
+            || plan::response_is_credentialed(&self.pre.shared, &res_parts.extensions)
         {
-            headers::keep_private(&mut res_parts.headers, &self.shared.private_cache_control);
+            headers::keep_private(
+                &mut res_parts.headers,
+                &self.pre.shared.private_cache_control,
+            );
         } else if status.detail == Some("authorization") {
             headers::add_default_cache_control(
                 &mut res_parts.headers,
-                &self.shared.private_cache_control,
+                &self.pre.shared.private_cache_control,
             );
         }
         let refused = admit::refusal(
-            &self.shared,
+            &self.pre.shared,
             res_parts.status,
             &res_parts.headers,
-            &super::targeted::response_directives(&res_parts.headers, &self.shared.options.targets),
+            &super::targeted::response_directives(
+                &res_parts.headers,
+                &self.pre.shared.options.targets,
+            ),
         );
         if let Some(reason) = refused {
             let res = self.bodiless_if_head(Response::from_parts(res_parts, Body::new(res_body)));
             return Ok((res, status.with_detail_if_none(reason)));
         }
-        headers::add_default_cache_control(&mut res_parts.headers, &self.shared.cache_control);
+        headers::add_default_cache_control(&mut res_parts.headers, &self.pre.shared.cache_control);
         let buffer = body::exact_len(&res_body)
-            .is_some_and(|n| n <= self.shared.options.max_body_size as u64);
+            .is_some_and(|n| n <= self.pre.shared.options.max_body_size as u64);
         if !buffer {
             let res = Response::from_parts(res_parts, Body::new(res_body));
             return Ok((self.bodiless_if_head(res), status));
         }
-        match body::collect_limited(res_body, self.shared.options.max_body_size).await {
+        match body::collect_limited(res_body, self.pre.shared.options.max_body_size).await {
             Collected::Complete(bytes) => {
                 let mut status = status;
                 let res = self.answer_bytes(res_parts, bytes, &mut status);
@@ -269,22 +323,6 @@ where
         }
     }
 
-    /// The hot path, without an await: a fresh hit from a store that
-    /// answers from process memory. `None` sends the request down the
-    /// full path.
-    fn fresh_hit_now(&self, parts: &Parts, key: &str) -> Option<(Response<Body>, CacheStatus)> {
-        let record = store::entry_now(&self.shared, &self.backend, key, &parts.headers)?;
-        let CacheRecord::Response(entry) = &*record else {
-            return None;
-        };
-        let now = self.shared.options.clock.now();
-        if decide::decide(entry, now) != Use::Fresh {
-            return None;
-        }
-        let status = CacheStatus::hit(response::ttl_left(entry, now));
-        Some((self.answer_entry(entry, now), status))
-    }
-
     /// The cacheable path: look up, decide, and go to the handler when the
     /// store cannot answer.
     async fn cached(
@@ -295,8 +333,9 @@ where
         may_store: bool,
         only_if_cached: bool,
     ) -> Result<(Response<Body>, CacheStatus), S::Error> {
-        let (found, slot) = store::lookup(&self.shared, &self.backend, &key, &parts.headers).await;
-        let now = self.shared.options.clock.now();
+        let (found, slot) =
+            store::lookup(&self.pre.shared, &self.pre.backend, &key, &parts.headers).await;
+        let now = self.pre.shared.options.clock.now();
         let write = may_store && !matches!(found, Found::Failed);
         let mut fwd = match found {
             Found::Missing { vary_miss: true } => "vary-miss",
@@ -308,7 +347,7 @@ where
             match decide::decide(&entry, now) {
                 Use::Fresh => {
                     let status = CacheStatus::hit(response::ttl_left(&entry, now));
-                    return Ok((self.answer_entry(&entry, now), status));
+                    return Ok((self.pre.answer_entry(&entry, now), status));
                 }
                 Use::StaleWhileRevalidate => {
                     // A `no-store` request must not cause a store, even in
@@ -318,13 +357,14 @@ where
                     }
                     let status = CacheStatus::hit(response::ttl_left(&entry, now))
                         .with_detail("stale-while-revalidate");
-                    return Ok((self.answer_entry(&entry, now), status));
+                    return Ok((self.pre.answer_entry(&entry, now), status));
                 }
                 Use::Revalidate {
                     conditional,
                     stale_if_error,
                 } => {
-                    let if_unreachable = super::unreachable::may_serve(&self.shared, &entry, now);
+                    let if_unreachable =
+                        super::unreachable::may_serve(&self.pre.shared, &entry, now);
                     stale = Stale::new(entry, conditional, stale_if_error, if_unreachable);
                 }
             }
@@ -352,17 +392,17 @@ where
         let leader = match self.join_flight(&slot, &selecting).await {
             Ok(leader) => leader,
             Err((shared_entry, stale)) => {
-                let now = self.shared.options.clock.now();
+                let now = self.pre.shared.options.clock.now();
                 let status = collapsed_status(&shared_entry, now, fwd, stale);
-                return Ok((self.answer_entry(&shared_entry, now), status));
+                return Ok((self.pre.answer_entry(&shared_entry, now), status));
             }
         };
         let lock = match self.take_lock(&slot, &selecting, &leader, write).await {
             Ok(lock) => lock,
             Err(computed) => {
-                let now = self.shared.options.clock.now();
+                let now = self.pre.shared.options.clock.now();
                 let status = collapsed_status(&computed, now, fwd, false);
-                return Ok((self.answer_entry(&computed, now), status));
+                return Ok((self.pre.answer_entry(&computed, now), status));
             }
         };
         headers::strip_conditionals(&mut parts.headers);
@@ -374,7 +414,11 @@ where
         if let Some(entry) = stale.revalidating() {
             decide::add_validators(&mut parts.headers, entry);
         }
-        let run = self.shared.invalidations.begin(&*self.backend, &slot.base);
+        let run = self
+            .pre
+            .shared
+            .invalidations
+            .begin(&*self.pre.backend, &slot.base);
         let pending = Pending {
             slot,
             policy: Policy::placeholder(),
@@ -384,7 +428,7 @@ where
             lock,
             guard: parts.extensions.get::<ShareGuard>().cloned(),
             run,
-            began: self.shared.options.clock.now(),
+            began: self.pre.shared.options.clock.now(),
             lock_lost: AtomicBool::new(false),
         };
         let result = self.call(Request::from_parts(parts, body)).await;
@@ -399,17 +443,17 @@ where
         slot: &Slot,
         selecting: &HeaderMap,
     ) -> Result<Option<Leader>, (CacheEntry, bool)> {
-        if !self.shared.options.coalesce {
+        if !self.pre.shared.options.coalesce {
             return Ok(None);
         }
-        match self.shared.inflight.join(&slot.flight_key(selecting)) {
+        match self.pre.shared.inflight.join(&slot.flight_key(selecting)) {
             Flight::Leader(leader) => Ok(Some(leader)),
             Flight::Waiter(waiting) => {
-                bump(&self.shared.stats.coalesced_waits);
+                bump(&self.pre.shared.stats.coalesced_waits);
                 let outcome = waiting
-                    .wait(Some(self.shared.options.coalesce_timeout))
+                    .wait(Some(self.pre.shared.options.coalesce_timeout))
                     .await;
-                let now = self.shared.options.clock.now();
+                let now = self.pre.shared.options.clock.now();
                 match outcome {
                     // A leader on a cold key may have produced another
                     // variant: not ours to serve. A `no-cache` response is
@@ -437,11 +481,19 @@ where
         backend_up: bool,
     ) -> Result<Option<LockGuard>, CacheEntry> {
         let (Some(lock_ttl), Some(leader), true) =
-            (self.shared.options.lock_ttl, leader, backend_up)
+            (self.pre.shared.options.lock_ttl, leader, backend_up)
         else {
             return Ok(None);
         };
-        match lock::acquire(&self.shared, &self.backend, slot, selecting, lock_ttl).await {
+        match lock::acquire(
+            &self.pre.shared,
+            &self.pre.backend,
+            slot,
+            selecting,
+            lock_ttl,
+        )
+        .await
+        {
             LockOutcome::Held(held) => Ok(Some(held)),
             LockOutcome::Computed(entry) => {
                 leader.publish(Outcome::Made(Arc::new((*entry).clone())));
@@ -499,7 +551,7 @@ where
         stale: Stale,
         pending: Pending,
     ) -> (Response<Body>, CacheStatus) {
-        let now = self.shared.options.clock.now();
+        let now = self.pre.shared.options.clock.now();
         let Some(old) = stale.into_revalidating() else {
             return (gateway_timeout(), CacheStatus::forward("stale"));
         };
@@ -516,22 +568,26 @@ where
             .guard
             .as_ref()
             .is_some_and(ShareGuard::sharing_forbidden)
-            || plan::response_is_credentialed(&self.shared, &parts.extensions);
+            || plan::response_is_credentialed(&self.pre.shared, &parts.extensions);
         if credentialed {
             pending.finish(None);
             let headers =
                 headers::merged(&old.headers, &response::end_to_end_headers(update, true));
-            let mut res = self.answer_entry(&CacheEntry { headers, ..old }, now);
-            headers::keep_private(res.headers_mut(), &self.shared.private_cache_control);
+            let mut res = self.pre.answer_entry(&CacheEntry { headers, ..old }, now);
+            headers::keep_private(res.headers_mut(), &self.pre.shared.private_cache_control);
             return (res, status.with_detail("credentials"));
         }
-        let stored = entry::freshened(&self.shared, &old, update, &pending.selecting, now);
+        let stored = entry::freshened(&self.pre.shared, &old, update, &pending.selecting, now);
         match &stored {
-            Some(entry) => status.stored = pending.store(&self.shared, &self.backend, entry).await,
+            Some(entry) => {
+                status.stored = pending
+                    .store(&self.pre.shared, &self.pre.backend, entry)
+                    .await
+            }
             // The handler now says the response may not be stored (`private`,
             // `no-store`, `Vary: *`): the old copy must not outlive that,
             // not even for stale-if-error.
-            None => store::delete(&self.shared, &self.backend, &pending.slot.base).await,
+            None => store::delete(&self.pre.shared, &self.pre.backend, &pending.slot.base).await,
         }
         pending.finish(stored.clone());
         // This client gets the stored response updated with all the 304
@@ -542,7 +598,7 @@ where
             headers,
             ..stored.unwrap_or(old)
         };
-        (self.answer_entry(&entry, now), status)
+        (self.pre.answer_entry(&entry, now), status)
     }
 
     fn serve_stale_on_error(
@@ -552,8 +608,8 @@ where
         fwd_status: Option<u16>,
         detail: &'static str,
     ) -> (Response<Body>, CacheStatus) {
-        bump(&self.shared.stats.handler_failures);
-        let now = self.shared.options.clock.now();
+        bump(&self.pre.shared.stats.handler_failures);
+        let now = self.pre.shared.options.clock.now();
         // Waiters share the stale answer instead of each re-running a
         // failing handler.
         let entry = Arc::new(entry);
@@ -563,7 +619,7 @@ where
             ttl: Some(response::ttl_left(&entry, now)),
             ..CacheStatus::forward("stale").with_detail(detail)
         };
-        (self.answer_entry(&entry, now), status)
+        (self.pre.answer_entry(&entry, now), status)
     }
 
     /// Admits, stores and answers a new response from the handler.
@@ -575,16 +631,16 @@ where
     ) -> (Response<Body>, CacheStatus) {
         let (mut parts, body) = res.into_parts();
         self.learn_credentials(&parts);
-        let now = self.shared.options.clock.now();
+        let now = self.pre.shared.options.clock.now();
         let guarded = pending
             .guard
             .as_ref()
             .is_some_and(ShareGuard::sharing_forbidden);
         let admission =
-            if guarded || plan::response_is_credentialed(&self.shared, &parts.extensions) {
+            if guarded || plan::response_is_credentialed(&self.pre.shared, &parts.extensions) {
                 Admission::Refuse("credentials")
             } else {
-                admit::admit(&self.shared, parts.status, &parts.headers, now)
+                admit::admit(&self.pre.shared, parts.status, &parts.headers, now)
             };
         let mut status = CacheStatus::forward(fwd);
         let policy = match admission {
@@ -593,7 +649,10 @@ where
                 pending.finish(None);
                 if reason == "credentials" {
                     // Made for credentials: no cache downstream keeps it.
-                    headers::keep_private(&mut parts.headers, &self.shared.private_cache_control);
+                    headers::keep_private(
+                        &mut parts.headers,
+                        &self.pre.shared.private_cache_control,
+                    );
                 }
                 let res = self.pass_through(parts, Body::new(body), &mut status);
                 return (res, status.with_detail(reason));
@@ -603,7 +662,7 @@ where
             // A `no-store` request: nothing is stored, so nothing is
             // buffered either (nor shared with waiters).
             pending.finish(None);
-            headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
+            headers::add_default_cache_control(&mut parts.headers, &self.pre.shared.cache_control);
             return (
                 self.pass_through(parts, Body::new(body), &mut status),
                 status,
@@ -614,15 +673,21 @@ where
         match body::exact_len(&body) {
             Some(len) if len > limit as u64 => {
                 pending.finish(None);
-                headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
+                headers::add_default_cache_control(
+                    &mut parts.headers,
+                    &self.pre.shared.cache_control,
+                );
                 let res = self.pass_through(parts, Body::new(body), &mut status);
                 (res, status.with_detail("too-large"))
             }
             Some(_) => self.store_buffered(parts, body, pending, status).await,
             // An unknown length could be endless: answer HEAD at once.
-            None if self.head => {
+            None if self.pre.head => {
                 pending.finish(None);
-                headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
+                headers::add_default_cache_control(
+                    &mut parts.headers,
+                    &self.pre.shared.cache_control,
+                );
                 (
                     self.pass_through(parts, Body::new(body), &mut status),
                     status,
@@ -630,14 +695,17 @@ where
             }
             // The client's validators match the handler's: a 304 now, and
             // nothing stored (the body is not read).
-            None if self.cond.not_modified_by(
+            None if self.pre.cond.not_modified_by(
                 parts.status,
                 parts.headers.get(ETAG),
                 &parts.headers,
             ) =>
             {
                 pending.finish(None);
-                headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
+                headers::add_default_cache_control(
+                    &mut parts.headers,
+                    &self.pre.shared.cache_control,
+                );
                 (
                     self.pass_through(parts, Body::new(body), &mut status),
                     status,
@@ -663,7 +731,7 @@ where
                 // the client got anything: a clear answer instead of a head
                 // followed by a broken connection.
                 pending.finish(None);
-                bump(&self.shared.stats.handler_failures);
+                bump(&self.pre.shared.stats.handler_failures);
                 let res = bad_gateway("the response body failed before it was complete");
                 return (res, status.with_detail("body-error"));
             }
@@ -677,11 +745,11 @@ where
             // A body that ended short of its `Content-Length` is not the
             // response (RFC 9111 §3.3): not stored, not shared.
             pending.finish(None);
-            headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
+            headers::add_default_cache_control(&mut parts.headers, &self.pre.shared.cache_control);
             let res = self.answer_bytes(parts, bytes, &mut status);
             return (res, status.with_detail("incomplete"));
         }
-        let now = self.shared.options.clock.now();
+        let now = self.pre.shared.options.clock.now();
         // The entry keeps the handler's headers only: the layer's default
         // `Cache-Control` is added on the way out, never stored.
         let entry = entry::new_entry(
@@ -692,8 +760,10 @@ where
             now,
         );
         parts.headers.insert(ETAG, entry.etag.clone());
-        headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
-        status.stored = pending.store(&self.shared, &self.backend, &entry).await;
+        headers::add_default_cache_control(&mut parts.headers, &self.pre.shared.cache_control);
+        status.stored = pending
+            .store(&self.pre.shared, &self.pre.backend, &entry)
+            .await;
         pending.finish(Some(entry));
         let res = self.answer_bytes(parts, bytes, &mut status);
         (res, status)
@@ -712,10 +782,10 @@ where
         if let Some(leader) = pending.leader.take() {
             leader.publish(Outcome::Nothing);
         }
-        let shared = Arc::clone(&self.shared);
-        let backend = Arc::clone(&self.backend);
+        let shared = Arc::clone(&self.pre.shared);
+        let backend = Arc::clone(&self.pre.backend);
         let head = clone_head(&parts);
-        headers::add_default_cache_control(&mut parts.headers, &self.shared.cache_control);
+        headers::add_default_cache_control(&mut parts.headers, &self.pre.shared.cache_control);
         let teed = body::tee(body, self.store_limit(), move |kept| {
             let kept = match kept {
                 Kept::Complete(bytes)
@@ -752,23 +822,26 @@ where
     /// Starts one background refresh of a stale entry, unless one runs
     /// already or the bound on refreshes is reached.
     fn spawn_refresh(&self, parts: &Parts, slot: Slot) {
-        let Ok(permit) = Arc::clone(&self.shared.refresh_slots).try_acquire_owned() else {
+        let Ok(permit) = Arc::clone(&self.pre.shared.refresh_slots).try_acquire_owned() else {
             return;
         };
         let Some(leader) = self
+            .pre
             .shared
             .inflight
             .try_lead(&slot.flight_key(&parts.headers))
         else {
             return;
         };
-        bump(&self.shared.stats.revalidations);
+        bump(&self.pre.shared.stats.revalidations);
         let mut flow = Flow {
-            shared: Arc::clone(&self.shared),
-            backend: Arc::clone(&self.backend),
+            pre: Prelude {
+                shared: Arc::clone(&self.pre.shared),
+                backend: Arc::clone(&self.pre.backend),
+                head: false,
+                cond: Conditions::default(),
+            },
             inner: self.inner.clone(),
-            head: false,
-            cond: Conditions::default(),
             _request: PhantomData,
         };
         let request = clean_request::<ReqBody>(parts);
@@ -782,7 +855,11 @@ where
     /// `Range`), stored like a miss; a failure leaves the stale entry.
     async fn refresh(&mut self, request: Request<ReqBody>, slot: Slot, leader: Leader) {
         let selecting = request.headers().clone();
-        let run = self.shared.invalidations.begin(&*self.backend, &slot.base);
+        let run = self
+            .pre
+            .shared
+            .invalidations
+            .begin(&*self.pre.backend, &slot.base);
         let pending = Pending {
             slot,
             policy: Policy::placeholder(),
@@ -792,7 +869,7 @@ where
             lock: None,
             guard: request.extensions().get::<ShareGuard>().cloned(),
             run,
-            began: self.shared.options.clock.now(),
+            began: self.pre.shared.options.clock.now(),
             lock_lost: AtomicBool::new(false),
         };
         match self.call(request).await {
@@ -802,21 +879,10 @@ where
                 let _ = http_body_util::BodyExt::collect(res.into_body()).await;
             }
             _ => {
-                bump(&self.shared.stats.handler_failures);
+                bump(&self.pre.shared.stats.handler_failures);
                 pending.finish(None);
             }
         }
-    }
-
-    /// A stored entry as the answer: 304 when the client's validators
-    /// match, else the full response (bodiless for HEAD).
-    fn answer_entry(&self, entry: &CacheEntry, now: SystemTime) -> Response<Body> {
-        if !self.cond.stored_not_modified(entry) {
-            return response::from_entry(entry, now, self.head, &self.shared);
-        }
-        let mut res = response::not_modified_from_entry(entry, now);
-        headers::add_default_cache_control(res.headers_mut(), &self.shared.cache_control);
-        res
     }
 
     /// A complete response as the answer: ETag added when the handler gave
@@ -829,20 +895,24 @@ where
     ) -> Response<Body> {
         let etag = etag_for(parts.headers.get(ETAG), &bytes);
         parts.headers.insert(ETAG, etag.clone());
-        if self.cond.not_modified(parts.status, &etag, &parts.headers) {
+        if self
+            .pre
+            .cond
+            .not_modified(parts.status, &etag, &parts.headers)
+        {
             // RFC 9211 §2.3: the handler answered otherwise.
             status.fwd_status = Some(parts.status.as_u16());
             return response::not_modified(&parts.headers, Some(&etag), None);
         }
-        response::from_parts(parts, bytes, self.head)
+        response::from_parts(parts, bytes, self.pre.head)
     }
 
     /// The largest body the layer buffers to store: its own limit, within
     /// what the backend can hold (Memcached's item size) with room for the
     /// stored head.
     fn store_limit(&self) -> usize {
-        let own = self.shared.options.max_body_size;
-        match self.backend.max_value_size() {
+        let own = self.pre.shared.options.max_body_size;
+        match self.pre.backend.max_value_size() {
             Some(max) => own.min(max.saturating_sub(STORED_HEAD_ROOM)),
             None => own,
         }
@@ -850,7 +920,7 @@ where
 
     /// For HEAD, the same response without its body.
     fn bodiless_if_head(&self, res: Response<Body>) -> Response<Body> {
-        if !self.head {
+        if !self.pre.head {
             return res;
         }
         let (mut parts, body) = res.into_parts();
@@ -884,6 +954,7 @@ where
     ) -> Response<Body> {
         let validator = parts.headers.get(ETAG).cloned();
         if self
+            .pre
             .cond
             .not_modified_by(parts.status, validator.as_ref(), &parts.headers)
         {
@@ -896,8 +967,37 @@ where
 
     fn learn_credentials(&self, parts: &ResParts) {
         if let Some(names) = parts.extensions.get::<CredentialNames>() {
-            self.shared.credentials.learn(names);
+            self.pre.shared.credentials.learn(names);
         }
+    }
+}
+
+impl Prelude {
+    /// The hot path, without an await: a fresh hit from a store that
+    /// answers from process memory. `None` sends the request down the
+    /// full path.
+    fn fresh_hit_now(&self, parts: &Parts, key: &str) -> Option<(Response<Body>, CacheStatus)> {
+        let record = store::entry_now(&self.shared, &self.backend, key, &parts.headers)?;
+        let CacheRecord::Response(entry) = &*record else {
+            return None;
+        };
+        let now = self.shared.options.clock.now();
+        if decide::decide(entry, now) != Use::Fresh {
+            return None;
+        }
+        let status = CacheStatus::hit(response::ttl_left(entry, now));
+        Some((self.answer_entry(entry, now), status))
+    }
+
+    /// A stored entry as the answer: 304 when the client's validators
+    /// match, else the full response (bodiless for HEAD).
+    fn answer_entry(&self, entry: &CacheEntry, now: SystemTime) -> Response<Body> {
+        if !self.cond.stored_not_modified(entry) {
+            return response::from_entry(entry, now, self.head, &self.shared);
+        }
+        let mut res = response::not_modified_from_entry(entry, now);
+        headers::add_default_cache_control(res.headers_mut(), &self.shared.cache_control);
+        res
     }
 
     /// Writes `Cache-Status`, the counters and the span field from one

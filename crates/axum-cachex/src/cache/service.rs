@@ -16,7 +16,10 @@ use tower_service::Service;
 
 use tracing::Instrument;
 
-use super::{flow, shared::Shared};
+use super::{
+    flow::{self, Started},
+    shared::Shared,
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -57,36 +60,52 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        // The service that was driven to readiness handles this request; a
-        // clone takes its place for the next one (the usual tower pattern).
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
         // One span per request, its `decision` field filled with what the
-        // layer did (the `Cache-Status` parameters).
+        // layer did (the `Cache-Status` parameters); the flow records it.
         let span = tracing::info_span!(
             "axum_cachex",
             method = %req.method(),
             path = %req.uri().path(),
             decision = tracing::field::Empty,
         );
-        let shared = Arc::clone(&self.shared);
-        // The flow records its decision in the span itself.
+        let started = {
+            let _entered = span.enter();
+            flow::start(Arc::clone(&self.shared), req)
+        };
+        let cont = match started {
+            Started::Answered(res) => {
+                return ResponseFuture {
+                    inner: Kind::Ready(std::future::ready(Ok(res))),
+                };
+            }
+            Started::Continue(cont) => cont,
+        };
+        // The service that was driven to readiness handles this request; a
+        // clone takes its place for the next one (the usual tower pattern).
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
         ResponseFuture {
-            inner: Box::pin(flow::serve(shared, inner, req).instrument(span)),
+            inner: Kind::Flow(Box::pin(flow::serve(cont, inner).instrument(span))),
         }
     }
 }
 
 /// Response future of [`CacheService`].
 ///
-/// The flow awaits the backend, possibly the handler, the body and the
-/// backend again, and may wait for a coalesced request: written as one
-/// `async fn` it is boxed once per request. A hand-written state machine
-/// would save that one allocation at the cost of a large, fragile enum; the
-/// benchmark (`benches/`) shows a hit costs about as much as serving static
-/// bytes, so the box stays.
+/// A fresh hit from process memory is answered before the future exists
+/// (no allocation, no copy of the inner service). Everything else awaits
+/// the backend, possibly the handler, the body and the backend again, and
+/// may wait for a coalesced request: written as one `async fn`, boxed once
+/// per request. A hand-written state machine would save that allocation at
+/// the cost of a large, fragile enum, on paths that pay for a handler run
+/// or a network round trip anyway.
 pub struct ResponseFuture<E> {
-    inner: Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>,
+    inner: Kind<E>,
+}
+
+enum Kind<E> {
+    Ready(std::future::Ready<Result<Response<Body>, E>>),
+    Flow(Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>),
 }
 
 impl<E> fmt::Debug for ResponseFuture<E> {
@@ -99,6 +118,9 @@ impl<E> Future for ResponseFuture<E> {
     type Output = Result<Response<Body>, E>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+        match &mut self.inner {
+            Kind::Ready(ready) => Pin::new(ready).poll(cx),
+            Kind::Flow(flow) => flow.as_mut().poll(cx),
+        }
     }
 }
