@@ -6,7 +6,10 @@
 //! Wall-clock figures on a shared machine are noisy; for a repeatable
 //! figure count instructions instead, e.g.
 //! `valgrind --tool=callgrind target/release/deps/inprocess-* /cached`
-//! (arguments select routes, `N` the number of requests).
+//! (arguments select routes, `N` the number of requests);
+//! `scripts/bench-table.sh` does that for `/static` and `/cached`. With
+//! `--features redis,memcached` and the servers' environment variables,
+//! `/redis` and `/memcached` are there too.
 
 use std::{
     sync::Arc,
@@ -14,7 +17,10 @@ use std::{
 };
 
 use axum::{Router, body::Body, routing::get};
-use axum_cachex::{CacheLayer, backend::MemoryBackend};
+use axum_cachex::{
+    CacheLayer,
+    backend::{Backend, MemoryBackend},
+};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
@@ -22,75 +28,48 @@ use tower::ServiceExt;
 
 fn app() -> Router {
     let body = Bytes::from(vec![b'a'; 1024]);
-    let layer = CacheLayer::builder()
-        .ttl(Duration::from_secs(3600))
-        .backend(Arc::new(MemoryBackend::new()))
-        .build()
-        .expect("valid layer");
-    let (b1, b2) = (body.clone(), body.clone());
-    let router = Router::new()
-        .route("/static", get(move || std::future::ready(b1.clone())))
-        .route(
-            "/cached",
-            get(move || std::future::ready(b2.clone())).layer(layer),
+    let b1 = body.clone();
+    let mut router = Router::new().route("/static", get(move || std::future::ready(b1.clone())));
+    for (path, backend) in backends() {
+        let body = body.clone();
+        let layer = CacheLayer::builder()
+            .ttl(Duration::from_secs(3600))
+            .backend(backend)
+            .build()
+            .expect("valid layer");
+        router = router.route(
+            path,
+            get(move || std::future::ready(body.clone())).layer(layer),
         );
-    let router = with_redis(router, body.clone());
-    with_memcached(router, body)
+    }
+    router
 }
 
-/// With `AXUM_CACHEX_MEMCACHED_SERVERS` and the `memcached` feature,
-/// `/memcached`: the same bytes cached in Memcached.
-#[cfg(feature = "memcached")]
-fn with_memcached(router: Router, body: Bytes) -> Router {
-    let Some(backend) = std::env::var("AXUM_CACHEX_MEMCACHED_SERVERS")
+/// `/cached` on the memory backend; with `AXUM_CACHEX_REDIS_URL` or
+/// `AXUM_CACHEX_MEMCACHED_SERVERS` and their features, `/redis` and
+/// `/memcached` too (their servers run outside the measured process, so
+/// callgrind counts only this side of a hit).
+fn backends() -> Vec<(&'static str, Arc<dyn Backend>)> {
+    #[allow(unused_mut)]
+    let mut out: Vec<(&'static str, Arc<dyn Backend>)> =
+        vec![("/cached", Arc::new(MemoryBackend::new()))];
+    #[cfg(feature = "redis")]
+    if let Some(b) = std::env::var("AXUM_CACHEX_REDIS_URL")
+        .ok()
+        .and_then(|url| axum_cachex::backend::RedisBackend::from_url(&url).ok())
+    {
+        out.push(("/redis", Arc::new(b)));
+    }
+    #[cfg(feature = "memcached")]
+    if let Some(b) = std::env::var("AXUM_CACHEX_MEMCACHED_SERVERS")
         .ok()
         .and_then(|s| {
             axum_cachex::backend::MemcachedBackend::new(s.split(',').map(str::to_owned)).ok()
         })
-    else {
-        return router;
-    };
-    let layer = CacheLayer::builder()
-        .ttl(Duration::from_secs(3600))
-        .backend(Arc::new(backend))
-        .build()
-        .expect("valid layer");
-    router.route(
-        "/memcached",
-        get(move || std::future::ready(body.clone())).layer(layer),
-    )
-}
-
-#[cfg(not(feature = "memcached"))]
-fn with_memcached(router: Router, _body: Bytes) -> Router {
-    router
-}
-
-/// With `AXUM_CACHEX_REDIS_URL` and the `redis` feature, `/redis`: the same
-/// bytes cached in Redis (its server runs outside the measured process, so
-/// callgrind counts only this side of a hit).
-#[cfg(feature = "redis")]
-fn with_redis(router: Router, body: Bytes) -> Router {
-    let Some(backend) = std::env::var("AXUM_CACHEX_REDIS_URL")
-        .ok()
-        .and_then(|url| axum_cachex::backend::RedisBackend::from_url(&url).ok())
-    else {
-        return router;
-    };
-    let layer = CacheLayer::builder()
-        .ttl(Duration::from_secs(3600))
-        .backend(Arc::new(backend))
-        .build()
-        .expect("valid layer");
-    router.route(
-        "/redis",
-        get(move || std::future::ready(body.clone())).layer(layer),
-    )
-}
-
-#[cfg(not(feature = "redis"))]
-fn with_redis(router: Router, _body: Bytes) -> Router {
-    router
+    {
+        out.push(("/memcached", Arc::new(b)));
+    }
+    out
 }
 
 async fn per_request(app: &Router, path: &str, n: u32) -> Duration {
