@@ -46,8 +46,8 @@ fn app() -> Router {
 }
 
 /// `/cached` on the memory backend; with `AXUM_CACHEX_REDIS_URL` or
-/// `AXUM_CACHEX_MEMCACHED_SERVERS` and their features, `/redis` and
-/// `/memcached` too (their servers run outside the measured process, so
+/// `AXUM_CACHEX_REDIS_CLUSTER_NODES` or `AXUM_CACHEX_MEMCACHED_SERVERS` and
+/// their features, `/redis`, `/cluster` and `/memcached` too (their servers run outside the measured process, so
 /// callgrind counts only this side of a hit).
 fn backends() -> Vec<(&'static str, Arc<dyn Backend>)> {
     #[allow(unused_mut)]
@@ -59,6 +59,18 @@ fn backends() -> Vec<(&'static str, Arc<dyn Backend>)> {
         .and_then(|url| axum_cachex::backend::RedisBackend::from_url(&url).ok())
     {
         out.push(("/redis", Arc::new(b)));
+    }
+    #[cfg(feature = "redis")]
+    if let Some(b) = std::env::var("AXUM_CACHEX_REDIS_CLUSTER_NODES")
+        .ok()
+        .and_then(|nodes| {
+            axum_cachex::backend::RedisConfig::new()
+                .cluster_nodes(nodes.split(','))
+                .build()
+                .ok()
+        })
+    {
+        out.push(("/cluster", Arc::new(b)));
     }
     #[cfg(feature = "memcached")]
     if let Some(b) = std::env::var("AXUM_CACHEX_MEMCACHED_SERVERS")

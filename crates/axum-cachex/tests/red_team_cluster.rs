@@ -632,3 +632,96 @@ async fn a_glob_prefix_with_its_own_hash_tag_works() {
         "another namespace is untouched"
     );
 }
+
+/// Reads go straight to the primary the backend's slot map names. After a
+/// slot moves to another primary (a completed resharding step) that map is
+/// out of date: the old owner answers `MOVED`, and the read must then be
+/// answered from the new owner — the value as written, a write after the
+/// move seen at once, a delete too. (Added with the direct reads.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_follow_a_slot_that_moved_after_the_map_was_read() {
+    let Some(bin) = redis_server_bin() else {
+        return;
+    };
+    let cluster = RedisCluster::start(bin.clone(), 3);
+    let be = cluster_backend(&cluster, "moved:");
+    let key = CacheKey::encode_stored("GET", "h", "/moving", "");
+    be.set(&key, Bytes::from_static(b"v1"), TTL)
+        .await
+        .expect("set");
+    // Reads until the backend has read its slot map (in the background).
+    for _ in 0..20 {
+        assert_eq!(
+            be.get(&key).await.expect("get").as_deref(),
+            Some(&b"v1"[..])
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let port0 = cluster.nodes[0].port;
+    let mut raw_moving = Vec::new();
+    for node in &cluster.nodes {
+        raw_moving.extend(raw_keys(node.port, "moved:*").await);
+    }
+    let slot = keyslot(&bin, port0, &String::from_utf8_lossy(&raw_moving[0]));
+    let owner = owner_of(&bin, port0, slot);
+    let target = cluster
+        .nodes
+        .iter()
+        .map(|n| n.port)
+        .find(|p| *p != owner)
+        .expect("another primary");
+    let (owner_id, target_id) = (node_id(&bin, owner), node_id(&bin, target));
+    let mut dst = raw(&format!("redis://127.0.0.1:{target}")).await;
+    let mut src = raw(&format!("redis://127.0.0.1:{owner}")).await;
+    let slot_arg = slot.to_string();
+    let _: () = redis::cmd("CLUSTER")
+        .arg(&["SETSLOT", &slot_arg, "IMPORTING", &owner_id])
+        .query_async(&mut dst)
+        .await
+        .expect("importing");
+    let _: () = redis::cmd("CLUSTER")
+        .arg(&["SETSLOT", &slot_arg, "MIGRATING", &target_id])
+        .query_async(&mut src)
+        .await
+        .expect("migrating");
+    let in_slot: Vec<Vec<u8>> = redis::cmd("CLUSTER")
+        .arg("GETKEYSINSLOT")
+        .arg(slot)
+        .arg(100)
+        .query_async(&mut src)
+        .await
+        .expect("getkeysinslot");
+    let _: () = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(target)
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("KEYS")
+        .arg(&in_slot)
+        .query_async(&mut src)
+        .await
+        .expect("migrate");
+    for node in &cluster.nodes {
+        let mut conn = raw(&format!("redis://127.0.0.1:{}", node.port)).await;
+        let _: () = redis::cmd("CLUSTER")
+            .arg(&["SETSLOT", &slot_arg, "NODE", &target_id])
+            .query_async(&mut conn)
+            .await
+            .expect("setslot node");
+    }
+    assert_eq!(owner_of(&bin, target, slot), target, "the slot moved");
+    assert_eq!(
+        be.get(&key).await.expect("get after the move").as_deref(),
+        Some(&b"v1"[..])
+    );
+    be.set(&key, Bytes::from_static(b"v2"), TTL)
+        .await
+        .expect("set after the move");
+    assert_eq!(
+        be.get(&key).await.expect("get").as_deref(),
+        Some(&b"v2"[..])
+    );
+    assert!(be.delete(&key).await.expect("delete"));
+    assert_eq!(be.get(&key).await.expect("get after delete"), None);
+}

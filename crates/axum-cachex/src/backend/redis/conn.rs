@@ -34,14 +34,7 @@ impl Endpoint {
     /// applied around each call.
     pub(super) fn connect_lazily(&self, connect_timeout: Duration) -> RedisResult<Conn> {
         match self {
-            Self::Standalone(client) => {
-                let config = ConnectionManagerConfig::new()
-                    .set_number_of_retries(0)
-                    .set_connection_timeout(Some(connect_timeout))
-                    .set_response_timeout(None);
-                ConnectionManager::new_lazy_with_config(client.clone(), config)
-                    .map(Conn::Standalone)
-            }
+            Self::Standalone(client) => lazy_manager(client.clone(), connect_timeout),
             Self::Cluster { client, .. } => {
                 let config = ClusterConfig::new().set_connection_timeout(connect_timeout);
                 Ok(Conn::Cluster(
@@ -49,6 +42,18 @@ impl Endpoint {
                 ))
             }
         }
+    }
+
+    /// A handle to one Cluster node alone (a standalone server's own
+    /// handle), connecting on first use like
+    /// [`connect_lazily`](Self::connect_lazily). It never follows
+    /// redirections: the caller handles `MOVED` and `ASK`.
+    pub(super) fn connect_node_lazily(
+        &self,
+        node: &NodeAddr,
+        connect_timeout: Duration,
+    ) -> RedisResult<Conn> {
+        lazy_manager(self.node_client(node)?, connect_timeout)
     }
 
     pub(super) fn is_cluster(&self) -> bool {
@@ -92,6 +97,16 @@ impl Endpoint {
     }
 }
 
+/// A multiplexed connection to one server, made on first use; one attempt
+/// per call (the breakers pace retries) and the backend's own timeout.
+fn lazy_manager(client: ::redis::Client, connect_timeout: Duration) -> RedisResult<Conn> {
+    let config = ConnectionManagerConfig::new()
+        .set_number_of_retries(0)
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(None);
+    ConnectionManager::new_lazy_with_config(client, config).map(Conn::Standalone)
+}
+
 /// A node of a Cluster, as `CLUSTER SLOTS` names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct NodeAddr {
@@ -108,6 +123,7 @@ impl std::fmt::Display for NodeAddr {
 /// A connection handle (see the module docs).
 #[derive(Clone)]
 pub(super) enum Conn {
+    /// One server: a standalone one, or a single Cluster node.
     Standalone(ConnectionManager),
     Cluster(ClusterConnection),
 }

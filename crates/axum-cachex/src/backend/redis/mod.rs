@@ -8,7 +8,7 @@ mod subscriber;
 mod tier;
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fmt,
     future::Future,
     sync::{
@@ -308,8 +308,13 @@ impl Mode {
 ///
 /// [`RedisConfig::cluster_nodes`] connects to a Cluster through seed nodes,
 /// with redis-rs's cluster client: each command goes to the primary that
-/// owns its key's slot, and `MOVED`/`ASK` redirections are followed. Every
-/// other option works as for a standalone server.
+/// owns its key's slot, and `MOVED`/`ASK` redirections are followed. Reads
+/// (`get`, the cache's hits) skip the cluster client's own task: they go
+/// straight to the primary the backend's slot map names, over a
+/// connection of their own, and only a redirection (the map is out of
+/// date) sends them through the cluster client. A node answers only for
+/// the slots it serves, so a stale map costs a round trip, never a wrong
+/// value. Every other option works as for a standalone server.
 ///
 /// ```no_run
 /// use axum_cachex::backend::RedisConfig;
@@ -435,9 +440,16 @@ struct Inner {
     command_timeout: Duration,
     connect_timeout: Duration,
     breakers: Breakers,
+    /// On a Cluster, a connection of our own to each primary reads went to
+    /// (see [`RedisBackend::run_read`]).
+    readers: Mutex<HashMap<NodeAddr, Conn>>,
     /// The memory tier and its invalidation channel, when configured.
     subscription: Option<Subscription>,
 }
+
+/// Most primaries [`Inner::readers`] keeps connections to; past that (nodes
+/// replaced over a long life) it starts over.
+const MAX_READERS: usize = 64;
 
 /// A memory tier and what keeps it coherent (see [`tier`]).
 struct Subscription {
@@ -579,6 +591,7 @@ impl RedisBackend {
             inner: Arc::new(Inner {
                 subscription,
                 breakers: Breakers::new(format!("redis {address}"), settings, cluster),
+                readers: Mutex::new(HashMap::new()),
                 endpoint,
                 address,
                 conn: ArcSwapOption::empty(),
@@ -835,7 +848,7 @@ impl RedisBackend {
         let mut pipe = ::redis::pipe();
         pipe.cmd("GET").arg(data_key).cmd("PTTL").arg(data_key);
         let (value, pttl): (Option<Vec<u8>>, i64) = self
-            .run(Target::Key(data_key), |mut c| {
+            .run_read(data_key, |mut c| {
                 let pipe = &pipe;
                 async move { pipe.query_async(&mut c).await }
             })
@@ -862,6 +875,22 @@ impl RedisBackend {
         Fut: Future<Output = RedisResult<T>> + Send,
         T: Send,
     {
+        self.run_with(target, None, op).await
+    }
+
+    /// [`run`](Self::run), on `direct` when given (a connection to the
+    /// node `target` belongs to), else on the backend's connection.
+    async fn run_with<T, F, Fut>(
+        &self,
+        target: Target<'_>,
+        direct: Option<Conn>,
+        op: F,
+    ) -> Result<T, BackendError>
+    where
+        F: Fn(Conn) -> Fut + Send + Sync,
+        Fut: Future<Output = RedisResult<T>> + Send,
+        T: Send,
+    {
         self.refresh_slots_if_due(false);
         let (breaker, node) = self.inner.breakers.pick(target);
         if let Err(rejected) = breaker.check() {
@@ -873,7 +902,73 @@ impl RedisBackend {
                 source: Box::new(rejected.error),
             });
         }
-        self.attempt(&breaker, op).await
+        match direct {
+            Some(conn) => self.attempt_on(&breaker, conn, op).await,
+            None => self.attempt(&breaker, op).await,
+        }
+    }
+
+    /// Runs a read of `data_key` (one slot). On a Cluster it goes straight
+    /// to the primary the slot map names, over a connection of our own:
+    /// redis-rs's cluster client would pass it through a task of its own
+    /// and then to the same node. A redirection (`MOVED`, `ASK`: the map is
+    /// out of date, or the slot is migrating) refreshes the map and sends
+    /// the read through the cluster client, which follows redirections.
+    /// Nodes answer only for slots they serve, so a stale map costs a round
+    /// trip, never a wrong value.
+    async fn run_read<T, F, Fut>(&self, data_key: &str, op: F) -> Result<T, BackendError>
+    where
+        F: Fn(Conn) -> Fut + Send + Sync,
+        Fut: Future<Output = RedisResult<T>> + Send,
+        T: Send,
+    {
+        let target = Target::Key(data_key);
+        let Some(direct) = self.direct_reader(data_key) else {
+            return self.run(target, op).await;
+        };
+        let routed = self
+            .run_with(target, Some(direct), |c| {
+                let op = &op;
+                async move {
+                    match op(c).await {
+                        Err(e) if is_redirection(&e) => Ok(None),
+                        other => other.map(Some),
+                    }
+                }
+            })
+            .await?;
+        match routed {
+            Some(value) => Ok(value),
+            None => {
+                self.refresh_slots_if_due(true);
+                self.run(target, op).await
+            }
+        }
+    }
+
+    /// Our connection to the primary that holds `data_key`, by the last
+    /// slot map (see [`run_read`](Self::run_read)); `None` on a standalone
+    /// server and before the first map.
+    fn direct_reader(&self, data_key: &str) -> Option<Conn> {
+        let node = self.inner.breakers.node_of_key(data_key)?;
+        let mut readers = self
+            .inner
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(conn) = readers.get(&node) {
+            return Some(conn.clone());
+        }
+        if readers.len() >= MAX_READERS {
+            readers.clear();
+        }
+        let conn = self
+            .inner
+            .endpoint
+            .connect_node_lazily(&node, self.inner.connect_timeout)
+            .ok()?;
+        readers.insert(node, conn.clone());
+        Some(conn)
     }
 
     /// Sends a `PING` (to `node` on Cluster) in the background and reports
@@ -1271,7 +1366,7 @@ impl Backend for RedisBackend {
         }
         let mut cmd = ::redis::cmd("GET");
         cmd.arg(&data_key);
-        self.run(Target::Key(&data_key), |mut c| {
+        self.run_read(&data_key, |mut c| {
             let cmd = &cmd;
             async move { cmd.query_async(&mut c).await }
         })
@@ -1496,6 +1591,14 @@ impl PathInvalidation for RedisBackend {
         change.finish().await?;
         removed
     }
+}
+
+/// A Cluster node's answer that the key lives elsewhere (for now).
+fn is_redirection(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask)
+    )
 }
 
 /// Every page of a `SCAN` of `pattern` on one connection, each bounded by

@@ -171,16 +171,24 @@ impl Breakers {
         let node = match target {
             Target::Whole => None,
             Target::Node(node) => Some(node.clone()),
-            Target::Key(key) => self
-                .slots
-                .load()
-                .as_ref()
-                .and_then(|map| map.node_of(slot_of(key.as_bytes())).cloned()),
+            Target::Key(key) => self.node_of_key(key),
         };
         match node {
             Some(node) => (self.node_breaker(&node), Some(node)),
             None => (Arc::clone(&self.whole), None),
         }
+    }
+
+    /// The primary the last slot map gives `key`'s slot; `None` before the
+    /// first map, and on a standalone server.
+    pub(super) fn node_of_key(&self, key: &str) -> Option<NodeAddr> {
+        if !self.cluster {
+            return None;
+        }
+        self.slots
+            .load()
+            .as_ref()
+            .and_then(|map| map.node_of(slot_of(key.as_bytes())).cloned())
     }
 
     fn node_breaker(&self, node: &NodeAddr) -> Arc<Breaker> {
