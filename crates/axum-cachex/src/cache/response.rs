@@ -100,7 +100,7 @@ pub(crate) fn sanitize(
     entry: &mut CacheEntry,
     is_credential: impl Fn(&HeaderName) -> bool,
 ) -> bool {
-    if !servable_status(entry.status) {
+    if !servable(entry) {
         return false;
     }
     let bad = |name: &HeaderName| is_unstorable(name) || is_credential(name);
@@ -119,18 +119,28 @@ pub(crate) fn sanitize(
 /// Whether [`sanitize`] would leave an entry as it is: a status a cache
 /// may serve, and nothing to drop.
 pub(crate) fn is_clean(entry: &CacheEntry, is_credential: impl Fn(&HeaderName) -> bool) -> bool {
-    servable_status(entry.status)
+    servable(entry)
         && !entry
             .headers
             .keys()
             .any(|name| is_unstorable(name) || is_credential(name))
 }
 
-/// A status a cache may serve from a store: not partial content, not a 304
-/// (those only update stored responses), nothing outside 200..=599.
-fn servable_status(status: StatusCode) -> bool {
-    let status = status.as_u16();
-    (200..=599).contains(&status) && status != 206 && status != 304
+/// Most distinct header names a stored entry may have to be served: far
+/// beyond any real response, and far below what a `HeaderMap` can hold, so
+/// that the fields the layer adds always fit (a planted record filling the
+/// map would make adding them panic).
+const MAX_SERVED_NAMES: usize = 1024;
+
+/// An entry a cache may serve from a store: a status that is not partial
+/// content, not a 304 (those only update stored responses) and within
+/// 200..=599, and a header map with room for the layer's fields.
+fn servable(entry: &CacheEntry) -> bool {
+    let status = entry.status.as_u16();
+    (200..=599).contains(&status)
+        && status != 206
+        && status != 304
+        && entry.headers.keys_len() <= MAX_SERVED_NAMES
 }
 
 /// Whole seconds since `stored_at`, for `Age`.

@@ -55,8 +55,13 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S::Error>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    /// Always ready: a fresh hit never reaches the inner service, so its
+    /// readiness is not reserved here (a reserved permit or queue slot
+    /// would be held by a hit that never uses it). A request that needs
+    /// the inner service drives a clone of it to readiness in its response
+    /// future, as axum's `Router` does.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
@@ -80,10 +85,8 @@ where
             }
             Started::Continue(cont) => cont,
         };
-        // The service that was driven to readiness handles this request; a
-        // clone takes its place for the next one (the usual tower pattern).
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        // A clone, driven to readiness in the future (see `poll_ready`).
+        let inner = self.inner.clone();
         ResponseFuture {
             inner: Kind::Flow(Box::pin(flow::serve(cont, inner).instrument(span))),
         }
