@@ -580,11 +580,11 @@ async fn planted_record_is_answered(backend: Arc<dyn Backend>) {
 /// it and hands the response future back to the caller, who polls it.
 #[derive(Clone)]
 struct Worker {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<WorkerJob>,
 }
 
 /// A request for the worker, and where its response future goes.
-type Job = (
+type WorkerJob = (
     Request<Body>,
     oneshot::Sender<BoxFut<Result<Response<Body>, Infallible>>>,
 );
@@ -595,7 +595,7 @@ impl Worker {
         S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Send + 'static,
         S::Future: Send + 'static,
     {
-        let (tx, mut rx) = mpsc::channel::<Job>(8);
+        let (tx, mut rx) = mpsc::channel::<WorkerJob>(8);
         tokio::spawn(async move {
             let mut svc = svc;
             while let Some((req, reply)) = rx.recv().await {
