@@ -669,7 +669,13 @@ async fn a_cache_hit_is_one_round_trip_while_the_counters_stand_still() {
         .key_prefix(&prefix)
         .build()
         .expect("config");
-    let other = backend_with_prefix(&prefix).expect("servers");
+    // The same one server, directly: with several servers configured a
+    // key could live on another one.
+    let other = MemcachedBackend::builder()
+        .server(servers[0].clone())
+        .key_prefix(&prefix)
+        .build()
+        .expect("config");
     let key = "http:GET|||h|||/one|||";
     be.set(key, b("v1"), TTL).await.expect("set");
     let before = gets.load(SeqCst);
