@@ -114,6 +114,20 @@ pub(super) struct NodeAddr {
     pub(super) port: u16,
 }
 
+impl NodeAddr {
+    /// `host:port` as a redirection names a node (an IPv6 host may come
+    /// with or without brackets).
+    pub(super) fn parse(addr: &str) -> Option<Self> {
+        let (host, port) = addr.rsplit_once(':')?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = port.parse().ok()?;
+        (!host.is_empty()).then(|| Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
 impl std::fmt::Display for NodeAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.host, self.port)

@@ -124,7 +124,16 @@ if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 return existed
 ";
 
+/// A value and its remaining lifetime in milliseconds (`PTTL`), in one
+/// command: on a Cluster a pipeline of the two cannot follow an `ASK`
+/// redirection (redis-rs sends `ASKING` once, before its first command).
+/// KEYS: the key.
+const GET_WITH_TTL_LUA: &str = r"
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+";
+
 static NOTED: LazyLock<Script> = LazyLock::new(|| Script::new(NOTED_LUA));
+static GET_WITH_TTL: LazyLock<Script> = LazyLock::new(|| Script::new(GET_WITH_TTL_LUA));
 static CLEAR_PAGE: LazyLock<Script> = LazyLock::new(|| Script::new(CLEAR_PAGE_LUA));
 static SET_INDEXED: LazyLock<Script> = LazyLock::new(|| Script::new(SET_INDEXED_LUA));
 static DELETE_IF_EQUALS: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_IF_EQUALS_LUA));
@@ -311,10 +320,12 @@ impl Mode {
 /// owns its key's slot, and `MOVED`/`ASK` redirections are followed. Reads
 /// (`get`, the cache's hits) skip the cluster client's own task: they go
 /// straight to the primary the backend's slot map names, over a
-/// connection of their own, and only a redirection (the map is out of
-/// date) sends them through the cluster client. A node answers only for
-/// the slots it serves, so a stale map costs a round trip, never a wrong
-/// value. Every other option works as for a standalone server.
+/// connection of their own that never reads from replicas; a `MOVED` (the
+/// map is out of date) is followed once to the node it names, and an `ASK`
+/// (a slot migrating) goes through the cluster client. A node answers only
+/// for the slots it serves, so a stale map costs a round trip, never a
+/// wrong value, and one command timeout bounds the whole read. Every other
+/// option works as for a standalone server.
 ///
 /// ```no_run
 /// use axum_cachex::backend::RedisConfig;
@@ -845,12 +856,13 @@ impl RedisBackend {
             return Ok(Some(value));
         }
         let generation = sub.tier.generation(key);
-        let mut pipe = ::redis::pipe();
-        pipe.cmd("GET").arg(data_key).cmd("PTTL").arg(data_key);
         let (value, pttl): (Option<Vec<u8>>, i64) = self
-            .run_read(data_key, |mut c| {
-                let pipe = &pipe;
-                async move { pipe.query_async(&mut c).await }
+            .run_read(data_key, |mut c| async move {
+                GET_WITH_TTL
+                    .prepare_invoke()
+                    .key(data_key)
+                    .invoke_async(&mut c)
+                    .await
             })
             .await?;
         let Some(value) = value.map(Bytes::from) else {
@@ -909,13 +921,20 @@ impl RedisBackend {
     }
 
     /// Runs a read of `data_key` (one slot). On a Cluster it goes straight
-    /// to the primary the slot map names, over a connection of our own:
-    /// redis-rs's cluster client would pass it through a task of its own
-    /// and then to the same node. A redirection (`MOVED`, `ASK`: the map is
-    /// out of date, or the slot is migrating) refreshes the map and sends
-    /// the read through the cluster client, which follows redirections.
-    /// Nodes answer only for slots they serve, so a stale map costs a round
-    /// trip, never a wrong value.
+    /// to the primary the slot map names, over a connection of our own (not
+    /// `READONLY`): redis-rs's cluster client would pass it through a task
+    /// of its own, and may route it to a replica. Nodes answer only for
+    /// slots they serve, so a stale map costs a round trip, never a wrong
+    /// value:
+    ///
+    /// - `MOVED` (the map is out of date: a slot moved, a failover) is
+    ///   followed once, to the node it names, and refreshes the map;
+    /// - `ASK` (a slot migrating), or a second redirection, goes through
+    ///   the cluster client, which sends `ASKING`.
+    ///
+    /// The whole read is bounded by one command timeout. A reader
+    /// connection that failed (I/O, authentication) is dropped, so the
+    /// next read connects afresh.
     async fn run_read<T, F, Fut>(&self, data_key: &str, op: F) -> Result<T, BackendError>
     where
         F: Fn(Conn) -> Fut + Send + Sync,
@@ -923,40 +942,78 @@ impl RedisBackend {
         T: Send,
     {
         let target = Target::Key(data_key);
-        let Some(direct) = self.direct_reader(data_key) else {
+        let Some(node) = self.inner.breakers.node_of_key(data_key) else {
             return self.run(target, op).await;
         };
-        let routed = self
-            .run_with(target, Some(direct), |c| {
-                let op = &op;
-                async move {
-                    match op(c).await {
-                        Err(e) if is_redirection(&e) => Ok(None),
-                        other => other.map(Some),
-                    }
-                }
-            })
-            .await?;
-        match routed {
-            Some(value) => Ok(value),
-            None => {
+        let deadline = tokio::time::Instant::now() + self.inner.command_timeout;
+        match self.read_on(&node, &op).await? {
+            Routed::Value(value) => return Ok(value),
+            Routed::Moved(to) => {
+                // The map is out of date (an `ASK` is not: the slot is
+                // still the node's while it migrates).
                 self.refresh_slots_if_due(true);
-                self.run(target, op).await
+                let routed = self.within(deadline, self.read_on(&to, &op)).await?;
+                if let Routed::Value(value) = routed {
+                    return Ok(value);
+                }
             }
+            Routed::Ask => {}
         }
+        self.within(deadline, self.run(target, op)).await
     }
 
-    /// Our connection to the primary that holds `data_key`, by the last
-    /// slot map (see [`run_read`](Self::run_read)); `None` on a standalone
-    /// server and before the first map.
-    fn direct_reader(&self, data_key: &str) -> Option<Conn> {
-        let node = self.inner.breakers.node_of_key(data_key)?;
+    /// One read on our connection to `node` (see
+    /// [`run_read`](Self::run_read)), a redirection reported as such.
+    async fn read_on<T, F, Fut>(&self, node: &NodeAddr, op: &F) -> Result<Routed<T>, BackendError>
+    where
+        F: Fn(Conn) -> Fut + Send + Sync,
+        Fut: Future<Output = RedisResult<T>> + Send,
+        T: Send,
+    {
+        let Some(conn) = self.reader(node) else {
+            return Err(BackendError::Connection {
+                backend: NAME,
+                source: format!("no connection settings for {node}").into(),
+            });
+        };
+        let routed = self
+            .run_with(Target::Node(node), Some(conn), |c| async move {
+                match op(c).await {
+                    Err(e) => Routed::from_error(e),
+                    Ok(value) => Ok(Routed::Value(value)),
+                }
+            })
+            .await;
+        if matches!(routed, Err(BackendError::Connection { .. })) {
+            self.forget_reader(node);
+        }
+        routed
+    }
+
+    /// `op` unless `deadline` passes first (a [`BackendError::Timeout`]).
+    async fn within<T>(
+        &self,
+        deadline: tokio::time::Instant,
+        op: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        tokio::time::timeout_at(deadline, op)
+            .await
+            .unwrap_or(Err(BackendError::Timeout {
+                backend: NAME,
+                timeout: self.inner.command_timeout,
+            }))
+    }
+
+    /// Our connection to one Cluster node, made on first use (see
+    /// [`run_read`](Self::run_read)); `None` when no client can be made
+    /// for it.
+    fn reader(&self, node: &NodeAddr) -> Option<Conn> {
         let mut readers = self
             .inner
             .readers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(conn) = readers.get(&node) {
+        if let Some(conn) = readers.get(node) {
             return Some(conn.clone());
         }
         if readers.len() >= MAX_READERS {
@@ -965,10 +1022,21 @@ impl RedisBackend {
         let conn = self
             .inner
             .endpoint
-            .connect_node_lazily(&node, self.inner.connect_timeout)
+            .connect_node_lazily(node, self.inner.connect_timeout)
             .ok()?;
-        readers.insert(node, conn.clone());
+        readers.insert(node.clone(), conn.clone());
         Some(conn)
+    }
+
+    /// Drops our connection to `node`: the next read connects afresh
+    /// (redis-rs reconnects only after I/O errors, not after a refused
+    /// password).
+    fn forget_reader(&self, node: &NodeAddr) {
+        self.inner
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(node);
     }
 
     /// Sends a `PING` (to `node` on Cluster) in the background and reports
@@ -1593,12 +1661,27 @@ impl PathInvalidation for RedisBackend {
     }
 }
 
-/// A Cluster node's answer that the key lives elsewhere (for now).
-fn is_redirection(e: &RedisError) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask)
-    )
+/// What a Cluster node said to a read sent to it directly.
+enum Routed<T> {
+    Value(T),
+    /// `MOVED`: the slot is served by this node now.
+    Moved(NodeAddr),
+    /// `ASK`: the slot is migrating (or a `MOVED` without a usable address).
+    Ask,
+}
+
+impl<T> Routed<T> {
+    /// A redirection as such; any other error as it is.
+    fn from_error(e: RedisError) -> RedisResult<Self> {
+        match e.kind() {
+            ErrorKind::Server(ServerErrorKind::Moved) => Ok(e
+                .redirect_node()
+                .and_then(|(addr, _)| NodeAddr::parse(addr))
+                .map_or(Self::Ask, Self::Moved)),
+            ErrorKind::Server(ServerErrorKind::Ask) => Ok(Self::Ask),
+            _ => Err(e),
+        }
+    }
 }
 
 /// Every page of a `SCAN` of `pattern` on one connection, each bounded by
