@@ -114,6 +114,49 @@ async fn raw_keys(port: u16, pattern: &str) -> BTreeSet<Vec<u8>> {
     keys.into_iter().collect()
 }
 
+/// Moves every key of `slot` from the primary behind `src` (node id
+/// `src_id`) to the one on `dst_port` behind `dst` (node id `dst_id`), as
+/// `redis-cli --cluster reshard` does, stopping before the final
+/// `SETSLOT … NODE`: the slot is migrating. Returns the keys moved.
+async fn migrate_slot_keys(
+    src: &mut redis::aio::MultiplexedConnection,
+    dst: &mut redis::aio::MultiplexedConnection,
+    slot: u16,
+    (src_id, dst_id): (&str, &str),
+    dst_port: u16,
+) -> Vec<Vec<u8>> {
+    let slot_arg = slot.to_string();
+    let _: () = redis::cmd("CLUSTER")
+        .arg(&["SETSLOT", &slot_arg, "IMPORTING", src_id])
+        .query_async(dst)
+        .await
+        .expect("importing");
+    let _: () = redis::cmd("CLUSTER")
+        .arg(&["SETSLOT", &slot_arg, "MIGRATING", dst_id])
+        .query_async(src)
+        .await
+        .expect("migrating");
+    let in_slot: Vec<Vec<u8>> = redis::cmd("CLUSTER")
+        .arg("GETKEYSINSLOT")
+        .arg(slot)
+        .arg(100)
+        .query_async(src)
+        .await
+        .expect("getkeysinslot");
+    let _: () = redis::cmd("MIGRATE")
+        .arg("127.0.0.1")
+        .arg(dst_port)
+        .arg("")
+        .arg(0)
+        .arg(5000)
+        .arg("KEYS")
+        .arg(&in_slot)
+        .query_async(src)
+        .await
+        .expect("migrate");
+    in_slot
+}
+
 /// Bounded wait until every node of `ports` reports `cluster_state:ok`
 /// and agrees on the slot owners (a readiness poll).
 fn wait_cluster_ok(bin: &str, ports: &[u16]) {
@@ -444,35 +487,9 @@ async fn clear_cache_misses_entries_migrating_to_a_new_primary() {
     // does, and stop just before the final SETSLOT … NODE.
     let mut dst = raw(&new.url()).await;
     let mut src = raw(&format!("redis://127.0.0.1:{owner}")).await;
-    let _: () = redis::cmd("CLUSTER")
-        .arg(&["SETSLOT", &slot.to_string(), "IMPORTING", &owner_id])
-        .query_async(&mut dst)
-        .await
-        .expect("importing");
-    let _: () = redis::cmd("CLUSTER")
-        .arg(&["SETSLOT", &slot.to_string(), "MIGRATING", &new_id])
-        .query_async(&mut src)
-        .await
-        .expect("migrating");
-    let in_slot: Vec<Vec<u8>> = redis::cmd("CLUSTER")
-        .arg("GETKEYSINSLOT")
-        .arg(slot)
-        .arg(100)
-        .query_async(&mut src)
-        .await
-        .expect("getkeysinslot");
+    let ids = (owner_id.as_str(), new_id.as_str());
+    let in_slot = migrate_slot_keys(&mut src, &mut dst, slot, ids, new.port).await;
     assert_eq!(in_slot.len(), 4);
-    let _: () = redis::cmd("MIGRATE")
-        .arg("127.0.0.1")
-        .arg(new.port)
-        .arg("")
-        .arg(0)
-        .arg(5000)
-        .arg("KEYS")
-        .arg(&in_slot)
-        .query_async(&mut src)
-        .await
-        .expect("migrate");
 
     let paths = be.path_invalidation().expect("path invalidation");
     let cleared = paths.clear_cache().await;
@@ -673,35 +690,9 @@ async fn reads_follow_a_slot_that_moved_after_the_map_was_read() {
     let (owner_id, target_id) = (node_id(&bin, owner), node_id(&bin, target));
     let mut dst = raw(&format!("redis://127.0.0.1:{target}")).await;
     let mut src = raw(&format!("redis://127.0.0.1:{owner}")).await;
+    let ids = (owner_id.as_str(), target_id.as_str());
+    migrate_slot_keys(&mut src, &mut dst, slot, ids, target).await;
     let slot_arg = slot.to_string();
-    let _: () = redis::cmd("CLUSTER")
-        .arg(&["SETSLOT", &slot_arg, "IMPORTING", &owner_id])
-        .query_async(&mut dst)
-        .await
-        .expect("importing");
-    let _: () = redis::cmd("CLUSTER")
-        .arg(&["SETSLOT", &slot_arg, "MIGRATING", &target_id])
-        .query_async(&mut src)
-        .await
-        .expect("migrating");
-    let in_slot: Vec<Vec<u8>> = redis::cmd("CLUSTER")
-        .arg("GETKEYSINSLOT")
-        .arg(slot)
-        .arg(100)
-        .query_async(&mut src)
-        .await
-        .expect("getkeysinslot");
-    let _: () = redis::cmd("MIGRATE")
-        .arg("127.0.0.1")
-        .arg(target)
-        .arg("")
-        .arg(0)
-        .arg(5000)
-        .arg("KEYS")
-        .arg(&in_slot)
-        .query_async(&mut src)
-        .await
-        .expect("migrate");
     for node in &cluster.nodes {
         let mut conn = raw(&format!("redis://127.0.0.1:{}", node.port)).await;
         let _: () = redis::cmd("CLUSTER")
