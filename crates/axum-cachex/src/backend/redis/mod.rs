@@ -124,16 +124,7 @@ if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 return existed
 ";
 
-/// A value and its remaining lifetime in milliseconds (`PTTL`), in one
-/// command: on a Cluster a pipeline of the two cannot follow an `ASK`
-/// redirection (redis-rs sends `ASKING` once, before its first command).
-/// KEYS: the key.
-const GET_WITH_TTL_LUA: &str = r"
-return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
-";
-
 static NOTED: LazyLock<Script> = LazyLock::new(|| Script::new(NOTED_LUA));
-static GET_WITH_TTL: LazyLock<Script> = LazyLock::new(|| Script::new(GET_WITH_TTL_LUA));
 static CLEAR_PAGE: LazyLock<Script> = LazyLock::new(|| Script::new(CLEAR_PAGE_LUA));
 static SET_INDEXED: LazyLock<Script> = LazyLock::new(|| Script::new(SET_INDEXED_LUA));
 static DELETE_IF_EQUALS: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_IF_EQUALS_LUA));
@@ -844,6 +835,47 @@ impl RedisBackend {
         }
     }
 
+    /// A value and its remaining lifetime in milliseconds (`PTTL`): one
+    /// pipeline, read only (a script would wait out a `CLIENT PAUSE WRITE`,
+    /// as a failing-over primary is, and Redis 6.2 cannot flag it read
+    /// only). On a Cluster, a slot migrating answers `ASK`, which redis-rs
+    /// follows for a single command only: the two are then read one after
+    /// the other (a write between them is an invalidation, which the tier's
+    /// generations catch).
+    async fn get_with_ttl(&self, data_key: &str) -> Result<(Option<Vec<u8>>, i64), BackendError> {
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("GET").arg(data_key).cmd("PTTL").arg(data_key);
+        let both = self
+            .run_read(data_key, |mut c| {
+                let pipe = &pipe;
+                async move { pipe.query_async(&mut c).await }
+            })
+            .await;
+        match both {
+            Err(e) if is_redirection_error(&e) => {}
+            other => return other,
+        }
+        let single = |name: &'static str| {
+            let mut cmd = ::redis::cmd(name);
+            cmd.arg(data_key);
+            cmd
+        };
+        let (get, pttl) = (single("GET"), single("PTTL"));
+        let value = self
+            .run_read(data_key, |mut c| {
+                let get = &get;
+                async move { get.query_async(&mut c).await }
+            })
+            .await?;
+        let ttl = self
+            .run_read(data_key, |mut c| {
+                let pttl = &pttl;
+                async move { pttl.query_async(&mut c).await }
+            })
+            .await?;
+        Ok((value, ttl))
+    }
+
     /// `GET` through the memory tier: its copy while it is trusted, else
     /// Redis (`GET` and `PTTL` in one round trip) filling it.
     async fn get_tiered(
@@ -856,15 +888,7 @@ impl RedisBackend {
             return Ok(Some(value));
         }
         let generation = sub.tier.generation(key);
-        let (value, pttl): (Option<Vec<u8>>, i64) = self
-            .run_read(data_key, |mut c| async move {
-                GET_WITH_TTL
-                    .prepare_invoke()
-                    .key(data_key)
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
+        let (value, pttl) = self.get_with_ttl(data_key).await?;
         let Some(value) = value.map(Bytes::from) else {
             return Ok(None);
         };
@@ -1659,6 +1683,20 @@ impl PathInvalidation for RedisBackend {
         change.finish().await?;
         removed
     }
+}
+
+/// A redirection the cluster client could not follow (`ASK` for the second
+/// command of a pipeline).
+fn is_redirection_error(e: &BackendError) -> bool {
+    let BackendError::Command { source, .. } = e else {
+        return false;
+    };
+    source.downcast_ref::<RedisError>().is_some_and(|e| {
+        matches!(
+            e.kind(),
+            ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask)
+        )
+    })
 }
 
 /// What a Cluster node said to a read sent to it directly.
