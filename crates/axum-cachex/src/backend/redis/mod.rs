@@ -843,6 +843,7 @@ impl RedisBackend {
     /// the other (a write between them is an invalidation, which the tier's
     /// generations catch).
     async fn get_with_ttl(&self, data_key: &str) -> Result<(Option<Vec<u8>>, i64), BackendError> {
+        let deadline = tokio::time::Instant::now() + self.inner.command_timeout;
         let mut pipe = ::redis::pipe();
         pipe.cmd("GET").arg(data_key).cmd("PTTL").arg(data_key);
         let both = self
@@ -861,19 +862,23 @@ impl RedisBackend {
             cmd
         };
         let (get, pttl) = (single("GET"), single("PTTL"));
-        let value = self
-            .run_read(data_key, |mut c| {
-                let get = &get;
-                async move { get.query_async(&mut c).await }
-            })
-            .await?;
-        let ttl = self
-            .run_read(data_key, |mut c| {
-                let pttl = &pttl;
-                async move { pttl.query_async(&mut c).await }
-            })
-            .await?;
-        Ok((value, ttl))
+        let one_by_one = async {
+            let value = self
+                .run_read(data_key, |mut c| {
+                    let get = &get;
+                    async move { get.query_async(&mut c).await }
+                })
+                .await?;
+            let ttl = self
+                .run_read(data_key, |mut c| {
+                    let pttl = &pttl;
+                    async move { pttl.query_async(&mut c).await }
+                })
+                .await?;
+            Ok((value, ttl))
+        };
+        // One command timeout for the whole read, as for any other.
+        self.within(deadline, one_by_one).await
     }
 
     /// `GET` through the memory tier: its copy while it is trusted, else
