@@ -6,6 +6,8 @@
 pub mod backend_memcached;
 #[cfg(feature = "redis")]
 pub mod backend_redis;
+#[cfg(feature = "redis")]
+pub mod cluster_lab;
 pub mod conformance;
 pub mod http;
 pub mod layer;
