@@ -1696,12 +1696,16 @@ fn is_redirection_error(e: &BackendError) -> bool {
     let BackendError::Command { source, .. } = e else {
         return false;
     };
-    source.downcast_ref::<RedisError>().is_some_and(|e| {
-        matches!(
-            e.kind(),
-            ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask)
-        )
-    })
+    source.downcast_ref::<RedisError>().is_some_and(redirects)
+}
+
+/// A Cluster node's answer that the key is served elsewhere (`MOVED`,
+/// `ASK`).
+fn redirects(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask)
+    )
 }
 
 /// What a Cluster node said to a read sent to it directly.
@@ -1716,14 +1720,16 @@ enum Routed<T> {
 impl<T> Routed<T> {
     /// A redirection as such; any other error as it is.
     fn from_error(e: RedisError) -> RedisResult<Self> {
-        match e.kind() {
-            ErrorKind::Server(ServerErrorKind::Moved) => Ok(e
-                .redirect_node()
-                .and_then(|(addr, _)| NodeAddr::parse(addr))
-                .map_or(Self::Ask, Self::Moved)),
-            ErrorKind::Server(ServerErrorKind::Ask) => Ok(Self::Ask),
-            _ => Err(e),
+        if !redirects(&e) {
+            return Err(e);
         }
+        let moved_to = (e.kind() == ErrorKind::Server(ServerErrorKind::Moved))
+            .then(|| {
+                e.redirect_node()
+                    .and_then(|(addr, _)| NodeAddr::parse(addr))
+            })
+            .flatten();
+        Ok(moved_to.map_or(Self::Ask, Self::Moved))
     }
 }
 
